@@ -1,0 +1,1 @@
+"""Hardware profiles shipped with paraplan: gpus/*.json and clusters/*.json (data, with sources)."""

@@ -1,0 +1,1 @@
+"""paraplan planner: the three nouns, cost model, search and CLI (torch-free)."""

@@ -1,0 +1,1 @@
+"""`paraplan` subcommands, one module each."""

@@ -1,0 +1,86 @@
+"""Argument helpers and output formatting shared by the subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from planner.hardware import Cluster, load_cluster
+from planner.plan import Plan
+from planner.schema import InputError, read_json, validate_as
+from planner.transformer import TransformerSpec, load_transformer
+
+GiB = 2**30
+
+
+def console(json_mode: bool = False) -> Console:
+    """Human output goes to stdout, or to stderr when stdout carries JSON."""
+    return Console(file=sys.stderr if json_mode else sys.stdout, highlight=False,
+                   soft_wrap=False, width=max(120, Console().width))
+
+
+def add_model_args(p: argparse.ArgumentParser, transformer: str | None,
+                   cluster: str | None) -> None:
+    """--transformer, --cluster, --num-nodes."""
+    p.add_argument("--transformer", "-t", default=transformer, required=transformer is None,
+                   help="preset name (see `paraplan presets`), spec JSON, or HF config.json"
+                        + (f" (default: {transformer})" if transformer else ""))
+    p.add_argument("--cluster", "-c", default=cluster, required=cluster is None,
+                   help="cluster preset name or profile JSON" + (f" (default: {cluster})"
+                                                                 if cluster else ""))
+    p.add_argument("--num-nodes", "-n", type=int, default=None,
+                   help="scale the cluster to this many nodes (default: the profile's)")
+
+
+def load_model_args(args: argparse.Namespace) -> tuple[TransformerSpec, Cluster]:
+    """The spec and cluster named on the command line."""
+    return load_transformer(args.transformer), load_cluster(args.cluster, args.num_nodes)
+
+
+def load_plan(ref: str) -> Plan:
+    """A plan from a JSON file path, or inline JSON text starting with '{'."""
+    text = ref.strip()
+    if text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise InputError(f"--plan: inline JSON is malformed ({err.msg} at column "
+                             f"{err.colno})") from None
+        return validate_as(Plan, data, "plan")
+    path = Path(ref)
+    return validate_as(Plan, read_json(path, f"plan {path}"), f"plan {path}")
+
+
+def gib(nbytes: float) -> str:
+    """Bytes as GiB with one decimal."""
+    return f"{nbytes / GiB:.1f}"
+
+
+def seconds(s: float) -> str:
+    """Seconds with sensible precision."""
+    if s >= 100:
+        return f"{s:.0f}"
+    if s >= 1:
+        return f"{s:.2f}"
+    if s >= 1e-3:
+        return f"{s * 1e3:.1f} ms"
+    return f"{s * 1e6:.0f} us"
+
+
+def plan_short(plan: Plan) -> str:
+    """One-line plan summary."""
+    extra = []
+    if plan.virtual_pipeline_stages > 1:
+        extra.append(f"v={plan.virtual_pipeline_stages}")
+    if plan.zero_stage:
+        extra.append(f"zero{plan.zero_stage}")
+    if plan.recompute != "none":
+        extra.append(f"recompute={plan.recompute}")
+    if plan.sequence_parallel:
+        extra.append("sp")
+    return (f"dp={plan.dp} tp={plan.tp} pp={plan.pp} cp={plan.cp} mbs={plan.micro_batch_size} "
+            f"{plan.schedule} " + " ".join(extra)).strip()

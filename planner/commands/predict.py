@@ -1,0 +1,72 @@
+"""`paraplan predict`: step time, throughput, MFU, memory and breakdown of one plan."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from rich.table import Table
+
+from planner.commands.common import (add_model_args, console, gib, load_model_args, load_plan,
+                                     plan_short, seconds)
+from planner.cost.evaluate import predict
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="predict step time, MFU and memory of one plan",
+                       description="Predict one plan's step time, throughput, MFU, per-GPU "
+                                   "memory and time breakdown.")
+    add_model_args(p, None, None)
+    p.add_argument("--plan", "-p", required=True,
+                   help="plan JSON file (e.g. written by `paraplan search`) or inline JSON")
+    p.add_argument("--json", action="store_true", help="print one JSON object (the contract)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    spec, cluster = load_model_args(args)
+    plan = load_plan(args.plan)
+    result = predict(spec, cluster, plan)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        show(result, plan)
+    return 0
+
+
+def show(r: dict[str, Any], plan) -> None:
+    """Human-readable prediction."""
+    out = console()
+    out.print(f"[bold]{r['transformer']}[/] on [bold]{r['cluster']}[/] ({r['num_gpus']} GPUs): "
+              f"{plan_short(plan)}, global batch {plan.global_batch_size}, {plan.precision}")
+    step = r["step_time_s"]
+    out.print(f"step time [bold]{seconds(step)} s[/]   tokens/s {r['tokens_per_s']:,.0f}   "
+              f"model TFLOP/s per GPU {r['model_tflops_per_gpu']:.1f}   MFU "
+              f"[bold]{r['mfu'] * 100:.1f}%[/]")
+    t = Table(title="step time breakdown", title_justify="left")
+    t.add_column("part")
+    t.add_column("seconds", justify="right")
+    t.add_column("share", justify="right")
+    for k, v in r["breakdown"].items():
+        t.add_row(k.removesuffix("_s").replace("_", " "), seconds(v), f"{v / step * 100:.1f}%")
+    out.print(t)
+    m = Table(title="memory per GPU (most loaded rank)", title_justify="left")
+    m.add_column("component")
+    m.add_column("GiB", justify="right")
+    mem = r["memory"]
+    for k, v in mem.items():
+        if k not in ("peak_bytes", "capacity_bytes"):
+            m.add_row(k.removesuffix("_bytes"), gib(v))
+    verdict = "[green]fits[/]" if r["fits"] else "[red]does NOT fit[/]"
+    m.add_row("[bold]peak[/]", f"[bold]{gib(mem['peak_bytes'])}[/]")
+    out.print(m)
+    out.print(f"peak {gib(mem['peak_bytes'])} of {gib(mem['capacity_bytes'])} GiB: {verdict}")
+    if r["links"]:
+        lk = Table(title="communication groups", title_justify="left")
+        for col in ("group", "size", "link", "GB/s per rank", "ranks/node", "nodes"):
+            lk.add_column(col)
+        for k, g in r["links"].items():
+            lk.add_row(k, str(g["size"]), g["link"], f"{g['bandwidth_GBps']:.0f}",
+                       str(g["ranks_per_node"]), str(g["nodes_spanned"]))
+        out.print(lk)

@@ -1,0 +1,49 @@
+"""`paraplan presets`: the built-in transformers, GPUs and clusters."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.table import Table
+
+from planner.commands.common import console, gib
+from planner.cost.params import total_params
+from planner.hardware import load_cluster, load_gpu, preset_names
+from planner.transformer import load_transformer, transformer_preset_names
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("presets", help="list built-in transformers, GPUs and clusters")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    out = console()
+    t = Table(title="transformers (--transformer)", title_justify="left")
+    for col in ("name", "params", "layers", "hidden", "heads/kv", "ffn", "vocab", "seq", "mlp"):
+        t.add_column(col)
+    for name in transformer_preset_names():
+        s = load_transformer(name)
+        t.add_row(name, f"{total_params(s) / 1e9:.2f}B", str(s.num_layers), str(s.hidden_size),
+                  f"{s.num_attention_heads}/{s.num_kv_heads}", str(s.ffn_hidden_size),
+                  str(s.vocab_size), str(s.seq_len), s.mlp)
+    out.print(t)
+    g = Table(title="GPUs", title_justify="left")
+    for col in ("name", "description", "GiB", "bf16 TFLOP/s", "HBM GB/s"):
+        g.add_column(col)
+    for name in preset_names("gpus"):
+        gpu = load_gpu(name)
+        g.add_row(name, gpu.description, gib(gpu.memory_bytes), f"{gpu.peak_tflops.bf16:g}",
+                  f"{gpu.hbm_bandwidth_GBps:g}")
+    out.print(g)
+    c = Table(title="clusters (--cluster, scale with --num-nodes)", title_justify="left")
+    for col in ("name", "GPU", "GPUs/node", "intra-node GB/s", "inter-node GB/s/node", "$/GPU-h"):
+        c.add_column(col)
+    for name in preset_names("clusters"):
+        cl = load_cluster(name)
+        inter = cl.inter_node
+        c.add_row(name, cl.gpu.name, str(cl.gpus_per_node), f"{cl.intra_node.bandwidth_GBps:g}",
+                  f"{inter.nics_per_node * inter.nic_bandwidth_GBps:g}" if inter else "-",
+                  f"{cl.price_per_gpu_hour_usd:g}" if cl.price_per_gpu_hour_usd else "-")
+    out.print(c)
+    return 0

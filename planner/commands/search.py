@@ -1,0 +1,154 @@
+"""`paraplan search`: rank every valid plan, print the top and the Pareto front, write the best."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from planner.commands.common import add_model_args, console, gib, load_model_args, seconds
+from planner.hardware import Cluster
+from planner.schema import InputError, write_json_atomic
+from planner.search.search import SearchResult, search
+from planner.transformer import TransformerSpec
+
+DEFAULT_TRANSFORMER, DEFAULT_CLUSTER = "llama3-8b", "dgx_h100"
+# Default batch: about 4M tokens, as Llama 3 405B's first training stage (Llama Team 2024, 3.4.1).
+DEFAULT_BATCH_TOKENS = 4 * 2**20
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="search every parallel plan and rank them",
+                       description="Enumerate every dp/tp/pp/cp split, micro-batch, virtual "
+                                   "stages, schedule, ZeRO stage, recompute and sequence-parallel "
+                                   "setting; prune invalid ones with reasons; rank the rest by "
+                                   "predicted step time (tie-break: memory).")
+    add_model_args(p, DEFAULT_TRANSFORMER, DEFAULT_CLUSTER)
+    p.add_argument("--global-batch-size", "-b", type=int, default=None,
+                   help="sequences per step (default: about 4M tokens, rounded to the GPUs)")
+    p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp8", "fp32"])
+    p.add_argument("--top", type=int, default=10, help="plans to show (default 10)")
+    p.add_argument("--out", default="best_plan.json",
+                   help="where to write the best plan (default best_plan.json; '-' for none)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def default_batch(spec: TransformerSpec, cluster: Cluster) -> int:
+    """About DEFAULT_BATCH_TOKENS, rounded to a multiple of the GPU count."""
+    seqs = max(1, round(DEFAULT_BATCH_TOKENS / spec.seq_len))
+    n = cluster.num_gpus
+    return max(n, round(seqs / n) * n)
+
+
+def run(args: argparse.Namespace) -> int:
+    spec, cluster = load_model_args(args)
+    gbs = args.global_batch_size or default_batch(spec, cluster)
+    if gbs < 1:
+        raise InputError(f"--global-batch-size must be >= 1, got {gbs}")
+    if cluster.gpu.peak_flops(args.precision) is None:
+        raise InputError(f"--precision {args.precision} is not supported by {cluster.gpu.name}")
+    out = console(args.json)
+    out.print(f"searching plans for [bold]{spec.name}[/] on [bold]{cluster.name}[/] x "
+              f"{cluster.num_nodes} nodes ({cluster.num_gpus} GPUs), global batch {gbs} "
+              f"({gbs * spec.seq_len / 1e6:.2f}M tokens), {args.precision}")
+    res = _search_with_progress(spec, cluster, gbs, args.precision, args.quiet or args.json)
+    best_path = None
+    if res.fitting and args.out != "-":
+        best_path = str(write_json_atomic(args.out, res.plan(0).to_json_dict()))
+    if args.json:
+        print(json.dumps(to_json(res, args.top, best_path), indent=2))
+    else:
+        show(res, args.top, cluster, best_path)
+    return 0 if res.fitting else 1
+
+
+def _search_with_progress(spec, cluster, gbs, precision, quiet) -> SearchResult:
+    if quiet or not sys.stderr.isatty():
+        return search(spec, cluster, gbs, precision)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn(
+            "{task.completed:,}/{task.total:,} candidates"), TimeElapsedColumn(),
+            console=console(True), transient=True) as prog:
+        task = prog.add_task("evaluating", total=None)
+
+        def tick(done: int, total: int) -> None:
+            prog.update(task, completed=done, total=total)
+        return search(spec, cluster, gbs, precision, progress=tick)
+
+
+def _row(res: SearchResult, i: int) -> list[str]:
+    p = res.plan(i)
+    return [str(p.dp), str(p.tp), str(p.pp), str(p.cp), str(p.micro_batch_size),
+            str(p.virtual_pipeline_stages), p.schedule, str(p.zero_stage), p.recompute,
+            "on" if p.sequence_parallel else "-", seconds(res.step_time_s[i]),
+            f"{res.tokens_per_s[i]:,.0f}", f"{res.mfu[i] * 100:.1f}%", gib(res.peak_bytes[i])]
+
+
+def _table(title: str, res: SearchResult, rows) -> Table:
+    t = Table(title=title, title_justify="left")
+    for col in ("#", "dp", "tp", "pp", "cp", "mbs", "v", "schedule", "zero", "recompute", "sp",
+                "step s", "tokens/s", "MFU", "GiB"):
+        t.add_column(col, justify="left" if col in ("schedule", "recompute") else "right")
+    for rank, i in rows:
+        t.add_row(str(rank), *_row(res, int(i)))
+    return t
+
+
+def show(res: SearchResult, top: int, cluster: Cluster, best_path: str | None) -> None:
+    out = console()
+    rate = res.candidates / res.seconds if res.seconds else 0
+    out.print(f"{res.candidates:,} candidates in {res.seconds:.2f} s ({rate / 1e6:.2f}M/s): "
+              f"{res.valid:,} valid, {res.fitting:,} fit in "
+              f"{gib(cluster.gpu.memory_bytes)} GiB")
+    if res.fitting:
+        out.print(_table(f"top {min(top, res.fitting)} plans by step time",
+                         res, [(k + 1, k) for k in range(min(top, res.fitting))]))
+        out.print(_table("Pareto front (step time vs. memory)", res,
+                         [(int(i) + 1, i) for i in res.pareto]))
+        if best_path:
+            out.print(f"best plan written to [bold]{best_path}[/] "
+                      "(try `paraplan predict --plan` on it)")
+    else:
+        explain_no_fit(res, cluster)
+    t = Table(title="pruned candidates", title_justify="left")
+    t.add_column("reason")
+    t.add_column("count", justify="right")
+    t.add_column("example")
+    for reason, n in sorted(res.pruned.items(), key=lambda kv: -kv[1]):
+        t.add_row(reason, f"{n:,}", res.examples.get(reason, ""))
+    out.print(t)
+
+
+def explain_no_fit(res: SearchResult, cluster: Cluster) -> None:
+    """Why nothing fits, and what would."""
+    out = console()
+    cap = cluster.gpu.memory_bytes
+    if res.valid == 0:
+        out.print("[red]no valid plan[/]: every candidate breaks a rule below. Change the GPU "
+                  "count (--num-nodes) or the global batch so that they divide the model's "
+                  "heads, layers and batch.")
+        return
+    i = int(res.peak_bytes.argmin())
+    out.print(f"[red]no plan fits[/] in {gib(cap)} GiB per GPU: the smallest needs "
+              f"{gib(res.peak_bytes[i])} GiB ({res.plan(i).model_dump_json()}).")
+    need = res.peak_bytes[i] / cap
+    out.print(f"Try about {need:.1f}x the GPU memory: more nodes (--num-nodes "
+              f"{int(cluster.num_nodes * need) + 1}) so ZeRO/tp/pp shard further, a GPU with "
+              "more memory, or a smaller global batch.")
+
+
+def to_json(res: SearchResult, top: int, best_path: str | None) -> dict:
+    def entry(i: int) -> dict:
+        return {"rank": i + 1, "plan": res.plan(i).to_json_dict(),
+                "step_time_s": float(res.step_time_s[i]),
+                "tokens_per_s": float(res.tokens_per_s[i]), "mfu": float(res.mfu[i]),
+                "peak_bytes": int(res.peak_bytes[i]), "fits": bool(res.fits[i])}
+    return {"candidates": res.candidates, "valid": res.valid, "fitting": res.fitting,
+            "seconds": res.seconds, "pruned": res.pruned, "examples": res.examples,
+            "top": [entry(i) for i in range(min(top, res.fitting))],
+            "pareto": [entry(int(i)) for i in res.pareto], "best_plan_path": best_path}
+

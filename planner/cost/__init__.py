@@ -1,0 +1,1 @@
+"""Pure cost functions over PlanArrays: FLOPs, memory, communication, step time."""

@@ -1,0 +1,129 @@
+"""Compute time of one transformer block (and of the embedding / LM head) for one micro-batch on
+one GPU: GEMMs at size-dependent efficiency, the attention core (fused or not), and the
+memory-bound element-wise kernels, each timed separately (Calculon-style per-operator model,
+Isaev et al., SC'23).
+
+Shapes per GPU: tp splits heads and the MLP width, cp splits the sequence (tokens per rank
+T = b s / cp), sequence parallelism splits the element-wise work of norms and residuals by tp.
+Backward GEMMs are two GEMMs (input grad, weight grad) of the forward's FLOPs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from planner.cost.efficiency import gemm_time, memory_time
+from planner.cost.params import padded_vocab
+from planner.hardware import GPU
+from planner.transformer import TransformerSpec
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """Per-plan arrays the compute model needs."""
+
+    tp: np.ndarray
+    cp: np.ndarray
+    mbs: np.ndarray
+    sp: np.ndarray
+    peak: np.ndarray       # FLOP/s of the plan's precision
+    attn_peak: np.ndarray  # FLOP/s for attention (bf16/fp16 path even in fp8 plans)
+    fp8: np.ndarray
+    act_bytes: np.ndarray  # bytes per activation element (2, or 4 for fp32)
+    gemm_bytes: np.ndarray  # bytes per GEMM input element (1 for fp8)
+
+
+@dataclass(frozen=True)
+class LayerTimes:
+    """Seconds per block per micro-batch on one GPU."""
+
+    fwd: np.ndarray
+    bwd: np.ndarray
+    attn_fwd: np.ndarray   # attention core only (what selective recompute redoes)
+    attn_bwd: np.ndarray
+
+
+def _gemms(gpu: GPU, sh: Shapes, m, k, n) -> tuple[np.ndarray, np.ndarray]:
+    """(forward, backward) time of one linear layer: y = x W with x (m x k), W (k x n)."""
+    fwd = gemm_time(gpu, sh.peak, sh.fp8, m, k, n, sh.gemm_bytes)
+    bwd = (gemm_time(gpu, sh.peak, sh.fp8, m, n, k, sh.gemm_bytes)      # input grad
+           + gemm_time(gpu, sh.peak, sh.fp8, k, m, n, sh.gemm_bytes))   # weight grad
+    return fwd, bwd
+
+
+def _attention(spec: TransformerSpec, gpu: GPU, sh: Shapes, flash: bool,
+               tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Attention core (scores, softmax, weighted sum) forward and backward."""
+    s, d = spec.seq_len, spec.head_dim
+    heads = spec.num_attention_heads / sh.tp
+    if flash:
+        # FlashAttention skips the masked upper triangle (half the score FLOPs) and its backward
+        # runs 5 matmuls to the forward's 2 (Dao 2023, FlashAttention-2, section 3.1.2).
+        done = 0.5 * 4.0 * tokens * s * d * heads
+        fwd = done / (sh.attn_peak * gpu.attention_efficiency) + gpu.kernel_overhead_s
+        return fwd, 2.5 * fwd
+    # Unfused (Megatron-LM 2021): batched GEMMs for Q K^T and P V over b*heads, and the s x s
+    # scores through HBM for scale+mask+softmax (+ dropout for the GPT family: 2+2 bytes r/w, 1
+    # byte mask).
+    batch = sh.mbs * heads
+    q = s / sh.cp
+    qk = gemm_time(gpu, sh.attn_peak, False, q, d, s, sh.act_bytes, batch)
+    pv = gemm_time(gpu, sh.attn_peak, False, q, s, d, sh.act_bytes, batch)
+    elems = batch * q * s
+    drop = 1.0 if spec.is_gpt_family else 0.0
+    soft_f = memory_time(gpu, elems * 2 * sh.act_bytes) + drop * memory_time(
+        gpu, elems * (2 * sh.act_bytes + 1))
+    soft_b = memory_time(gpu, elems * 3 * sh.act_bytes) + drop * memory_time(
+        gpu, elems * (2 * sh.act_bytes + 1))
+    return qk + pv + soft_f, 2 * (qk + pv) + soft_b
+
+
+def _elementwise(spec: TransformerSpec, gpu: GPU, sh: Shapes,
+                 tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Norms, residual adds (+ bias-dropout for GPT), and the MLP activation."""
+    e = sh.act_bytes
+    th = tokens * spec.hidden_size / np.where(sh.sp, sh.tp, 1)
+    tf = tokens * spec.ffn_hidden_size / sh.tp
+    mask = 1.0 if spec.is_gpt_family else 0.0
+    norm_f, norm_b = memory_time(gpu, th * 2 * e, 2), memory_time(gpu, th * 3 * e, 2)
+    res_f, res_b = memory_time(gpu, th * (3 * e + mask), 2), memory_time(gpu, th * (2 * e + mask), 2)
+    if spec.mlp == "swiglu":
+        act_f, act_b = memory_time(gpu, tf * 3 * e), memory_time(gpu, tf * 5 * e)
+    else:
+        act_f, act_b = memory_time(gpu, tf * 2 * e), memory_time(gpu, tf * 3 * e)
+    return norm_f + res_f + act_f, norm_b + res_b + act_b
+
+
+def layer_times(spec: TransformerSpec, gpu: GPU, sh: Shapes, flash: bool) -> LayerTimes:
+    """One block, one micro-batch, one GPU."""
+    h, kv, f, t = spec.hidden_size, spec.kv_dim, spec.ffn_hidden_size, sh.tp
+    tokens = sh.mbs * spec.seq_len / sh.cp
+    up = 2 * f if spec.mlp == "swiglu" else f
+    parts = [_gemms(gpu, sh, tokens, h, (h + 2 * kv) / t), _gemms(gpu, sh, tokens, h / t, h),
+             _gemms(gpu, sh, tokens, h, up / t), _gemms(gpu, sh, tokens, f / t, h),
+             _elementwise(spec, gpu, sh, tokens)]
+    attn_f, attn_b = _attention(spec, gpu, sh, flash, tokens)
+    fwd = sum(p[0] for p in parts) + attn_f
+    bwd = sum(p[1] for p in parts) + attn_b
+    return LayerTimes(fwd=fwd, bwd=bwd, attn_fwd=attn_f, attn_bwd=attn_b)
+
+
+def head_times(spec: TransformerSpec, gpu: GPU, sh: Shapes) -> tuple[np.ndarray, np.ndarray]:
+    """Final norm, LM head GEMM and vocab-parallel cross-entropy (fp32 softmax over the logits:
+    read 2 + write 4 + read 4 bytes forward, read 4 + write 2 backward, per logit)."""
+    tokens = sh.mbs * spec.seq_len / sh.cp
+    v = padded_vocab(spec, sh.tp) / sh.tp
+    g_f, g_b = _gemms(gpu, sh, tokens, spec.hidden_size, v)
+    th = tokens * spec.hidden_size / np.where(sh.sp, sh.tp, 1)
+    ce_f = memory_time(gpu, tokens * v * (sh.act_bytes + 8))
+    ce_b = memory_time(gpu, tokens * v * (4 + sh.act_bytes))
+    return (g_f + ce_f + memory_time(gpu, th * 2 * sh.act_bytes),
+            g_b + ce_b + memory_time(gpu, th * 3 * sh.act_bytes))
+
+
+def embedding_times(spec: TransformerSpec, gpu: GPU, sh: Shapes) -> tuple[np.ndarray, np.ndarray]:
+    """Embedding lookup (gather) forward; fp32 scatter-add of its gradient backward."""
+    th = sh.mbs * spec.seq_len / sh.cp * spec.hidden_size
+    return memory_time(gpu, th * 2 * sh.act_bytes), memory_time(gpu, th * (sh.act_bytes + 8))

@@ -1,0 +1,37 @@
+"""Efficiency curves from the hardware profile, evaluated over arrays, and the kernel-time
+roofline that uses them. Every number comes from the profile; this file only interpolates."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from planner.hardware import GPU
+
+
+def curve(points: Sequence[Sequence[float]], x: np.ndarray) -> np.ndarray:
+    """Piecewise-linear in log10(x) through [x, y] points, clamped to the end values."""
+    xs = np.log10([p[0] for p in points])
+    ys = np.array([p[1] for p in points], dtype=float)
+    return np.interp(np.log10(np.maximum(np.asarray(x, dtype=float), 1e-30)), xs, ys)
+
+
+def gemm_time(gpu: GPU, peak: np.ndarray, fp8: np.ndarray, m: np.ndarray, k: np.ndarray,
+              n: np.ndarray, elem_bytes: np.ndarray, count: np.ndarray | float = 1.0) -> np.ndarray:
+    """Seconds for `count` GEMMs of shape (m x k) @ (k x n): the slower of compute at the
+    size-dependent efficiency and the HBM traffic of reading both inputs and writing the output
+    (a roofline; small or skinny GEMMs are memory-bound)."""
+    flops = 2.0 * m * k * n
+    eff = curve(gpu.gemm_efficiency, flops / 1e9) * np.where(fp8, gpu.fp8_gemm_scale, 1.0)
+    t_compute = flops / (peak * eff)
+    nbytes = elem_bytes * (m * k + k * n + m * n)
+    t_memory = memory_time(gpu, nbytes)
+    return count * (np.maximum(t_compute, t_memory) + gpu.kernel_overhead_s)
+
+
+def memory_time(gpu: GPU, nbytes: np.ndarray, count: np.ndarray | float = 1.0) -> np.ndarray:
+    """Seconds for `count` memory-bound kernels each moving `nbytes` through HBM."""
+    nbytes = np.asarray(nbytes, dtype=float)
+    eff = curve(gpu.hbm_efficiency, nbytes / 1e6)
+    return count * (nbytes / (gpu.hbm_bandwidth_GBps * 1e9 * eff) + gpu.kernel_overhead_s)

@@ -1,0 +1,81 @@
+"""The cost model's entry points. `evaluate` runs over any number of plans at once (the search);
+`predict` is `evaluate` on a batch of one, shaped as the `paraplan predict --json` contract."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from planner.cost.flops import hardware_flops_per_step, model_flops_per_step
+from planner.cost.layout import link_arrays
+from planner.cost.memory import memory_breakdown
+from planner.cost.params import total_params
+from planner.cost.step_time import shapes, step_breakdown
+from planner.hardware import Cluster
+from planner.plan import Plan
+from planner.plan_arrays import PlanArrays
+from planner.schema import InputError
+from planner.topology import Topology
+from planner.transformer import TransformerSpec
+from planner.validity import plan_problems
+
+BREAKDOWN_KEYS = ("compute_s", "tp_comm_s", "cp_comm_s", "pp_comm_s", "dp_comm_s", "bubble_s",
+                  "optimizer_s")
+MEMORY_KEYS = ("weights_bytes", "gradients_bytes", "optimizer_bytes", "activations_bytes",
+               "buffers_bytes", "framework_bytes")
+
+
+def evaluate(spec: TransformerSpec, cluster: Cluster, topo: Topology,
+             P: PlanArrays) -> dict[str, np.ndarray]:
+    """Every figure for every plan in `P` (plans must be valid: see validity.invalid_masks)."""
+    links, _ = link_arrays(topo, P)
+    sh = shapes(cluster, P)
+    out = step_breakdown(spec, cluster, P, sh, links)
+    mem = memory_breakdown(spec, cluster, P, sh, cluster.software.flash_attention)
+    out.update({f"memory.{k}": v for k, v in mem.items()})
+    step = out["step_time_s"]
+    n = cluster.num_gpus
+    model = model_flops_per_step(spec, P.gbs)
+    hw = hardware_flops_per_step(spec, P.gbs, P.recompute)
+    out["tokens_per_s"] = P.gbs * spec.seq_len / step
+    out["model_tflops_per_gpu"] = model / (step * n) / 1e12
+    out["hardware_tflops_per_gpu"] = hw / (step * n) / 1e12
+    out["mfu"] = model / (step * n * sh.peak)
+    out["fits"] = mem["peak_bytes"] <= cluster.gpu.memory_bytes
+    return out
+
+
+def predict(spec: TransformerSpec, cluster: Cluster, plan: Plan,
+            topo: Topology | None = None) -> dict[str, Any]:
+    """The `paraplan predict --json` object for one plan; InputError if the plan is invalid."""
+    problems = plan_problems(plan, spec, cluster)
+    if problems:
+        raise InputError("plan is invalid for this model and cluster: " + "; ".join(problems))
+    topo = topo or Topology(cluster)
+    P = PlanArrays.from_plans([plan])
+    r = {k: v[0] for k, v in evaluate(spec, cluster, topo, P).items()}
+    _, layouts = link_arrays(topo, P)
+    mem = {k: int(round(float(r[f"memory.{k}"]))) for k in MEMORY_KEYS}
+    mem["peak_bytes"] = int(round(float(r["memory.peak_bytes"])))
+    mem["capacity_bytes"] = cluster.gpu.memory_bytes
+    return {
+        "transformer": spec.name,
+        "cluster": cluster.name,
+        "num_gpus": cluster.num_gpus,
+        "plan": plan.to_json_dict(),
+        "step_time_s": float(r["step_time_s"]),
+        "tokens_per_s": float(r["tokens_per_s"]),
+        "model_tflops_per_gpu": float(r["model_tflops_per_gpu"]),
+        "hardware_tflops_per_gpu": float(r["hardware_tflops_per_gpu"]),
+        "mfu": float(r["mfu"]),
+        "memory": mem,
+        "fits": bool(r["fits"]),
+        "breakdown": {k: float(r[k]) for k in BREAKDOWN_KEYS},
+        "links": {k: {"size": g.size, "tier": g.tier, "link": g.link_name,
+                      "bandwidth_GBps": g.bandwidth_GBps, "ranks_per_node": g.ranks_per_node,
+                      "nodes_spanned": g.nodes_spanned}
+                  for k, g in layouts[0].items() if g.size > 1},
+        "params": total_params(spec),
+        "model_flops_per_step": float(model_flops_per_step(spec, np.array([plan.global_batch_size]))[0]),
+    }

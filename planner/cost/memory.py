@@ -1,0 +1,102 @@
+"""Bytes per GPU: weights, gradients, optimizer state (ZeRO), activations per schedule, buffers.
+
+Model state per parameter follows the ZeRO paper (Rajbhandari et al. 2020, section 3.1): mixed
+precision keeps 2-byte weights, 2-byte gradients and 12 bytes of Adam state (fp32 master, m, v);
+fp32 training keeps 4 + 4 + 8. ZeRO stage 1 shards the optimizer state over the data-parallel
+ranks (dp x cp), stage 2 also the gradients, stage 3 also the weights.
+
+Activations per block per micro-batch follow Korthikanti et al. 2022 (section 4, eqs. 1-5):
+s b h (34 + 5 a s / h) bytes for a GPT block in 16-bit, of which s b h (10 + ...) stays whole on
+every tensor-parallel rank unless sequence parallelism splits it; full recompute keeps only the
+block input (2 s b h). The terms are written out below per tensor so GQA, SwiGLU, no-dropout
+(Llama family) and fused attention (no s x s scores) follow from the same accounting.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from planner.cost.compute import Shapes
+from planner.cost.params import layer_params_per_rank, padded_vocab, stage_params_per_rank
+from planner.hardware import Cluster
+from planner.plan_arrays import R_FULL, R_SELECTIVE, S_GPIPE, S_INTERLEAVED, PlanArrays
+from planner.transformer import TransformerSpec
+
+
+def layer_activation_bytes(spec: TransformerSpec, sh: Shapes, recompute: np.ndarray,
+                           flash: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(stored, full): bytes one block saves for backward for one micro-batch on one GPU under
+    the plan's recompute mode, and without recompute."""
+    e, t = sh.act_bytes, sh.tp
+    tokens = sh.mbs * spec.seq_len / sh.cp
+    h, kv, f = spec.hidden_size, spec.kv_dim, spec.ffn_hidden_size
+    sp_div = np.where(sh.sp, t, 1)
+    masks = 2.0 if spec.is_gpt_family else 0.0  # 1-byte dropout masks after attention and MLP
+    # Norm inputs (2), QKV input, MLP input, dropout masks: whole on each rank without SP.
+    unsplit = tokens * h * (4 * e + masks) / sp_div
+    # Q, K, V, out-proj input; MLP: gelu input + output, or swiglu gate, up and product.
+    mlp = (3 if spec.mlp == "swiglu" else 2) * e * tokens * f
+    split = (e * tokens * (2 * h + 2 * kv) + mlp) / t
+    heads = spec.num_attention_heads / t
+    if flash:
+        core = 4.0 * sh.mbs * heads * spec.seq_len / sh.cp  # fp32 log-sum-exp per query row
+    else:
+        per_score = 2 * e + 1 if spec.is_gpt_family else e  # softmax out (+ dropout mask, out)
+        core = per_score * sh.mbs * heads * (spec.seq_len / sh.cp) * spec.seq_len
+    full = unsplit + split + core
+    stored = np.where(recompute == R_SELECTIVE, unsplit + split, full)
+    return np.where(recompute == R_FULL, e * tokens * h / sp_div, stored), full
+
+
+def _in_flight(P: PlanArrays, stage: np.ndarray) -> np.ndarray:
+    """Block-equivalents of activations held on pipeline stage `stage` at the schedule's peak,
+    in units of 'one stage's blocks for one micro-batch'."""
+    m = P.micro_batches
+    one_f_one_b = np.minimum(m, P.pp - stage)
+    # Megatron-LM interleaved schedule: warm-up chunks 2(pp - s - 1) + (v - 1) pp, plus one;
+    # each chunk is 1/v of the stage's blocks (Narayanan et al. 2021, section 2.2.1).
+    chunks = np.minimum(m * P.vpp, 2 * (P.pp - stage - 1) + (P.vpp - 1) * P.pp + 1)
+    return np.select([P.schedule == S_GPIPE, P.schedule == S_INTERLEAVED],
+                     [m, chunks / P.vpp], one_f_one_b)
+
+
+def model_state_bytes(P: PlanArrays, params: np.ndarray) -> dict[str, np.ndarray]:
+    """Weights, gradients and optimizer bytes for `params` parameters on one rank."""
+    fp32 = P.precision == 3
+    w, g, o = np.where(fp32, 4, 2), np.where(fp32, 4, 2), np.where(fp32, 8, 12)
+    dpc = P.dp * P.cp
+    return {"weights_bytes": params * w / np.where(P.zero >= 3, dpc, 1),
+            "gradients_bytes": params * g / np.where(P.zero >= 2, dpc, 1),
+            "optimizer_bytes": params * o / np.where(P.zero >= 1, dpc, 1)}
+
+
+def memory_breakdown(spec: TransformerSpec, cluster: Cluster, P: PlanArrays,
+                     sh: Shapes, flash: bool) -> dict[str, np.ndarray]:
+    """Per-GPU bytes by component on the most loaded rank, plus `peak_bytes`."""
+    stored, full = layer_activation_bytes(spec, sh, P.recompute, flash)
+    layers = spec.num_layers // P.pp
+    e, tokens = sh.act_bytes, sh.mbs * spec.seq_len / sh.cp
+    th = tokens * spec.hidden_size / np.where(sh.sp, sh.tp, 1)
+    logits = tokens * padded_vocab(spec, sh.tp) / sh.tp * (e + 4)  # bf16 logits + fp32 softmax
+    working = full - stored  # one block recomputed at a time during backward
+    common = {"framework_bytes": np.full(len(P), float(cluster.software.framework_memory_bytes))}
+    bufs = (np.where(P.zero >= 3, 2 * layer_params_per_rank(spec, sh.tp) * np.where(
+        P.precision == 3, 4, 2), 0.0)                       # gathered block + prefetch (ZeRO-3)
+        + np.where(P.dp * P.cp > 1, 2.0 * cluster.software.grad_bucket_bytes, 0.0)
+        + np.where(P.pp > 1, 2 * e * tokens * spec.hidden_size / sh.tp, 0.0))  # p2p send/recv
+    out: dict[str, np.ndarray] = {}
+    for stage, first, last in ((np.zeros(len(P)), True, P.pp == 1), (P.pp - 1, P.pp == 1, True)):
+        state = model_state_bytes(P, stage_params_per_rank(spec, sh.tp, P.pp, first, last))
+        n_act = _in_flight(P, stage)
+        act = n_act * layers * stored + working
+        act = act + np.where(first & spec.is_gpt_family, n_act * th, 0.0)  # embedding mask
+        last_act = np.where(last, np.where(P.schedule == S_GPIPE, P.micro_batches, 1) * logits
+                            + th * e, 0.0)
+        comp = {**state, "activations_bytes": act + last_act, "buffers_bytes": bufs, **common}
+        peak = sum(comp.values())
+        if not out:
+            out = {**comp, "peak_bytes": peak}
+        else:
+            take = peak > out["peak_bytes"]
+            out = {k: np.where(take, v, out[k]) for k, v in {**comp, "peak_bytes": peak}.items()}
+    return out

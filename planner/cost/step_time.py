@@ -1,0 +1,135 @@
+"""Step time = pipeline (micro-batches x slowest stage + bubble) + exposed pipeline p2p +
+exposed data-parallel reduction + optimizer, with the per-category breakdown.
+
+Pipeline: with per-micro-batch stage times T_i (forward + backward, their TP/CP communication
+and exposed ZeRO-3 gathers), m micro-batches and v virtual stages,
+    time = m * max_i T_i + (sum_i T_i - max_i T_i) / v
+which for equal stages is (m + (p - 1) / v) T: the 1F1B / GPipe bubble (p - 1)/m and the
+interleaved (p - 1)/(v m) of Narayanan et al. 2021 (section 2.2). Point-to-point transfers sit on
+the critical path: 2 per chunk, (m v + p - 1) chunk slots.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from planner.cost.comms import Link
+from planner.cost.compute import Shapes, embedding_times, head_times, layer_times
+from planner.cost.efficiency import memory_time
+from planner.cost.params import layer_params_per_rank, stage_params_per_rank
+from planner.hardware import PRECISIONS, Cluster
+from planner.plan_arrays import R_FULL, R_SELECTIVE, PlanArrays
+from planner.transformer import TransformerSpec
+
+CATEGORIES = ("compute", "tp", "cp", "dp")
+
+
+def shapes(cluster: Cluster, P: PlanArrays) -> Shapes:
+    """Per-plan precision-dependent quantities."""
+    peaks = np.array([cluster.gpu.peak_flops(p) or np.nan for p in PRECISIONS])
+    fp8, fp32 = P.precision == PRECISIONS.index("fp8"), P.precision == PRECISIONS.index("fp32")
+    peak = peaks[P.precision]
+    act = np.where(fp32, 4.0, 2.0)
+    return Shapes(tp=P.tp.astype(float), cp=P.cp.astype(float), mbs=P.mbs.astype(float),
+                  sp=P.sp, peak=peak, attn_peak=np.where(fp8, peaks[0], peak), fp8=fp8,
+                  act_bytes=act, gemm_bytes=np.where(fp8, 1.0, act))
+
+
+def _per_layer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
+               links: dict[str, Link]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """category -> (forward, backward incl. recompute) seconds of one block, one micro-batch."""
+    flash = cluster.software.flash_attention
+    lt = layer_times(spec, cluster.gpu, sh, flash)
+    full, sel = P.recompute == R_FULL, P.recompute == R_SELECTIVE
+    recompute = np.where(full, lt.fwd, np.where(sel, lt.attn_fwd, 0.0))
+    tokens = sh.mbs * spec.seq_len / sh.cp
+    # TP: two all-reduces (or all-gather + reduce-scatter with SP, same volume) per direction
+    # (Shoeybi et al. 2019, Fig. 4; Korthikanti et al. 2022, Fig. 5); full recompute repeats them.
+    tp_f = 2 * links["tp"].all_reduce(sh.act_bytes * tokens * spec.hidden_size)
+    tp_b = tp_f + np.where(full, tp_f, 0.0)
+    # CP: ring exchange of this rank's K and V chunk, cp-1 steps forward, K/V and their grads
+    # backward, hidden behind the attention compute of the block in flight.
+    kv_msg = 2 * sh.act_bytes * tokens * spec.kv_dim / sh.tp
+    ring = (sh.cp - 1) * links["cp"].p2p(kv_msg)
+    cp_f = np.maximum(0.0, ring - lt.attn_fwd)
+    cp_b = np.maximum(0.0, 2 * ring - lt.attn_bwd) + np.where(full, cp_f, 0.0)
+    # ZeRO-3: gather the block's weights before forward and backward, reduce-scatter its grads,
+    # prefetched behind the previous block's compute (FSDP / DeepSpeed stage 3).
+    wbytes = layer_params_per_rank(spec, sh.tp) * np.where(P.precision == 3, 4.0, 2.0)
+    z3 = P.zero >= 3
+    ag, rs = links["dpcp"].all_gather(wbytes), links["dpcp"].reduce_scatter(wbytes)
+    dp_f = np.where(z3, np.maximum(0.0, ag - lt.fwd - tp_f), 0.0)
+    dp_b = np.where(z3, np.maximum(0.0, ag + rs - lt.bwd - recompute - tp_b), 0.0)
+    return {"compute": (lt.fwd, lt.bwd + recompute), "tp": (tp_f, tp_b), "cp": (cp_f, cp_b),
+            "dp": (dp_f, dp_b)}
+
+
+def _stages(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
+            links: dict[str, Link]) -> dict[str, np.ndarray]:
+    """Per-micro-batch time of the slowest stage by category, and the sum over stages."""
+    per = _per_layer(spec, cluster, P, sh, links)
+    n_layers = spec.num_layers // P.pp
+    base = {c: n_layers * (f + b) for c, (f, b) in per.items()}
+    ef, eb = embedding_times(spec, cluster.gpu, sh)
+    hf, hb = head_times(spec, cluster.gpu, sh)
+    tokens = sh.mbs * spec.seq_len / sh.cp
+    ce_comm = 3 * links["tp"].all_reduce(4.0 * tokens)  # vocab-parallel max, sum, target logit
+    first = {**base, "compute": base["compute"] + ef + eb}
+    last = {**base, "compute": base["compute"] + hf + hb, "tp": base["tp"] + ce_comm}
+    single = {**base, "compute": base["compute"] + ef + eb + hf + hb, "tp": last["tp"]}
+    t_first, t_last, t_base = (sum(d.values()) for d in (first, last, base))
+    one = P.pp == 1
+    pick_last = t_last > t_first
+    slow = {c: np.where(one, single[c], np.where(pick_last, last[c], first[c])) for c in base}
+    t_max = sum(slow.values())
+    t_sum = np.where(one, t_max, t_first + t_last + (P.pp - 2) * t_base)
+    # The last micro-batch's backward through the stage's blocks: what gradient reduction hides
+    # behind.
+    window = n_layers * sum(b for _, b in per.values())
+    return {**{f"max_{c}": v for c, v in slow.items()}, "t_max": t_max, "t_sum": t_sum,
+            "bwd_window": window}
+
+
+def _dp_exposed(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
+                links: dict[str, Link], window: np.ndarray) -> np.ndarray:
+    """Gradient reduction (and ZeRO-1/2 parameter all-gather) not hidden behind backward."""
+    params = np.maximum(stage_params_per_rank(spec, sh.tp, P.pp, True, P.pp == 1),
+                        stage_params_per_rank(spec, sh.tp, P.pp, P.pp == 1, True))
+    g = params * np.where(P.precision == 3, 4.0, 2.0)
+    link, sw = links["dpcp"], cluster.software
+    reduce = np.where(P.zero == 0, link.all_reduce(g), link.reduce_scatter(g))
+    tail = reduce * np.minimum(1.0, sw.grad_bucket_bytes / g)  # the last bucket never overlaps
+    overlap = window if sw.grad_overlap else 0.0
+    exposed = np.maximum(tail, reduce - overlap)
+    exposed = np.where(P.zero == 2, P.micro_batches * exposed, exposed)
+    gather = np.where((P.zero == 1) | (P.zero == 2), link.all_gather(g), 0.0)
+    return np.where((P.dp * P.cp > 1) & (P.zero < 3), exposed + gather, 0.0)
+
+
+def _optimizer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes) -> np.ndarray:
+    """Adam step, memory-bound: fp32 master weight, m and v read and written (24 bytes), the
+    gradient read twice (norm for clipping, update) and the 16-bit weight written."""
+    params = stage_params_per_rank(spec, sh.tp, P.pp, True, P.pp == 1)
+    params = params / np.where(P.zero >= 1, P.dp * P.cp, 1)
+    per_param = np.where(P.precision == 3, 24.0 + 2 * 4.0, 24.0 + 2 * 2.0 + 2.0)
+    return memory_time(cluster.gpu, params * per_param)
+
+
+def step_breakdown(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
+                   links: dict[str, Link]) -> dict[str, np.ndarray]:
+    """Seconds per step by category; they add up to `step_time_s`."""
+    st = _stages(spec, cluster, P, sh, links)
+    m, v = P.micro_batches.astype(float), P.vpp.astype(float)
+    msg = sh.act_bytes * sh.mbs * spec.seq_len / sh.cp * spec.hidden_size / sh.tp
+    pp_comm = np.where(P.pp > 1, 2 * links["pp"].p2p(msg) * (m * v + P.pp - 1), 0.0)
+    out = {
+        "compute_s": m * st["max_compute"],
+        "tp_comm_s": m * st["max_tp"],
+        "cp_comm_s": m * st["max_cp"],
+        "pp_comm_s": pp_comm,
+        "dp_comm_s": m * st["max_dp"] + _dp_exposed(spec, cluster, P, sh, links, st["bwd_window"]),
+        "bubble_s": (st["t_sum"] - st["t_max"]) / v,
+        "optimizer_s": _optimizer(spec, cluster, P, sh),
+    }
+    out["step_time_s"] = sum(out.values())
+    return out

@@ -1,0 +1,261 @@
+"""`Cluster`: the hardware noun. GPUs (peak FLOP/s per dtype, memory, HBM bandwidth, efficiency
+curves), nodes, and links by tier. Every number is data in `hardware_profiles/` with a source; the
+code holds no hardware constants.
+
+Units are in the key: `_bytes`, `_s`, `_tflops` (1e12 FLOP/s, dense), `_GBps` (1e9 bytes/s per
+direction), `_usd`.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from planner.schema import FrozenModel, InputError, read_json, validate_as
+
+Precision = Literal["bf16", "fp16", "fp8", "fp32"]
+PRECISIONS: tuple[str, ...] = ("bf16", "fp16", "fp8", "fp32")
+
+
+def _check_curve(points: list[tuple[float, float]], name: str) -> list[tuple[float, float]]:
+    if not points:
+        raise ValueError(f"{name} needs at least one [x, efficiency] point")
+    xs = [x for x, _ in points]
+    if any(x <= 0 for x in xs) or any(b <= a for a, b in zip(xs, xs[1:])):
+        raise ValueError(f"{name} x values must be > 0 and strictly increasing, got {xs}")
+    bad = [y for _, y in points if not 0 < y <= 1]
+    if bad:
+        raise ValueError(f"{name} efficiencies must be in (0, 1], got {bad}")
+    return points
+
+
+class PeakTflops(FrozenModel):
+    """Dense (no structured sparsity) peak throughput per precision, in TFLOP/s; null where the
+    hardware has no such path (e.g. fp8 on A100)."""
+
+    bf16: float | None = Field(gt=0)
+    """bf16 tensor-core peak."""
+    fp16: float | None = Field(gt=0)
+    """fp16 tensor-core peak."""
+    fp8: float | None = Field(default=None, gt=0)
+    """fp8 tensor-core peak (null if unsupported)."""
+    fp32: float | None = Field(gt=0)
+    """Plain fp32 peak (CUDA cores on NVIDIA; PyTorch's default for fp32 matmuls)."""
+    tf32: float | None = Field(default=None, gt=0)
+    """tf32 tensor-core peak (informational; fp32 plans use the fp32 figure)."""
+
+
+class GPU(FrozenModel):
+    """One accelerator: capacity, peak rates and how close real kernels come to them."""
+
+    name: str = Field(min_length=1)
+    """Profile name, e.g. `a100_80g`."""
+    description: str = ""
+    """Human-readable product name."""
+    memory_bytes: int = Field(gt=0)
+    """Device memory capacity in bytes."""
+    peak_tflops: PeakTflops
+    """Dense peak per precision."""
+    hbm_bandwidth_GBps: float = Field(gt=0)
+    """Device memory bandwidth, 1e9 bytes/s."""
+    gemm_efficiency: list[tuple[float, float]]
+    """[GFLOP per GEMM kernel, fraction of peak] points; interpolated in log(size), clamped at the
+    ends. The largest point is the measured maximum achievable matmul FLOP/s (MAMF)."""
+    hbm_efficiency: list[tuple[float, float]]
+    """[MB moved per memory-bound kernel, fraction of HBM bandwidth] points."""
+    fp8_gemm_scale: float = Field(default=1.0, gt=0, le=1)
+    """fp8 GEMMs reach this times the bf16 fraction of their (fp8) peak (measured MAMF ratio)."""
+    attention_efficiency: float = Field(gt=0, le=1)
+    """Fraction of peak a fused (flash) attention kernel reaches on the FLOPs it executes."""
+    kernel_overhead_s: float = Field(ge=0)
+    """Fixed time per kernel (launch and tail), added to every modelled kernel."""
+    sources: dict[str, str] = Field(default_factory=dict)
+    """Field name -> where the number comes from."""
+    notes: list[str] = Field(default_factory=list)
+    """Caveats: which numbers are estimates until calibrated."""
+
+    @field_validator("gemm_efficiency")
+    @classmethod
+    def _gemm_curve(cls, v: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        return _check_curve(v, "gemm_efficiency")
+
+    @field_validator("hbm_efficiency")
+    @classmethod
+    def _hbm_curve(cls, v: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        return _check_curve(v, "hbm_efficiency")
+
+    def peak_flops(self, precision: str) -> float | None:
+        """Peak FLOP/s for a plan precision, None if the GPU lacks it."""
+        tf = getattr(self.peak_tflops, precision)
+        return None if tf is None else tf * 1e12
+
+
+class IntraNodeLink(FrozenModel):
+    """The GPU-to-GPU fabric inside a node (NVLink + NVSwitch, xGMI mesh, PCIe, shared memory)."""
+
+    name: str = Field(min_length=1)
+    """e.g. `NVLink 3 via NVSwitch`."""
+    topology: Literal["switch", "full_mesh"]
+    """`switch`: each GPU has `bandwidth_GBps` into a non-blocking switch, whatever the group size.
+    `full_mesh`: one direct link per GPU pair of `pair_bandwidth_GBps`, so a group of k GPUs
+    reaches (k-1) x pair bandwidth per GPU, capped at `bandwidth_GBps`."""
+    bandwidth_GBps: float = Field(gt=0)
+    """Per-GPU bandwidth per direction."""
+    pair_bandwidth_GBps: float | None = Field(default=None, gt=0)
+    """Per-pair bandwidth per direction (full_mesh only)."""
+    latency_s: float = Field(ge=0)
+    """Per-step latency of a collective on this fabric (alpha in the alpha-beta model)."""
+    efficiency: list[tuple[float, float]]
+    """[message MB, fraction of bandwidth] reached by ring collectives (bus bandwidth / spec)."""
+
+    @field_validator("efficiency")
+    @classmethod
+    def _curve(cls, v: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        return _check_curve(v, "efficiency")
+
+    @model_validator(mode="after")
+    def _mesh_needs_pair(self) -> "IntraNodeLink":
+        if self.topology == "full_mesh" and self.pair_bandwidth_GBps is None:
+            raise ValueError("topology 'full_mesh' needs pair_bandwidth_GBps")
+        return self
+
+
+class InterNodeLink(FrozenModel):
+    """The scale-out network (InfiniBand, RoCE, EFA): NICs per node into a non-blocking fabric."""
+
+    name: str = Field(min_length=1)
+    """e.g. `InfiniBand HDR 200 Gb/s`."""
+    nics_per_node: int = Field(ge=1)
+    """Compute NICs per node (storage NICs excluded)."""
+    nic_bandwidth_GBps: float = Field(gt=0)
+    """Per-NIC bandwidth per direction, 1e9 bytes/s (a 200 Gb/s NIC is 25 GB/s)."""
+    latency_s: float = Field(ge=0)
+    """Per-step latency of a collective across nodes."""
+    efficiency: list[tuple[float, float]]
+    """[message MB, fraction of NIC bandwidth] reached by collectives."""
+
+    @field_validator("efficiency")
+    @classmethod
+    def _curve(cls, v: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        return _check_curve(v, "efficiency")
+
+
+class Software(FrozenModel):
+    """What the training stack does, where it changes time or memory (not hardware numbers)."""
+
+    flash_attention: bool = True
+    """Fused attention (FlashAttention): no s x s score matrix in HBM, causal blocks skipped.
+    False models an unfused softmax as in Megatron-LM 2021."""
+    grad_overlap: bool = True
+    """Data-parallel gradient reduction overlaps the last micro-batch's backward (PyTorch DDP
+    buckets, Megatron overlap-grad-reduce)."""
+    grad_bucket_bytes: int = Field(default=25 * 2**20, gt=0)
+    """Gradient bucket size; the last bucket's reduction cannot overlap."""
+    framework_memory_bytes: int = Field(ge=0)
+    """Fixed per-GPU memory outside the model: runtime context, communication buffers, allocator
+    fragmentation."""
+
+
+class Cluster(FrozenModel):
+    """A homogeneous cluster: `num_nodes` nodes of `gpus_per_node` GPUs."""
+
+    name: str = Field(min_length=1)
+    """Preset name, e.g. `dgx_a100_80g`."""
+    description: str = ""
+    """Human-readable system name."""
+    gpu: GPU
+    """The accelerator in every slot."""
+    gpus_per_node: int = Field(ge=1)
+    """GPUs per node sharing the intra-node fabric."""
+    num_nodes: int = Field(default=1, ge=1)
+    """Number of nodes (scale with `--num-nodes`)."""
+    intra_node: IntraNodeLink
+    """Fabric inside a node."""
+    inter_node: InterNodeLink | None = None
+    """Network between nodes; null for a single-node machine."""
+    software: Software
+    """Training-stack behaviour assumed by the cost model."""
+    price_per_gpu_hour_usd: float | None = Field(default=None, gt=0)
+    """On-demand price per GPU-hour, if known."""
+    sources: dict[str, str] = Field(default_factory=dict)
+    """Field name -> where the number comes from."""
+    notes: list[str] = Field(default_factory=list)
+    """Caveats."""
+
+    @model_validator(mode="after")
+    def _multi_node_needs_network(self) -> "Cluster":
+        if self.num_nodes > 1 and self.inter_node is None:
+            raise ValueError(f"num_nodes={self.num_nodes} needs an inter_node network; this "
+                             "profile has none (single-node machine)")
+        return self
+
+    @property
+    def num_gpus(self) -> int:
+        """Total GPUs (world size)."""
+        return self.num_nodes * self.gpus_per_node
+
+    def with_num_nodes(self, num_nodes: int) -> "Cluster":
+        """The same cluster scaled to `num_nodes` nodes (validated)."""
+        if num_nodes < 1:
+            raise InputError(f"--num-nodes must be >= 1, got {num_nodes}")
+        data = self.model_dump()
+        data["num_nodes"] = num_nodes
+        return validate_as(Cluster, data, f"cluster {self.name}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading presets and files
+
+def _profiles_dir(kind: str) -> Path:
+    return Path(str(resources.files("hardware_profiles"))) / kind
+
+
+def _norm(name: str) -> str:
+    return name.strip().lower().replace("-", "_")
+
+
+def preset_names(kind: Literal["gpus", "clusters"]) -> list[str]:
+    """Names of the built-in GPU or cluster profiles."""
+    return sorted(p.stem for p in _profiles_dir(kind).glob("*.json"))
+
+
+def _resolve(ref: str, kind: Literal["gpus", "clusters"], what: str) -> Path:
+    p = Path(ref)
+    if p.suffix == ".json" or p.exists():
+        if not p.is_file():
+            raise InputError(f"{what}: file not found: {ref}")
+        return p
+    cand = _profiles_dir(kind) / f"{_norm(ref)}.json"
+    if cand.is_file():
+        return cand
+    raise InputError(f"unknown {what} preset '{ref}'; accepted: {', '.join(preset_names(kind))} "
+                     "(or a path to a .json profile)")
+
+
+def load_gpu(ref: str) -> GPU:
+    """A GPU profile from a preset name (`a100_80g`) or a JSON path."""
+    path = _resolve(ref, "gpus", "GPU")
+    return validate_as(GPU, read_json(path, f"GPU profile {path}"), f"GPU profile {path}")
+
+
+def load_cluster(ref: str, num_nodes: int | None = None) -> Cluster:
+    """A cluster from a preset name (`dgx_a100_80g`) or a JSON path; `gpu` may name a GPU preset.
+    `num_nodes` overrides the file's node count."""
+    path = _resolve(ref, "clusters", "cluster")
+    what = f"cluster profile {path}"
+    data = read_json(path, what)
+    if not isinstance(data, dict):
+        raise InputError(f"{what}: expected a JSON object, got {type(data).__name__}")
+    if isinstance(data.get("gpu"), str):
+        gpu_ref = data["gpu"]
+        if gpu_ref.endswith(".json") and not Path(gpu_ref).is_absolute():
+            gpu_ref = str(path.parent / gpu_ref)
+        data = {**data, "gpu": load_gpu(gpu_ref).model_dump()}
+    if num_nodes is not None:
+        if num_nodes < 1:
+            raise InputError(f"--num-nodes must be >= 1, got {num_nodes}")
+        data = {**data, "num_nodes": num_nodes}
+    return validate_as(Cluster, data, what)

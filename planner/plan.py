@@ -1,0 +1,83 @@
+"""`Plan`: the parallel layout noun, written by the search and read by the executor.
+
+The rank `order` names the dimensions from innermost (fastest-varying rank index) to outermost, as
+Megatron-LM's RankGenerator does: the default `tp-cp-dp-pp` puts a tensor-parallel group on
+consecutive ranks (inside one node) and pipeline stages furthest apart. `mesh_dims()` gives the
+same layout outermost-first, the order torch's `DeviceMesh` expects; planner/topology and the
+executor both build their groups from it.
+"""
+
+from __future__ import annotations
+
+from itertools import permutations
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from planner.schema import FrozenModel
+
+DIMS: tuple[str, ...] = ("tp", "cp", "dp", "pp")
+DEFAULT_ORDER = "tp-cp-dp-pp"
+ORDERS: tuple[str, ...] = tuple("-".join(p) for p in permutations(DIMS))
+SCHEDULES: tuple[str, ...] = ("1f1b", "gpipe", "interleaved_1f1b")
+RECOMPUTE: tuple[str, ...] = ("none", "selective", "full")
+
+
+class Plan(FrozenModel):
+    """One parallel training configuration. Keys are the DESIGN.md interface contract."""
+
+    dp: int = Field(ge=1)
+    """Data-parallel replicas."""
+    tp: int = Field(ge=1)
+    """Tensor-parallel width (Megatron column/row split of attention and MLP)."""
+    pp: int = Field(ge=1)
+    """Pipeline stages."""
+    cp: int = Field(default=1, ge=1)
+    """Context-parallel width (sequence split across ranks, ring exchange of K/V)."""
+    micro_batch_size: int = Field(ge=1)
+    """Sequences per micro-batch per data-parallel replica."""
+    global_batch_size: int = Field(ge=1)
+    """Sequences per optimizer step across all replicas."""
+    virtual_pipeline_stages: int = Field(default=1, ge=1)
+    """Model chunks per pipeline rank (interleaved 1F1B); 1 otherwise."""
+    schedule: Literal["1f1b", "gpipe", "interleaved_1f1b"] = "1f1b"
+    """Pipeline schedule."""
+    zero_stage: int = Field(default=0, ge=0, le=3)
+    """0: replicated optimizer; 1: optimizer state sharded over dp; 2: + gradients; 3: + weights."""
+    recompute: Literal["none", "selective", "full"] = "none"
+    """Activation recomputation: none, selective (attention core, Korthikanti et al. 2022), full
+    (every layer's forward)."""
+    sequence_parallel: bool = False
+    """Shard LayerNorm/dropout activations over the tp group (needs tp > 1)."""
+    precision: Literal["bf16", "fp16", "fp8", "fp32"] = "bf16"
+    """Compute precision of matmuls (mixed precision keeps fp32 master weights except for fp32)."""
+    order: str = DEFAULT_ORDER
+    """Rank order, innermost dimension first: a permutation of tp, cp, dp, pp joined by '-'."""
+
+    @field_validator("order")
+    @classmethod
+    def _order(cls, v: str) -> str:
+        v = v.strip().lower()
+        if v not in ORDERS:
+            raise ValueError(f"order must be a '-'-joined permutation of tp, cp, dp, pp "
+                             f"(innermost first), e.g. '{DEFAULT_ORDER}'")
+        return v
+
+    @property
+    def world_size(self) -> int:
+        """GPUs the plan needs: dp * tp * pp * cp."""
+        return self.dp * self.tp * self.pp * self.cp
+
+    @property
+    def num_micro_batches(self) -> int:
+        """Micro-batches per step per pipeline (rounded down if the batch does not divide)."""
+        return self.global_batch_size // (self.dp * self.micro_batch_size)
+
+    def mesh_dims(self) -> list[tuple[str, int]]:
+        """(dimension, size) outermost first: the shape of `arange(world).reshape(...)`."""
+        sizes = {"tp": self.tp, "cp": self.cp, "dp": self.dp, "pp": self.pp}
+        return [(d, sizes[d]) for d in reversed(self.order.split("-"))]
+
+    def to_json_dict(self) -> dict:
+        """The flat contract dict (every key present)."""
+        return self.model_dump()

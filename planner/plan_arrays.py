@@ -1,0 +1,73 @@
+"""Plans as columns of numpy arrays, so one implementation of the cost model serves `predict`
+(a batch of one) and the vectorized search (millions of candidates)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from planner.hardware import PRECISIONS
+from planner.plan import ORDERS, RECOMPUTE, SCHEDULES, Plan
+
+# Integer codes for the categorical fields (index into the tuples above).
+S_1F1B, S_GPIPE, S_INTERLEAVED = (SCHEDULES.index(s) for s in ("1f1b", "gpipe", "interleaved_1f1b"))
+R_NONE, R_SELECTIVE, R_FULL = (RECOMPUTE.index(r) for r in ("none", "selective", "full"))
+
+
+@dataclass(frozen=True)
+class PlanArrays:
+    """Struct of arrays; every field has the same length n."""
+
+    dp: np.ndarray
+    tp: np.ndarray
+    pp: np.ndarray
+    cp: np.ndarray
+    mbs: np.ndarray
+    gbs: np.ndarray
+    vpp: np.ndarray
+    schedule: np.ndarray
+    zero: np.ndarray
+    recompute: np.ndarray
+    sp: np.ndarray
+    precision: np.ndarray
+    order: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.dp)
+
+    @property
+    def micro_batches(self) -> np.ndarray:
+        """m = global batch / (dp * micro-batch), floored (validity checks divisibility)."""
+        return self.gbs // (self.dp * self.mbs)
+
+    def take(self, idx: np.ndarray) -> "PlanArrays":
+        """Subset (boolean mask or index array)."""
+        return PlanArrays(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
+
+    def plan(self, i: int) -> Plan:
+        """Row i as a validated Plan."""
+        return Plan(
+            dp=int(self.dp[i]), tp=int(self.tp[i]), pp=int(self.pp[i]), cp=int(self.cp[i]),
+            micro_batch_size=int(self.mbs[i]), global_batch_size=int(self.gbs[i]),
+            virtual_pipeline_stages=int(self.vpp[i]), schedule=SCHEDULES[int(self.schedule[i])],
+            zero_stage=int(self.zero[i]), recompute=RECOMPUTE[int(self.recompute[i])],
+            sequence_parallel=bool(self.sp[i]), precision=PRECISIONS[int(self.precision[i])],
+            order=ORDERS[int(self.order[i])],
+        )
+
+    @staticmethod
+    def from_plans(plans: list[Plan]) -> "PlanArrays":
+        """Columns from validated Plans."""
+        def col(get, dtype=np.int64):
+            return np.array([get(p) for p in plans], dtype=dtype)
+        return PlanArrays(
+            dp=col(lambda p: p.dp), tp=col(lambda p: p.tp), pp=col(lambda p: p.pp),
+            cp=col(lambda p: p.cp), mbs=col(lambda p: p.micro_batch_size),
+            gbs=col(lambda p: p.global_batch_size), vpp=col(lambda p: p.virtual_pipeline_stages),
+            schedule=col(lambda p: SCHEDULES.index(p.schedule)), zero=col(lambda p: p.zero_stage),
+            recompute=col(lambda p: RECOMPUTE.index(p.recompute)),
+            sp=col(lambda p: p.sequence_parallel, bool),
+            precision=col(lambda p: PRECISIONS.index(p.precision)),
+            order=col(lambda p: ORDERS.index(p.order)),
+        )

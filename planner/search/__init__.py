@@ -1,0 +1,1 @@
+"""Plan search: the space, the vectorized loop, ranking and the Pareto front."""

@@ -1,0 +1,140 @@
+"""The search loop: generate candidates block by block, prune invalid ones with reasons, evaluate
+the rest in bulk with the same cost functions `predict` uses, rank by step time (tie-break
+memory), and keep the Pareto front of step time vs. memory."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from planner.cost.evaluate import evaluate
+from planner.hardware import Cluster
+from planner.plan import Plan
+from planner.plan_arrays import PlanArrays
+from planner.search.space import Space
+from planner.topology import Topology
+from planner.transformer import TransformerSpec
+from planner.validity import CHECKS, invalid_masks
+
+# Valid but pointless: ZeRO with a single data-parallel rank equals stage 0.
+REDUNDANT = ("zero_without_dp", "ZeRO stage > 0 with dp*cp = 1 (same as stage 0)")
+NO_FIT = "does not fit in GPU memory"
+
+
+@dataclass
+class SearchResult:
+    """Everything the CLI prints: counts, reasons, ranked plans and the Pareto front."""
+
+    candidates: int
+    pruned: dict[str, int]
+    """Reason summary -> candidates pruned for it (first failing rule counts)."""
+    examples: dict[str, str]
+    """Reason summary -> the full message for one pruned candidate."""
+    valid: int
+    fitting: int
+    plans: PlanArrays
+    """Valid candidates sorted by (fits first, step time, peak memory)."""
+    step_time_s: np.ndarray
+    peak_bytes: np.ndarray
+    fits: np.ndarray
+    mfu: np.ndarray
+    tokens_per_s: np.ndarray
+    pareto: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+    """Indices into `plans` of the fitting plans no other fitting plan beats on both time and
+    memory, fastest first."""
+    seconds: float = 0.0
+
+    def plan(self, i: int) -> Plan:
+        """Ranked plan i as a Plan."""
+        return self.plans.plan(i)
+
+
+def _prune(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, counts: dict[str, int],
+           examples: dict[str, str]) -> np.ndarray:
+    """Boolean keep-mask; tallies the first failing reason of every pruned candidate."""
+    masks = invalid_masks(spec, cluster, P)
+    masks[REDUNDANT[0]] = (P.zero > 0) & (P.dp * P.cp == 1)
+    bad = np.zeros(len(P), dtype=bool)
+    summaries = {c.key: (c.summary, c) for c in CHECKS}
+    summaries[REDUNDANT[0]] = (REDUNDANT[1], None)
+    for key, mask in masks.items():
+        first = mask & ~bad
+        n = int(first.sum())
+        if n:
+            summary, check = summaries[key]
+            counts[summary] = counts.get(summary, 0) + n
+            if summary not in examples and check is not None:
+                examples[summary] = check.message(spec, cluster, P, int(np.argmax(first)))
+        bad |= mask
+    return ~bad
+
+
+def pareto_front(step: np.ndarray, peak: np.ndarray) -> np.ndarray:
+    """Indices of points not dominated on (step, peak), sorted by step then peak."""
+    order = np.lexsort((peak, step))
+    best = np.minimum.accumulate(peak[order])
+    keep = np.ones(len(order), dtype=bool)
+    keep[1:] = peak[order][1:] < best[:-1]
+    return order[keep]
+
+
+def search(spec: TransformerSpec, cluster: Cluster, global_batch_size: int,
+           precision: str = "bf16", progress: Callable[[int, int], None] | None = None,
+           block_candidates: int = 400_000) -> SearchResult:
+    """Search the whole space (see planner/search/space.py) for `spec` on `cluster`."""
+    t0 = time.perf_counter()
+    space = Space.build(cluster.num_gpus, spec.num_layers, global_batch_size, precision)
+    topo = Topology(cluster)
+    counts: dict[str, int] = {}
+    examples: dict[str, str] = {}
+    kept: list[PlanArrays] = []
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in
+                                          ("step_time_s", "memory.peak_bytes", "fits", "mfu",
+                                           "tokens_per_s")}
+    done = 0
+    per_block = max(1, block_candidates // space.per_layout)
+    for n_layouts, P in space.blocks(global_batch_size, per_block):
+        keep = _prune(spec, cluster, P, counts, examples)
+        if keep.any():
+            V = P.take(keep)
+            r = evaluate(spec, cluster, topo, V)
+            kept.append(V)
+            for k in cols:
+                cols[k].append(np.asarray(r[k]))
+        done += len(P)
+        if progress:
+            progress(done, space.size)
+    return _rank(space.size, counts, examples, kept, cols, time.perf_counter() - t0)
+
+
+def _rank(total: int, counts: dict[str, int], examples: dict[str, str], kept: list[PlanArrays],
+          cols: dict[str, list[np.ndarray]], seconds: float) -> SearchResult:
+    if kept:
+        P = PlanArrays(**{f: np.concatenate([getattr(k, f) for k in kept])
+                          for f in PlanArrays.__dataclass_fields__})
+        c = {k: np.concatenate(v) for k, v in cols.items()}
+    else:
+        P = None
+        c = {k: np.zeros(0) for k in cols}
+    step, peak, fits = c["step_time_s"], c["memory.peak_bytes"], c["fits"].astype(bool)
+    order = np.lexsort((peak, step, ~fits))
+    valid, fitting = len(step), int(fits.sum())
+    if valid - fitting:
+        counts[NO_FIT] = valid - fitting
+    res = SearchResult(
+        candidates=total, pruned=counts, examples=examples, valid=valid, fitting=fitting,
+        plans=P.take(order) if P is not None else _empty(), step_time_s=step[order],
+        peak_bytes=peak[order], fits=fits[order], mfu=c["mfu"][order],
+        tokens_per_s=c["tokens_per_s"][order], seconds=seconds)
+    if fitting:
+        res.pareto = pareto_front(res.step_time_s[:fitting], res.peak_bytes[:fitting])
+    return res
+
+
+def _empty() -> PlanArrays:
+    z = np.zeros(0, dtype=np.int64)
+    return PlanArrays(dp=z, tp=z, pp=z, cp=z, mbs=z, gbs=z, vpp=z, schedule=z, zero=z,
+                      recompute=z, sp=z.astype(bool), precision=z, order=z)

@@ -1,0 +1,86 @@
+"""The search space: the full cartesian product of every plan field's domain, generated as
+arrays, one block of layouts at a time.
+
+Domains (for a spec, a cluster of N GPUs and a global batch B):
+  (tp, cp, dp, pp)     every ordered factorization of N into four factors
+  micro_batch_size     every divisor of B
+  virtual stages       every divisor of num_layers
+  schedule             1f1b, gpipe, interleaved_1f1b
+  zero_stage           0..3
+  recompute            none, selective, full
+  sequence_parallel    off, on
+The rank order stays the default (`tp-cp-dp-pp`); precision is the user's choice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from planner.hardware import PRECISIONS
+from planner.plan import DEFAULT_ORDER, ORDERS, RECOMPUTE, SCHEDULES
+from planner.plan_arrays import PlanArrays
+
+
+def divisors(n: int) -> list[int]:
+    """Sorted divisors of n >= 1."""
+    small = [d for d in range(1, int(n ** 0.5) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
+
+
+def layouts(num_gpus: int) -> np.ndarray:
+    """(k, 4) array of (tp, cp, dp, pp) with tp*cp*dp*pp = num_gpus."""
+    out = []
+    for tp in divisors(num_gpus):
+        for cp in divisors(num_gpus // tp):
+            for dp in divisors(num_gpus // (tp * cp)):
+                out.append((tp, cp, dp, num_gpus // (tp * cp * dp)))
+    return np.array(out, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Space:
+    """Domains of the searched fields."""
+
+    layouts: np.ndarray
+    mbs: np.ndarray
+    vpp: np.ndarray
+    precision: str
+    order: str = DEFAULT_ORDER
+
+    @staticmethod
+    def build(num_gpus: int, num_layers: int, global_batch: int, precision: str) -> "Space":
+        return Space(layouts=layouts(num_gpus), mbs=np.array(divisors(global_batch)),
+                     vpp=np.array(divisors(num_layers)), precision=precision)
+
+    @property
+    def per_layout(self) -> int:
+        """Candidates per layout."""
+        return (len(self.mbs) * len(self.vpp) * len(SCHEDULES) * 4 * len(RECOMPUTE) * 2)
+
+    @property
+    def size(self) -> int:
+        """Total candidates."""
+        return len(self.layouts) * self.per_layout
+
+    def blocks(self, global_batch: int, layouts_per_block: int) -> Iterator[tuple[int, PlanArrays]]:
+        """(layouts in block, candidates as PlanArrays) for consecutive blocks of layouts."""
+        other = np.meshgrid(self.mbs, self.vpp, np.arange(len(SCHEDULES)), np.arange(4),
+                            np.arange(len(RECOMPUTE)), np.array([False, True]), indexing="ij")
+        other = [o.ravel() for o in other]
+        k = len(other[0])
+        for start in range(0, len(self.layouts), layouts_per_block):
+            lay = self.layouts[start:start + layouts_per_block]
+            rep = np.repeat(lay, k, axis=0)
+            n = len(rep)
+
+            def tile(a: np.ndarray) -> np.ndarray:
+                return np.tile(a, len(lay))
+            yield len(lay), PlanArrays(
+                tp=rep[:, 0], cp=rep[:, 1], dp=rep[:, 2], pp=rep[:, 3], mbs=tile(other[0]),
+                gbs=np.full(n, global_batch, dtype=np.int64), vpp=tile(other[1]),
+                schedule=tile(other[2]), zero=tile(other[3]), recompute=tile(other[4]),
+                sp=tile(other[5]), precision=np.full(n, PRECISIONS.index(self.precision)),
+                order=np.full(n, ORDERS.index(self.order)))

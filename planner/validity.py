@@ -1,0 +1,110 @@
+"""Why a plan is invalid for a spec and a cluster: vectorized masks that the search uses to prune
+(with counts per reason) and `plan_problems` uses for one plan (with the numbers in the message).
+Memory fit is not checked here; it is a cost-model result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from planner.hardware import PRECISIONS, Cluster
+from planner.plan import Plan
+from planner.plan_arrays import S_INTERLEAVED, PlanArrays
+from planner.transformer import TransformerSpec
+
+Mask = Callable[[TransformerSpec, Cluster, PlanArrays], np.ndarray]
+Message = Callable[[TransformerSpec, Cluster, PlanArrays, int], str]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One rule: `invalid` marks the plans that break it; `message` explains plan i."""
+
+    key: str
+    summary: str
+    invalid: Mask
+    message: Message
+
+
+def _has_precision(cluster: Cluster) -> np.ndarray:
+    return np.array([cluster.gpu.peak_flops(p) is not None for p in PRECISIONS])
+
+
+def _i(a: np.ndarray, i: int) -> int:
+    return int(a[i])
+
+
+CHECKS: tuple[Check, ...] = (
+    Check("world_size", "dp*tp*pp*cp differs from the GPU count",
+          lambda s, c, P: P.dp * P.tp * P.pp * P.cp != c.num_gpus,
+          lambda s, c, P, i: (f"dp*tp*pp*cp = {_i(P.dp, i)}*{_i(P.tp, i)}*{_i(P.pp, i)}*"
+                              f"{_i(P.cp, i)} = {_i(P.dp * P.tp * P.pp * P.cp, i)} but the cluster "
+                              f"has {c.num_gpus} GPUs ({c.num_nodes} nodes x {c.gpus_per_node})")),
+    Check("heads_tp", "attention heads not divisible by tp",
+          lambda s, c, P: s.num_attention_heads % P.tp != 0,
+          lambda s, c, P, i: (f"num_attention_heads {s.num_attention_heads} is not divisible by "
+                              f"tp={_i(P.tp, i)}")),
+    Check("kv_heads_tp", "kv heads not divisible by tp",
+          lambda s, c, P: s.num_kv_heads % P.tp != 0,
+          lambda s, c, P, i: (f"num_kv_heads {s.num_kv_heads} is not divisible by tp={_i(P.tp, i)} "
+                              "(each tp rank needs whole key/value groups)")),
+    Check("ffn_tp", "ffn_hidden_size not divisible by tp",
+          lambda s, c, P: s.ffn_hidden_size % P.tp != 0,
+          lambda s, c, P, i: (f"ffn_hidden_size {s.ffn_hidden_size} is not divisible by "
+                              f"tp={_i(P.tp, i)}")),
+    Check("layers_pp", "layers not divisible by pp*virtual stages",
+          lambda s, c, P: s.num_layers % (P.pp * P.vpp) != 0,
+          lambda s, c, P, i: (f"num_layers {s.num_layers} is not divisible by pp*"
+                              f"virtual_pipeline_stages = {_i(P.pp, i)}*{_i(P.vpp, i)} = "
+                              f"{_i(P.pp * P.vpp, i)}")),
+    Check("batch", "global batch not divisible by dp*micro-batch",
+          lambda s, c, P: P.gbs % (P.dp * P.mbs) != 0,
+          lambda s, c, P, i: (f"global_batch_size {_i(P.gbs, i)} is not divisible by "
+                              f"dp*micro_batch_size = {_i(P.dp, i)}*{_i(P.mbs, i)} = "
+                              f"{_i(P.dp * P.mbs, i)}")),
+    Check("interleaved_needs_v", "interleaved_1f1b without virtual stages",
+          lambda s, c, P: (P.schedule == S_INTERLEAVED) & (P.vpp < 2),
+          lambda s, c, P, i: ("schedule interleaved_1f1b needs virtual_pipeline_stages >= 2, got "
+                              f"{_i(P.vpp, i)}")),
+    Check("v_needs_interleaved", "virtual stages without interleaved_1f1b",
+          lambda s, c, P: (P.schedule != S_INTERLEAVED) & (P.vpp > 1),
+          lambda s, c, P, i: (f"virtual_pipeline_stages={_i(P.vpp, i)} needs schedule "
+                              "interleaved_1f1b")),
+    Check("interleaved_needs_pp", "interleaved_1f1b with pp=1",
+          lambda s, c, P: (P.schedule == S_INTERLEAVED) & (P.pp < 2),
+          lambda s, c, P, i: "schedule interleaved_1f1b needs pp >= 2, got pp=1"),
+    Check("interleaved_micro_batches", "interleaved: micro-batches not a multiple of pp",
+          # Megatron-LM's interleaved schedule requires it (pipeline_parallel/schedules.py).
+          lambda s, c, P: (P.schedule == S_INTERLEAVED) & (P.micro_batches % P.pp != 0),
+          lambda s, c, P, i: (f"schedule interleaved_1f1b needs the number of micro-batches "
+                              f"({_i(P.micro_batches, i)}) to be a multiple of pp={_i(P.pp, i)}")),
+    Check("sp_needs_tp", "sequence parallel with tp=1",
+          lambda s, c, P: P.sp & (P.tp < 2),
+          lambda s, c, P, i: "sequence_parallel needs tp >= 2 (it shards activations over tp)"),
+    Check("cp_seq", "seq_len not divisible by 2*cp",
+          # Load-balanced causal context parallelism splits the sequence into 2*cp chunks.
+          lambda s, c, P: (P.cp > 1) & (s.seq_len % (2 * P.cp) != 0),
+          lambda s, c, P, i: (f"seq_len {s.seq_len} is not divisible by 2*cp = {_i(2 * P.cp, i)} "
+                              "(load-balanced causal context parallelism)")),
+    Check("precision", "precision not supported by the GPU",
+          lambda s, c, P: ~_has_precision(c)[P.precision],
+          lambda s, c, P, i: (f"precision {PRECISIONS[_i(P.precision, i)]} is not supported by "
+                              f"{c.gpu.name}; accepted: "
+                              f"{', '.join(p for p in PRECISIONS if c.gpu.peak_flops(p))}")),
+)
+
+
+def invalid_masks(spec: TransformerSpec, cluster: Cluster, P: PlanArrays) -> dict[str, np.ndarray]:
+    """key -> boolean array (True = plan breaks the rule)."""
+    n = len(P)
+    return {ch.key: np.broadcast_to(np.asarray(ch.invalid(spec, cluster, P), bool), (n,))
+            for ch in CHECKS}
+
+
+def plan_problems(plan: Plan, spec: TransformerSpec, cluster: Cluster) -> list[str]:
+    """Every reason `plan` cannot run `spec` on `cluster` (empty list: valid)."""
+    P = PlanArrays.from_plans([plan])
+    return [ch.message(spec, cluster, P, 0) for ch in CHECKS if bool(np.asarray(
+        ch.invalid(spec, cluster, P)).reshape(-1)[0])]

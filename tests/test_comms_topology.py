@@ -1,0 +1,77 @@
+"""Tier 1: collective times by hand, and which link each group crosses under a rank order."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from planner.cost.comms import Link
+from planner.hardware import load_cluster
+from planner.topology import Topology, rank_groups
+
+
+def _link(cluster, n, tier="intra_node"):
+    lk = cluster.intra_node if tier == "intra_node" else cluster.inter_node
+    bw = lk.bandwidth_GBps if tier == "intra_node" else lk.nic_bandwidth_GBps
+    return Link(n=np.array([float(n)]), bandwidth_GBps=np.array([bw]),
+                latency_s=np.array([lk.latency_s]), curve_id=np.array([0]),
+                curves=(tuple(map(tuple, lk.efficiency)),))
+
+
+def test_all_reduce_by_hand_matches_nccl_measurement():
+    """8x A100 NVLink, 1,074 MB buffer (a knot of the profile's efficiency curve, 0.763):
+    t = 2(n-1) alpha + 2(n-1)/n S / (B eff) = 14 us + 1.75 * 1.074e9 / (300e9 * 0.763).
+    nccl-tests measured 8,204 us for 1 GiB on the same system (efficiencies.json)."""
+    c = load_cluster("dgx_a100_80g")
+    t = _link(c, 8).all_reduce(np.array([1074.0e6]))[0]
+    by_hand = 14 * 1e-6 + 1.75 * 1074.0e6 / (300e9 * 0.763)
+    assert t == pytest.approx(by_hand, rel=1e-9)
+    assert t == pytest.approx(8203.9e-6, rel=0.01)
+
+
+def test_gather_scatter_p2p_by_hand():
+    c = load_cluster("dgx_a100_80g")
+    lk = _link(c, 4)
+    S = 268.4e6  # knot: efficiency 0.647
+    ag = 3 * 1e-6 + 0.75 * S / (300e9 * 0.647)
+    assert lk.all_gather(np.array([S]))[0] == pytest.approx(ag)
+    assert lk.reduce_scatter(np.array([S]))[0] == pytest.approx(ag)
+    assert lk.p2p(np.array([S]))[0] == pytest.approx(1e-6 + S / (300e9 * 0.647))
+    assert _link(c, 1).all_reduce(np.array([S]))[0] == 0.0  # a group of one does not talk
+
+
+def test_rank_groups_follow_megatron_order():
+    sizes = {"tp": 2, "cp": 1, "dp": 2, "pp": 2}
+    assert rank_groups(sizes, "tp-cp-dp-pp", "tp").tolist() == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert rank_groups(sizes, "tp-cp-dp-pp", "dp").tolist() == [[0, 2], [1, 3], [4, 6], [5, 7]]
+    assert rank_groups(sizes, "tp-cp-dp-pp", "pp").tolist() == [[0, 4], [1, 5], [2, 6], [3, 7]]
+    assert rank_groups(sizes, "dp-tp-cp-pp", "tp").tolist() == [[0, 2], [1, 3], [4, 6], [5, 7]]
+
+
+@pytest.mark.parametrize("layout,kind,tier,bw", [
+    ((8, 1, 16, 8, "tp-cp-dp-pp"), "tp", "intra_node", 300.0),    # NVSwitch per GPU
+    ((8, 1, 16, 8, "tp-cp-dp-pp"), "dp", "inter_node", 25.0),     # one GPU per node: 1 NIC each
+    ((8, 1, 16, 8, "tp-cp-dp-pp"), "pp", "inter_node", 25.0),
+    ((1, 1, 1024, 1, "tp-cp-dp-pp"), "dp", "inter_node", 200.0),  # 8 per node pool 8 NICs
+    ((2, 1, 512, 1, "tp-cp-dp-pp"), "dp", "inter_node", 100.0),   # 4 per node: half the NICs
+    ((8, 1, 16, 8, "dp-tp-cp-pp"), "tp", "inter_node", 25.0),     # tp strided across nodes
+])
+def test_group_links_on_dgx_a100(layout, kind, tier, bw):
+    topo = Topology(load_cluster("dgx_a100_80g", num_nodes=128))
+    g = topo.links(*layout)[kind]
+    assert (g.tier, g.bandwidth_GBps) == (tier, bw)
+
+
+def test_xgmi_mesh_bandwidth_grows_with_local_peers():
+    """MI300X: 64 GB/s per GPU pair; a group of 8 uses 7 links (448 GB/s per GPU)."""
+    topo = Topology(load_cluster("mi300x_8"))
+    assert topo.links(2, 1, 4, 1, "tp-cp-dp-pp")["tp"].bandwidth_GBps == 64.0
+    assert topo.links(4, 1, 2, 1, "tp-cp-dp-pp")["tp"].bandwidth_GBps == 192.0
+    assert topo.links(8, 1, 1, 1, "tp-cp-dp-pp")["tp"].bandwidth_GBps == 448.0
+
+
+def test_graph_shape():
+    topo = Topology(load_cluster("dgx_h100", num_nodes=2))
+    g = topo.graph
+    assert sum(1 for _, d in g.nodes(data=True) if d["kind"] == "gpu") == 16
+    assert g.edges["uplink0", "fabric"]["bandwidth_GBps"] == 8 * 50.0

@@ -1,0 +1,89 @@
+"""Tier 1: activation memory (Korthikanti et al. 2022) and model-state memory (ZeRO paper)
+against their published formulas and numbers, plus properties."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from planner.cost.evaluate import evaluate
+from planner.cost.memory import layer_activation_bytes, model_state_bytes
+from planner.cost.step_time import shapes
+from planner.hardware import load_cluster
+from planner.plan import Plan
+from planner.plan_arrays import PlanArrays
+from planner.topology import Topology
+from planner.transformer import TransformerSpec, load_transformer
+
+GPT = TransformerSpec(name="gpt-175b-shape", num_layers=96, hidden_size=12288,
+                      num_attention_heads=96, num_kv_heads=96, ffn_hidden_size=4 * 12288,
+                      vocab_size=51200, seq_len=2048, mlp="gelu")
+
+
+def _act(spec, cluster, **plan):
+    P = PlanArrays.from_plans([Plan(dp=1, pp=1, global_batch_size=plan.get(
+        "micro_batch_size", 1), **plan)])
+    stored, _ = layer_activation_bytes(spec, shapes(cluster, P), P.recompute, flash=False)
+    return stored[0]
+
+
+@pytest.mark.parametrize("b", [1, 4])
+def test_korthikanti_eq1_no_parallelism(selene_1024, b):
+    """Eq. (1): s b h (34 + 5 a s / h) bytes per layer, 16-bit activations, no parallelism."""
+    s, h, a = GPT.seq_len, GPT.hidden_size, GPT.num_attention_heads
+    got = _act(GPT, selene_1024, tp=1, micro_batch_size=b, precision="fp16")
+    assert got == pytest.approx(s * b * h * (34 + 5 * a * s / h))
+
+
+@pytest.mark.parametrize("t", [2, 8])
+def test_korthikanti_eq2_tensor_parallel(selene_1024, t):
+    """Eq. (2): s b h (10 + 24/t + 5 a s / (h t)) with tensor parallelism."""
+    s, h, a = GPT.seq_len, GPT.hidden_size, GPT.num_attention_heads
+    got = _act(GPT, selene_1024, tp=t, micro_batch_size=1)
+    assert got == pytest.approx(s * h * (10 + 24 / t + 5 * a * s / (h * t)))
+
+
+def test_korthikanti_eq4_eq5_sequence_parallel_and_selective(selene_1024):
+    """Eq. (4): s b h / t (34 + 5 a s / h) with tp + sp; eq. (5): 34 s b h / t adding selective
+    recompute; section 5: full recompute keeps 2 s b h (divided by t with sp)."""
+    s, h, a, t = GPT.seq_len, GPT.hidden_size, GPT.num_attention_heads, 8
+    sp = _act(GPT, selene_1024, tp=t, micro_batch_size=1, sequence_parallel=True)
+    assert sp == pytest.approx(s * h / t * (34 + 5 * a * s / h))
+    sel = _act(GPT, selene_1024, tp=t, micro_batch_size=1, sequence_parallel=True,
+               recompute="selective")
+    assert sel == pytest.approx(34 * s * h / t)
+    full = _act(GPT, selene_1024, tp=t, micro_batch_size=1, recompute="full")
+    assert full == pytest.approx(2 * s * h)
+
+
+def test_zero_paper_figure1_model_states():
+    """Rajbhandari et al. 2020, Figure 1: 7.5B parameters on 64 GPUs take 120 GB (baseline),
+    31.4 GB (P_os), 16.6 GB (P_os+g), 1.9 GB (P_os+g+p) of model states per GPU."""
+    psi = 7.5e9
+    expected = {0: 120e9, 1: 31.4e9, 2: 16.6e9, 3: 1.875e9}
+    for stage, total in expected.items():
+        P = PlanArrays.from_plans([Plan(dp=64, tp=1, pp=1, micro_batch_size=1,
+                                        global_batch_size=64, zero_stage=stage)])
+        got = sum(v[0] for v in model_state_bytes(P, np.array([psi])).values())
+        assert got == pytest.approx(total, rel=0.005), stage
+
+
+@settings(max_examples=60, deadline=None)
+@given(tp=st.sampled_from([1, 2, 4, 8]), pp=st.sampled_from([1, 2, 4]),
+       zero=st.integers(0, 3), recompute=st.sampled_from(["none", "selective", "full"]),
+       sp=st.booleans(), sched=st.sampled_from(["1f1b", "gpipe"]), mbs=st.sampled_from([1, 2, 4]))
+def test_memory_is_positive_and_monotone_in_micro_batch(tp, pp, zero, recompute, sp, sched, mbs):
+    """More sequences per micro-batch never need less memory; no component is negative."""
+    spec = load_transformer("llama2-7b")
+    cluster = load_cluster("dgx_a100_80g", num_nodes=4)
+    dp = 32 // (tp * pp)
+    plans = [Plan(dp=dp, tp=tp, pp=pp, micro_batch_size=m, global_batch_size=64 * dp,
+                  zero_stage=zero, recompute=recompute, sequence_parallel=sp and tp > 1,
+                  schedule=sched) for m in (mbs, 2 * mbs)]
+    r = evaluate(spec, cluster, Topology(cluster), PlanArrays.from_plans(plans))
+    mem = {k: v for k, v in r.items() if k.startswith("memory.")}
+    assert all((v >= 0).all() for v in mem.values())
+    assert mem["memory.peak_bytes"][1] >= mem["memory.peak_bytes"][0]
+    assert mem["memory.activations_bytes"][1] >= mem["memory.activations_bytes"][0]

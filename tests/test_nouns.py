@@ -1,0 +1,167 @@
+"""The three nouns: presets load, bad input is one clear error, HF configs import, and every
+number in the shipped profiles carries a source."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from planner.hardware import GPU, load_cluster, load_gpu, preset_names
+from planner.plan import Plan
+from planner.schema import InputError
+from planner.transformer import TransformerSpec, load_transformer, spec_from_hf_config
+from planner.validity import plan_problems
+
+REQUIRED_CLUSTERS = {"dgx_a100_80g", "dgx_a100_40g", "dgx_h100", "hgx_h200", "dgx_b200", "mi300x_8"}
+REQUIRED_GPUS = {"a100_40g", "a100_80g", "h100_sxm", "h200", "b200", "mi300x"}
+
+
+def test_required_presets_exist_and_validate():
+    assert REQUIRED_CLUSTERS <= set(preset_names("clusters"))
+    assert REQUIRED_GPUS <= set(preset_names("gpus"))
+    for name in preset_names("clusters"):
+        c = load_cluster(name)
+        assert c.gpus_per_node == 8 and c.inter_node is not None
+
+
+def _numeric_paths(obj, prefix=""):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k in ("sources", "notes"):
+                continue
+            yield from _numeric_paths(v, f"{prefix}{k}.")
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        yield prefix.rstrip(".")
+    elif isinstance(obj, list) and obj and isinstance(obj[0], list):
+        yield prefix.rstrip(".")  # a curve: one source for the whole list
+
+
+@pytest.mark.parametrize("kind,name", [("gpus", n) for n in preset_names("gpus")]
+                         + [("clusters", n) for n in preset_names("clusters")])
+def test_every_profile_number_has_a_source(kind, name):
+    from planner.hardware import _profiles_dir
+    data = json.loads((_profiles_dir(kind) / f"{name}.json").read_text())
+    sources = data["sources"]
+    missing = []
+    for path in _numeric_paths(data):
+        if path in ("num_nodes",):
+            continue
+        parts = path.split(".")
+        if not any(".".join(parts[:i]) in sources for i in range(1, len(parts) + 1)):
+            missing.append(path)
+    assert not missing, f"{name}: numbers without a source: {missing}"
+
+
+def test_num_nodes_scales_the_cluster():
+    c = load_cluster("dgx-h100", num_nodes=16)  # '-' and '_' both accepted
+    assert c.num_gpus == 128 and c.with_num_nodes(2).num_gpus == 16
+
+
+@pytest.mark.parametrize("call,needle", [
+    (lambda: load_cluster("dgx_z900"), "accepted: dgx_a100_40g"),
+    (lambda: load_transformer("gpt5"), "accepted: gpt3-1.3b"),
+    (lambda: load_cluster("dgx_h100", num_nodes=0), "--num-nodes must be >= 1"),
+])
+def test_unknown_presets_name_what_is_accepted(call, needle):
+    with pytest.raises(InputError, match=needle):
+        call()
+
+
+def test_malformed_profile_names_the_field(tmp_path):
+    data = json.loads(json.dumps(load_cluster("dgx_a100_80g").model_dump()))
+    data["intra_node"]["topology"] = "torus"
+    data["gpus_per_node"] = 0
+    data["colour"] = "blue"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    with pytest.raises(InputError) as err:
+        load_cluster(str(bad))
+    msg = str(err.value)
+    assert "intra_node.topology" in msg and "'switch' or 'full_mesh'" in msg
+    assert "gpus_per_node" in msg and "colour" in msg and "\n" not in msg
+    (tmp_path / "broken.json").write_text("{ not json")
+    with pytest.raises(InputError, match="not valid JSON"):
+        load_cluster(str(tmp_path / "broken.json"))
+
+
+def test_gpu_curve_is_checked():
+    data = load_gpu("a100_80g").model_dump()
+    data["gemm_efficiency"] = [[10, 0.5], [1, 0.9]]
+    with pytest.raises(ValidationError, match="strictly increasing"):
+        GPU.model_validate(data)
+
+
+def test_models_are_frozen_and_strict():
+    p = Plan(dp=2, tp=1, pp=1, micro_batch_size=1, global_batch_size=2)
+    with pytest.raises(ValidationError):
+        p.dp = 4
+    with pytest.raises(ValidationError, match="Extra inputs"):
+        Plan(dp=2, tp=1, pp=1, micro_batch_size=1, global_batch_size=2, zero=1)
+    with pytest.raises(ValidationError, match="order must be"):
+        Plan(dp=2, tp=1, pp=1, micro_batch_size=1, global_batch_size=2, order="tp-dp")
+    with pytest.raises(ValidationError, match="not a multiple of num_kv_heads"):
+        TransformerSpec(name="x", num_layers=2, hidden_size=64, num_attention_heads=4,
+                        num_kv_heads=3, ffn_hidden_size=128, vocab_size=10, seq_len=8)
+
+
+def test_mesh_dims_are_outermost_first():
+    p = Plan(dp=2, tp=4, pp=3, cp=1, micro_batch_size=1, global_batch_size=2)
+    assert p.mesh_dims() == [("pp", 3), ("dp", 2), ("cp", 1), ("tp", 4)]
+
+
+@pytest.mark.parametrize("cfg,expect", [
+    ({"model_type": "llama", "num_hidden_layers": 32, "hidden_size": 4096,
+      "num_attention_heads": 32, "num_key_value_heads": 8, "intermediate_size": 14336,
+      "vocab_size": 128256, "max_position_embeddings": 8192, "hidden_act": "silu",
+      "tie_word_embeddings": False}, ("swiglu", 8, False, 8192)),
+    ({"model_type": "mistral", "num_hidden_layers": 32, "hidden_size": 4096,
+      "num_attention_heads": 32, "num_key_value_heads": 8, "intermediate_size": 14336,
+      "vocab_size": 32000, "max_position_embeddings": 32768, "hidden_act": "silu",
+      "sliding_window": 4096}, ("swiglu", 8, False, 32768)),
+    ({"model_type": "qwen2", "num_hidden_layers": 24, "hidden_size": 896,
+      "num_attention_heads": 14, "num_key_value_heads": 2, "intermediate_size": 4864,
+      "vocab_size": 151936, "max_position_embeddings": 32768, "hidden_act": "silu",
+      "tie_word_embeddings": True}, ("swiglu", 2, True, 32768)),
+    ({"model_type": "gpt2", "n_layer": 12, "n_embd": 768, "n_head": 12, "n_inner": None,
+      "vocab_size": 50257, "n_positions": 1024, "activation_function": "gelu_new"},
+     ("gelu", 12, True, 1024)),
+])
+def test_hf_config_import(cfg, expect):
+    s = spec_from_hf_config(cfg)
+    assert (s.mlp, s.num_kv_heads, s.tied_embeddings, s.seq_len) == expect
+
+
+def test_hf_config_from_file_and_errors(tmp_path):
+    d = tmp_path / "model"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2, "n_embd": 64,
+                                               "n_head": 4, "vocab_size": 100, "n_positions": 32}))
+    assert load_transformer(str(d)).ffn_hidden_size == 256
+    with pytest.raises(InputError, match="mixture-of-experts"):
+        spec_from_hf_config({"model_type": "mixtral", "num_local_experts": 8})
+    with pytest.raises(InputError, match="missing key 'intermediate_size'"):
+        spec_from_hf_config({"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 64,
+                             "num_attention_heads": 4, "vocab_size": 10,
+                             "max_position_embeddings": 16})
+
+
+def test_plan_problems_name_every_reason(gpt3_175b, selene_1024):
+    ok = Plan(dp=16, tp=8, pp=8, micro_batch_size=1, global_batch_size=1536, recompute="full")
+    assert plan_problems(ok, gpt3_175b, selene_1024) == []
+    bad = Plan(dp=3, tp=5, pp=7, cp=3, micro_batch_size=2, global_batch_size=100,
+               schedule="interleaved_1f1b", sequence_parallel=True, precision="fp8")
+    text = " | ".join(plan_problems(bad, gpt3_175b, selene_1024))
+    for needle in ("= 315 but the cluster has 1024 GPUs", "num_attention_heads 96 is not "
+                   "divisible by tp=5", "num_layers 96 is not divisible", "global_batch_size 100",
+                   "virtual_pipeline_stages >= 2", "seq_len 2048 is not divisible by 2*cp = 6",
+                   "precision fp8 is not supported by a100_80g"):
+        assert needle in text
+    sp1 = Plan(dp=1024, tp=1, pp=1, micro_batch_size=1, global_batch_size=1024,
+               sequence_parallel=True)
+    assert plan_problems(sp1, gpt3_175b, selene_1024) == [
+        "sequence_parallel needs tp >= 2 (it shards activations over tp)"]
+    too_deep = Plan(dp=1, tp=1, pp=1024, micro_batch_size=1, global_batch_size=1024)
+    assert any("pp*virtual_pipeline_stages = 1024*1" in p
+               for p in plan_problems(too_deep, gpt3_175b, selene_1024))

@@ -1,0 +1,88 @@
+"""The search: same figures as predict, pruning reasons that are true, a correct Pareto front,
+and no crash on any valid input (hypothesis)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from planner.cost.evaluate import predict
+from planner.hardware import load_cluster
+from planner.search.search import NO_FIT, pareto_front, search
+from planner.search.space import Space
+from planner.transformer import TransformerSpec, load_transformer
+from planner.validity import plan_problems
+
+
+@pytest.fixture(scope="module")
+def small_search():
+    spec, cluster = load_transformer("llama2-7b"), load_cluster("dgx_a100_80g", num_nodes=2)
+    return spec, cluster, search(spec, cluster, 64)
+
+
+def test_search_figures_equal_predict(small_search):
+    """One implementation: the vectorized search and `predict` agree exactly, for the best plan
+    and for plans spread through the ranking."""
+    spec, cluster, res = small_search
+    assert res.fitting > 0
+    for i in [0, 1, res.fitting // 2, res.valid - 1]:
+        r = predict(spec, cluster, res.plan(i))
+        assert r["step_time_s"] == pytest.approx(res.step_time_s[i], rel=1e-12)
+        assert r["memory"]["peak_bytes"] == pytest.approx(res.peak_bytes[i], abs=1)
+        assert r["fits"] == bool(res.fits[i])
+
+
+def test_ranking_and_counts(small_search):
+    spec, cluster, res = small_search
+    space = Space.build(cluster.num_gpus, spec.num_layers, 64, "bf16")
+    assert res.candidates == space.size
+    assert res.candidates == res.valid + sum(v for k, v in res.pruned.items() if k != NO_FIT)
+    assert res.pruned.get(NO_FIT, 0) == res.valid - res.fitting
+    fit_steps = res.step_time_s[:res.fitting]
+    assert (np.diff(fit_steps) >= 0).all() and res.fits[:res.fitting].all()
+    assert not res.fits[res.fitting:].any()
+    assert (res.peak_bytes[:res.fitting] <= cluster.gpu.memory_bytes).all()
+
+
+def test_kept_plans_are_valid_and_pruned_examples_are_true(small_search):
+    spec, cluster, res = small_search
+    for i in np.linspace(0, res.valid - 1, 25).astype(int):
+        assert plan_problems(res.plan(int(i)), spec, cluster) == []
+    assert res.examples  # every rule that pruned something shows one real message
+    for reason, msg in res.examples.items():
+        assert msg and reason in res.pruned
+
+
+def test_pareto_front_by_brute_force():
+    rng = np.random.default_rng(0)
+    step, peak = rng.random(300), rng.random(300)
+    front = set(pareto_front(step, peak).tolist())
+    for i in range(300):
+        dominated = ((step <= step[i]) & (peak <= peak[i]) & ((step < step[i]) | (peak < peak[i])))
+        assert (i in front) == (not dominated.any())
+
+
+@st.composite
+def _specs(draw):
+    kv = draw(st.sampled_from([1, 2, 4, 8]))
+    heads = kv * draw(st.sampled_from([1, 2, 4]))
+    return TransformerSpec(
+        name="random", num_layers=draw(st.integers(1, 48)), hidden_size=heads * draw(
+            st.sampled_from([32, 64, 128])), num_attention_heads=heads, num_kv_heads=kv,
+        ffn_hidden_size=draw(st.integers(16, 8192)), vocab_size=draw(st.integers(2, 200_000)),
+        seq_len=draw(st.sampled_from([128, 1000, 2048, 8192])),
+        mlp=draw(st.sampled_from(["gelu", "swiglu"])), tied_embeddings=draw(st.booleans()))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=_specs(), cluster=st.sampled_from(["dgx_a100_40g", "dgx_h100", "mi300x_8"]),
+       nodes=st.integers(1, 4), gbs=st.integers(1, 512))
+def test_search_never_crashes_on_valid_input(spec, cluster, nodes, gbs):
+    """Any valid spec, cluster and batch: plans or reasons, never an exception."""
+    c = load_cluster(cluster, nodes)
+    res = search(spec, c, gbs)
+    assert res.fitting > 0 or res.pruned
+    assert np.isfinite(res.step_time_s).all() and (res.step_time_s > 0).all()
+    assert (res.peak_bytes > 0).all()
