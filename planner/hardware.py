@@ -93,21 +93,13 @@ class GPU(FrozenModel):
         return None if tf is None else tf * 1e12
 
 
-class IntraNodeLink(FrozenModel):
-    """The GPU-to-GPU fabric inside a node (NVLink + NVSwitch, xGMI mesh, PCIe, shared memory)."""
+class _Tier(FrozenModel):
+    """Fields every link tier has."""
 
     name: str = Field(min_length=1)
-    """e.g. `NVLink 3 via NVSwitch`."""
-    topology: Literal["switch", "full_mesh"]
-    """`switch`: each GPU has `bandwidth_GBps` into a non-blocking switch, whatever the group size.
-    `full_mesh`: one direct link per GPU pair of `pair_bandwidth_GBps`, so a group of k GPUs
-    reaches (k-1) x pair bandwidth per GPU, capped at `bandwidth_GBps`."""
-    bandwidth_GBps: float = Field(gt=0)
-    """Per-GPU bandwidth per direction."""
-    pair_bandwidth_GBps: float | None = Field(default=None, gt=0)
-    """Per-pair bandwidth per direction (full_mesh only)."""
+    """e.g. `NVLink 3 via NVSwitch`, `InfiniBand HDR 200 Gb/s`."""
     latency_s: float = Field(ge=0)
-    """Per-step latency of a collective on this fabric (alpha in the alpha-beta model)."""
+    """Per-step latency of a collective on this tier (alpha in the alpha-beta model)."""
     efficiency: list[tuple[float, float]]
     """[message MB, fraction of bandwidth] reached by ring collectives (bus bandwidth / spec)."""
 
@@ -116,6 +108,19 @@ class IntraNodeLink(FrozenModel):
     def _curve(cls, v: list[tuple[float, float]]) -> list[tuple[float, float]]:
         return _check_curve(v, "efficiency")
 
+
+class IntraNodeLink(_Tier):
+    """The GPU-to-GPU fabric inside a node (NVLink + NVSwitch, xGMI mesh, PCIe, shared memory)."""
+
+    topology: Literal["switch", "full_mesh"]
+    """`switch`: each GPU has `bandwidth_GBps` into a non-blocking switch, whatever the group size.
+    `full_mesh`: one direct link per GPU pair of `pair_bandwidth_GBps`, so a group of k GPUs
+    reaches (k-1) x pair bandwidth per GPU, capped at `bandwidth_GBps`."""
+    bandwidth_GBps: float = Field(gt=0)
+    """Per-GPU bandwidth per direction."""
+    pair_bandwidth_GBps: float | None = Field(default=None, gt=0)
+    """Per-pair bandwidth per direction (full_mesh only)."""
+
     @model_validator(mode="after")
     def _mesh_needs_pair(self) -> "IntraNodeLink":
         if self.topology == "full_mesh" and self.pair_bandwidth_GBps is None:
@@ -123,24 +128,13 @@ class IntraNodeLink(FrozenModel):
         return self
 
 
-class InterNodeLink(FrozenModel):
+class InterNodeLink(_Tier):
     """The scale-out network (InfiniBand, RoCE, EFA): NICs per node into a non-blocking fabric."""
 
-    name: str = Field(min_length=1)
-    """e.g. `InfiniBand HDR 200 Gb/s`."""
     nics_per_node: int = Field(ge=1)
     """Compute NICs per node (storage NICs excluded)."""
     nic_bandwidth_GBps: float = Field(gt=0)
     """Per-NIC bandwidth per direction, 1e9 bytes/s (a 200 Gb/s NIC is 25 GB/s)."""
-    latency_s: float = Field(ge=0)
-    """Per-step latency of a collective across nodes."""
-    efficiency: list[tuple[float, float]]
-    """[message MB, fraction of NIC bandwidth] reached by collectives."""
-
-    @field_validator("efficiency")
-    @classmethod
-    def _curve(cls, v: list[tuple[float, float]]) -> list[tuple[float, float]]:
-        return _check_curve(v, "efficiency")
 
 
 class Software(FrozenModel):

@@ -76,8 +76,8 @@ def _presets() -> dict[str, dict[str, Any]]:
 
 
 def transformer_preset_names() -> list[str]:
-    """Names of the built-in transformer presets."""
-    return sorted(_presets())
+    """Names of the built-in transformer presets, in the file's order (by family and size)."""
+    return list(_presets())
 
 
 def transformer_preset_info(name: str) -> dict[str, Any]:
@@ -106,7 +106,7 @@ def load_transformer(ref: str) -> TransformerSpec:
     key = _norm(ref)
     if key not in presets:
         raise InputError(f"unknown transformer preset '{ref}'; accepted: "
-                         f"{', '.join(sorted(presets))} (or a spec JSON / HF config.json path)")
+                         f"{', '.join(presets)} (or a spec JSON / HF config.json path)")
     return validate_as(TransformerSpec, presets[key]["spec"], f"transformer preset {key}")
 
 

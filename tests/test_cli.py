@@ -100,3 +100,10 @@ def test_search_json(tmp_path):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["top"] and out["pareto"] and out["candidates"] >= out["valid"] >= out["fitting"]
+
+
+def test_presets_lists_everything(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    for name in ("gpt3-175b", "llama3-405b", "tiny", "a100_80g", "mi300x", "dgx_b200", "hgx_h200"):
+        assert name in out

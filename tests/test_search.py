@@ -86,3 +86,21 @@ def test_search_never_crashes_on_valid_input(spec, cluster, nodes, gbs):
     assert res.fitting > 0 or res.pruned
     assert np.isfinite(res.step_time_s).all() and (res.step_time_s > 0).all()
     assert (res.peak_bytes > 0).all()
+
+
+@settings(max_examples=30, deadline=None)
+@given(tp=st.sampled_from([1, 2, 4]), pp=st.sampled_from([1, 2]),
+       mbs=st.sampled_from([1, 2]), recompute=st.sampled_from(["none", "selective", "full"]))
+def test_more_data_parallel_gpus_never_slow_compute(tp, pp, mbs, recompute):
+    """Doubling dp (same global batch) halves each replica's micro-batches: the compute part of
+    the step never grows."""
+    from planner.plan import Plan
+    spec = load_transformer("llama2-7b")
+    times = []
+    for nodes in (1, 2):
+        cluster = load_cluster("dgx_h100", nodes)
+        dp = cluster.num_gpus // (tp * pp)
+        plan = Plan(dp=dp, tp=tp, pp=pp, micro_batch_size=mbs, global_batch_size=256,
+                    recompute=recompute)
+        times.append(predict(spec, cluster, plan)["breakdown"]["compute_s"])
+    assert times[1] <= times[0] * (1 + 1e-12)

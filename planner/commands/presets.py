@@ -24,7 +24,8 @@ def run(args: argparse.Namespace) -> int:
         t.add_column(col)
     for name in transformer_preset_names():
         s = load_transformer(name)
-        t.add_row(name, f"{total_params(s) / 1e9:.2f}B", str(s.num_layers), str(s.hidden_size),
+        n = total_params(s)
+        t.add_row(name, f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M", str(s.num_layers), str(s.hidden_size),
                   f"{s.num_attention_heads}/{s.num_kv_heads}", str(s.ffn_hidden_size),
                   str(s.vocab_size), str(s.seq_len), s.mlp)
     out.print(t)
