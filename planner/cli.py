@@ -8,7 +8,7 @@ import sys
 
 from pydantic import ValidationError
 
-from planner.commands import predict, presets, search
+from planner.commands import predict, presets, search, validate
 from planner.schema import InputError, describe_validation_error
 
 
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="paraplan", description="Plan, price and check parallel transformer "
                                              "training on GPU clusters.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for mod in (search, predict, presets):
+    for mod in (search, predict, validate, presets):
         mod.add_parser(sub)
     return p
 

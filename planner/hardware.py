@@ -66,6 +66,9 @@ class GPU(FrozenModel):
     ends. The largest point is the measured maximum achievable matmul FLOP/s (MAMF)."""
     hbm_efficiency: list[tuple[float, float]]
     """[MB moved per memory-bound kernel, fraction of HBM bandwidth] points."""
+    gemm_sustained_fraction: float = Field(default=1.0, gt=0, le=1)
+    """Fraction of the micro-benchmark curve that GEMMs sustain inside a training step (real
+    shapes, clocks under sustained load, library versions)."""
     fp8_gemm_scale: float = Field(default=1.0, gt=0, le=1)
     """fp8 GEMMs reach this times the bf16 fraction of their (fp8) peak (measured MAMF ratio)."""
     attention_efficiency: float = Field(gt=0, le=1)
@@ -148,6 +151,14 @@ class Software(FrozenModel):
     buckets, Megatron overlap-grad-reduce)."""
     grad_bucket_bytes: int = Field(default=25 * 2**20, gt=0)
     """Gradient bucket size; the last bucket's reduction cannot overlap."""
+    pool_nics: bool = True
+    """Collectives across nodes spread a node's traffic over all its NICs (NCCL rings with one
+    channel per NIC). False: each GPU gets only its own NIC's share of the node's bandwidth."""
+    zero3_impl: Literal["fsdp2", "deepspeed"] = "fsdp2"
+    """How ZeRO-3 gathers weights. `fsdp2`: one block at a time with the next prefetched (two
+    blocks live), and backward reuses one gather for the recomputed forward and the gradients.
+    `deepspeed` (ZeRO-3 as in 2021): one weight tensor at a time (two live), and the recomputed
+    forward gathers again."""
     framework_memory_bytes: int = Field(ge=0)
     """Fixed per-GPU memory outside the model: runtime context, communication buffers, allocator
     fragmentation."""

@@ -23,7 +23,8 @@ def gemm_time(gpu: GPU, peak: np.ndarray, fp8: np.ndarray, m: np.ndarray, k: np.
     size-dependent efficiency and the HBM traffic of reading both inputs and writing the output
     (a roofline; small or skinny GEMMs are memory-bound)."""
     flops = 2.0 * m * k * n
-    eff = curve(gpu.gemm_efficiency, flops / 1e9) * np.where(fp8, gpu.fp8_gemm_scale, 1.0)
+    eff = (curve(gpu.gemm_efficiency, flops / 1e9) * gpu.gemm_sustained_fraction
+           * np.where(fp8, gpu.fp8_gemm_scale, 1.0))
     t_compute = flops / (peak * eff)
     nbytes = elem_bytes * (m * k + k * n + m * n)
     t_memory = memory_time(gpu, nbytes)

@@ -48,6 +48,16 @@ def layer_activation_bytes(spec: TransformerSpec, sh: Shapes, recompute: np.ndar
     return np.where(recompute == R_FULL, e * tokens * h / sp_div, stored), full
 
 
+def zero3_gather_unit(spec: TransformerSpec, cluster: Cluster, sh: Shapes) -> np.ndarray:
+    """Parameters gathered at once per rank under ZeRO-3: a whole block (FSDP2) or the largest
+    weight matrix (DeepSpeed's per-tensor gathers)."""
+    if cluster.software.zero3_impl == "fsdp2":
+        return layer_params_per_rank(spec, sh.tp)
+    h, f = spec.hidden_size, spec.ffn_hidden_size
+    largest = max(h * (h + 2 * spec.kv_dim), h * f * (2 if spec.mlp == "swiglu" else 1))
+    return largest / sh.tp
+
+
 def _in_flight(P: PlanArrays, stage: np.ndarray) -> np.ndarray:
     """Block-equivalents of activations held on pipeline stage `stage` at the schedule's peak,
     in units of 'one stage's blocks for one micro-batch'."""
@@ -80,8 +90,8 @@ def memory_breakdown(spec: TransformerSpec, cluster: Cluster, P: PlanArrays,
     logits = tokens * padded_vocab(spec, sh.tp) / sh.tp * (e + 4)  # bf16 logits + fp32 softmax
     working = full - stored  # one block recomputed at a time during backward
     common = {"framework_bytes": np.full(len(P), float(cluster.software.framework_memory_bytes))}
-    bufs = (np.where(P.zero >= 3, 2 * layer_params_per_rank(spec, sh.tp) * np.where(
-        P.precision == 3, 4, 2), 0.0)                       # gathered block + prefetch (ZeRO-3)
+    bufs = (np.where(P.zero >= 3, 2 * zero3_gather_unit(spec, cluster, sh) * np.where(
+        P.precision == 3, 4, 2), 0.0)                       # gathered unit + prefetch (ZeRO-3)
         + np.where(P.dp * P.cp > 1, 2.0 * cluster.software.grad_bucket_bytes, 0.0)
         + np.where(P.pp > 1, 2 * e * tokens * spec.hidden_size / sh.tp, 0.0))  # p2p send/recv
     out: dict[str, np.ndarray] = {}

@@ -53,13 +53,16 @@ def _per_layer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shape
     ring = (sh.cp - 1) * links["cp"].p2p(kv_msg)
     cp_f = np.maximum(0.0, ring - lt.attn_fwd)
     cp_b = np.maximum(0.0, 2 * ring - lt.attn_bwd) + np.where(full, cp_f, 0.0)
-    # ZeRO-3: gather the block's weights before forward and backward, reduce-scatter its grads,
-    # prefetched behind the previous block's compute (FSDP / DeepSpeed stage 3).
+    # ZeRO-3: gather the block's weights before forward and backward (and again for the
+    # recomputed forward where the implementation does), reduce-scatter its grads; prefetched
+    # behind the previous block's compute (FSDP / DeepSpeed stage 3).
+    sw = cluster.software
     wbytes = layer_params_per_rank(spec, sh.tp) * np.where(P.precision == 3, 4.0, 2.0)
     z3 = P.zero >= 3
     ag, rs = links["dpcp"].all_gather(wbytes), links["dpcp"].reduce_scatter(wbytes)
+    gathers_b = 1.0 + np.where(full & (sw.zero3_impl == "deepspeed"), 1.0, 0.0)
     dp_f = np.where(z3, np.maximum(0.0, ag - lt.fwd - tp_f), 0.0)
-    dp_b = np.where(z3, np.maximum(0.0, ag + rs - lt.bwd - recompute - tp_b), 0.0)
+    dp_b = np.where(z3, np.maximum(0.0, gathers_b * ag + rs - lt.bwd - recompute - tp_b), 0.0)
     return {"compute": (lt.fwd, lt.bwd + recompute), "tp": (tp_f, tp_b), "cp": (cp_f, cp_b),
             "dp": (dp_f, dp_b)}
 

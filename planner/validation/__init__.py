@@ -1,0 +1,103 @@
+"""Predicted vs. published: measured training runs (model, cluster, plan, seconds per step) and
+the error of the cost model on them.
+
+`published_runs.json` is a copy of `../shared/validation/runs.json` (25 Megatron-LM runs on
+A100 clusters, Narayanan et al. 2021 and Korthikanti et al. 2022, with their sources and how each
+published figure became seconds per step); a test keeps the copy identical to the shared file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from planner.cost.evaluate import predict
+from planner.hardware import Cluster, load_cluster
+from planner.plan import Plan
+from planner.schema import InputError, read_json, validate_as
+from planner.transformer import TransformerSpec
+
+GiB = 2**30
+
+
+class PublishedRun(BaseModel):
+    """One published measurement. Metadata keys beyond these are ignored (sources vary); the
+    nested spec and plan are strict."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    name: str = Field(min_length=1)
+    """Identifier."""
+    source: str = ""
+    """Citation."""
+    transformer: TransformerSpec
+    """Model shape."""
+    cluster: str = Field(min_length=1)
+    """Cluster preset (or profile path)."""
+    num_nodes: int = Field(ge=1)
+    """Nodes used."""
+    plan: Plan
+    """Parallel layout as published."""
+    measured_step_time_s: float = Field(gt=0)
+    """Seconds per optimizer step (converted from the published figure where needed)."""
+    measured_peak_memory_gib: float | None = Field(default=None, gt=0)
+    """Peak memory per GPU, where published."""
+
+
+def default_runs_path() -> Path:
+    """The packaged copy of the published runs."""
+    return Path(str(resources.files("planner"))) / "validation" / "published_runs.json"
+
+
+def load_runs(path: str | Path | None = None) -> list[PublishedRun]:
+    """Runs from a JSON list (default: the shipped published runs)."""
+    p = Path(path) if path else default_runs_path()
+    data = read_json(p, f"runs {p}")
+    if not isinstance(data, list) or not data:
+        raise InputError(f"runs {p}: expected a non-empty JSON list of runs")
+    return [validate_as(PublishedRun, r, f"runs {p} [{i}] {r.get('name', '') if isinstance(r, dict) else ''}")
+            for i, r in enumerate(data)]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Prediction vs. measurement for one run."""
+
+    run: PublishedRun
+    prediction: dict[str, Any]
+
+    @property
+    def error(self) -> float:
+        """Signed relative step-time error (predicted / measured - 1)."""
+        return self.prediction["step_time_s"] / self.run.measured_step_time_s - 1
+
+    @property
+    def memory_error(self) -> float | None:
+        if self.run.measured_peak_memory_gib is None:
+            return None
+        return self.prediction["memory"]["peak_bytes"] / GiB / self.run.measured_peak_memory_gib - 1
+
+
+def compare(runs: list[PublishedRun],
+            adjust: Callable[[Cluster], Cluster] | None = None) -> list[Comparison]:
+    """Predict every run with the default profile of its cluster (`adjust` rewrites the profile,
+    for ablations)."""
+    out = []
+    for run in runs:
+        cluster = load_cluster(run.cluster, run.num_nodes)
+        if adjust:
+            cluster = adjust(cluster)
+        out.append(Comparison(run, predict(run.transformer, cluster, run.plan)))
+    return out
+
+
+def summary(comps: list[Comparison]) -> dict[str, float]:
+    """Mean absolute percentage error, maximum absolute error, mean signed error (all in %)."""
+    errs = [c.error for c in comps]
+    return {"count": len(errs), "mape_pct": 100 * sum(abs(e) for e in errs) / len(errs),
+            "max_abs_error_pct": 100 * max(abs(e) for e in errs),
+            "mean_error_pct": 100 * sum(errs) / len(errs)}
