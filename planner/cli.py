@@ -4,15 +4,22 @@ User mistakes print one line naming what is wrong and exit with status 2."""
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from pydantic import ValidationError
 
-from planner.commands import predict, presets, search, validate
+from planner.commands import estimate, predict, presets, search, validate
 from planner.schema import InputError, describe_validation_error
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # Let values such as `--tokens -1T` reach our own checks (and their clear messages)
+        # instead of argparse reading them as unknown options.
+        self._negative_number_matcher = re.compile(r"^-[0-9.]")
+
     def error(self, message: str) -> None:  # argparse's usage errors: one line, exit 2
         raise InputError(message)
 
@@ -21,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="paraplan", description="Plan, price and check parallel transformer "
                                              "training on GPU clusters.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for mod in (search, predict, validate, presets):
+    for mod in (search, predict, estimate, validate, presets):
         mod.add_parser(sub)
     return p
 

@@ -164,6 +164,21 @@ class Software(FrozenModel):
     fragmentation."""
 
 
+class Prices(FrozenModel):
+    """List prices in USD with the date each was stated. Prices move fast: check the dates."""
+
+    rent_per_gpu_hour_usd: float | None = Field(default=None, gt=0)
+    """On-demand cloud price per GPU-hour for this GPU in an 8-GPU instance."""
+    rent_date: str | None = Field(default=None, pattern=r"^\d{4}-\d{2}(-\d{2})?$")
+    """When the rent price was stated (YYYY-MM-DD or YYYY-MM)."""
+    purchase_per_gpu_usd: float | None = Field(default=None, gt=0)
+    """Reported purchase price per GPU of an 8-GPU system (reseller listing or estimate)."""
+    purchase_date: str | None = Field(default=None, pattern=r"^\d{4}-\d{2}(-\d{2})?$")
+    """When the purchase price was stated."""
+    node_power_kw: float | None = Field(default=None, gt=0)
+    """Maximum power of one node, kW (an upper bound on what training draws)."""
+
+
 class Cluster(FrozenModel):
     """A homogeneous cluster: `num_nodes` nodes of `gpus_per_node` GPUs."""
 
@@ -183,8 +198,8 @@ class Cluster(FrozenModel):
     """Network between nodes; null for a single-node machine."""
     software: Software
     """Training-stack behaviour assumed by the cost model."""
-    price_per_gpu_hour_usd: float | None = Field(default=None, gt=0)
-    """On-demand price per GPU-hour, if known."""
+    prices: Prices | None = None
+    """What the GPUs cost to rent or buy, with dates (sources in `sources`)."""
     sources: dict[str, str] = Field(default_factory=dict)
     """Field name -> where the number comes from."""
     notes: list[str] = Field(default_factory=list)

@@ -61,15 +61,14 @@ def read_json(path: str | Path, what: str) -> Any:
                          f"column {err.colno})") from None
 
 
-def write_json_atomic(path: str | Path, data: Any) -> Path:
-    """Write JSON so that readers see either the old file or the complete new one, never half."""
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write a file so that readers see either the old file or the complete new one, never half."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, p)
@@ -77,3 +76,8 @@ def write_json_atomic(path: str | Path, data: Any) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return p
+
+
+def write_json_atomic(path: str | Path, data: Any) -> Path:
+    """Atomic JSON file (see write_text_atomic)."""
+    return write_text_atomic(path, json.dumps(data, indent=2) + "\n")

@@ -26,12 +26,15 @@ def test_search_figures_equal_predict(small_search):
     """One implementation: the vectorized search and `predict` agree exactly, for the best plan
     and for plans spread through the ranking."""
     spec, cluster, res = small_search
-    assert res.fitting > 0
-    for i in [0, 1, res.fitting // 2, res.valid - 1]:
+    assert res.fitting > 0 and res.valid > res.fitting
+    for i in [0, 1, res.fitting // 2, res.fitting - 1]:
         r = predict(spec, cluster, res.plan(i))
         assert r["step_time_s"] == pytest.approx(res.step_time_s[i], rel=1e-12)
         assert r["memory"]["peak_bytes"] == pytest.approx(res.peak_bytes[i], abs=1)
-        assert r["fits"] == bool(res.fits[i])
+        assert r["fits"] and res.fits[i]
+    r = predict(spec, cluster, res.plan(res.valid - 1))  # a plan that does not fit
+    assert r["memory"]["peak_bytes"] == pytest.approx(res.peak_bytes[-1], abs=1)
+    assert not r["fits"] and not res.fits[-1] and res.step_time_s[-1] == np.inf
 
 
 def test_ranking_and_counts(small_search):
@@ -84,7 +87,8 @@ def test_search_never_crashes_on_valid_input(spec, cluster, nodes, gbs):
     c = load_cluster(cluster, nodes)
     res = search(spec, c, gbs)
     assert res.fitting > 0 or res.pruned
-    assert np.isfinite(res.step_time_s).all() and (res.step_time_s > 0).all()
+    fit = res.step_time_s[:res.fitting]
+    assert np.isfinite(fit).all() and (fit > 0).all()
     assert (res.peak_bytes > 0).all()
 
 

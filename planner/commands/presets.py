@@ -38,13 +38,21 @@ def run(args: argparse.Namespace) -> int:
                   f"{gpu.hbm_bandwidth_GBps:g}")
     out.print(g)
     c = Table(title="clusters (--cluster, scale with --num-nodes)", title_justify="left")
-    for col in ("name", "GPU", "GPUs/node", "intra-node GB/s", "inter-node GB/s/node", "$/GPU-h"):
+    for col in ("name", "GPU", "GPUs/node", "intra-node GB/s", "inter-node GB/s/node",
+                "rent $/GPU-h (date)"):
         c.add_column(col)
     for name in preset_names("clusters"):
         cl = load_cluster(name)
         inter = cl.inter_node
         c.add_row(name, cl.gpu.name, str(cl.gpus_per_node), f"{cl.intra_node.bandwidth_GBps:g}",
                   f"{inter.nics_per_node * inter.nic_bandwidth_GBps:g}" if inter else "-",
-                  f"{cl.price_per_gpu_hour_usd:g}" if cl.price_per_gpu_hour_usd else "-")
+                  _rent(cl))
     out.print(c)
     return 0
+
+
+def _rent(cluster) -> str:
+    p = cluster.prices
+    if p is None or p.rent_per_gpu_hour_usd is None:
+        return "-"
+    return f"{p.rent_per_gpu_hour_usd:g} ({p.rent_date})"

@@ -46,6 +46,12 @@ def evaluate(spec: TransformerSpec, cluster: Cluster, topo: Topology,
     return out
 
 
+def peak_memory(spec: TransformerSpec, cluster: Cluster, P: PlanArrays) -> np.ndarray:
+    """Peak bytes per GPU only (the search's cheap first pass, same function as evaluate's)."""
+    sh = shapes(cluster, P)
+    return memory_breakdown(spec, cluster, P, sh, cluster.software.flash_attention)["peak_bytes"]
+
+
 def predict(spec: TransformerSpec, cluster: Cluster, plan: Plan,
             topo: Topology | None = None) -> dict[str, Any]:
     """The `paraplan predict --json` object for one plan; InputError if the plan is invalid."""

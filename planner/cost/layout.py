@@ -15,10 +15,18 @@ _TIERS = ("none", "intra_node", "inter_node")
 
 def link_arrays(topo: Topology, P: PlanArrays) -> tuple[dict[str, Link], list[dict]]:
     """(kind -> Link over plans, per-distinct-layout GroupLinks) for tp, cp, dp, pp and dpcp."""
-    keys = np.stack([P.tp, P.cp, P.dp, P.pp, P.order], axis=1)
-    uniq, inv = np.unique(keys, axis=0, return_inverse=True)
+    # One integer per layout (mixed radix; dp follows from the others for valid plans, but is kept
+    # so an invalid plan cannot alias a valid one): 1-D unique is much faster than rows.
+    radix = topo.cluster.num_gpus + 1
+    if radix ** 4 * len(ORDERS) < 2 ** 62:
+        key = (((P.tp * radix + P.cp) * radix + P.pp) * radix + P.dp) * len(ORDERS) + P.order
+        first, inv = np.unique(key, return_index=True, return_inverse=True)[1:]
+    else:  # clusters beyond ~40k GPUs: row-wise unique (slower, no overflow)
+        rows = np.stack([P.tp, P.cp, P.pp, P.dp, P.order], axis=1)
+        first, inv = np.unique(rows, axis=0, return_index=True, return_inverse=True)[1:]
     inv = inv.reshape(-1)
-    per_layout = [topo.links(int(a), int(b), int(c), int(d), ORDERS[int(o)]) for a, b, c, d, o in uniq]
+    per_layout = [topo.links(int(P.tp[i]), int(P.cp[i]), int(P.dp[i]), int(P.pp[i]),
+                             ORDERS[int(P.order[i])]) for i in first]
     c = topo.cluster
     curves = (((1.0, 1.0),), tuple(map(tuple, c.intra_node.efficiency)),
               tuple(map(tuple, c.inter_node.efficiency)) if c.inter_node else ((1.0, 1.0),))

@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from planner.cost.evaluate import evaluate
+from planner.cost.evaluate import evaluate, peak_memory
 from planner.hardware import Cluster
 from planner.plan import Plan
 from planner.plan_arrays import PlanArrays
@@ -38,6 +38,7 @@ class SearchResult:
     plans: PlanArrays
     """Valid candidates sorted by (fits first, step time, peak memory)."""
     step_time_s: np.ndarray
+    """Seconds per step (inf for plans that do not fit: not evaluated)."""
     peak_bytes: np.ndarray
     fits: np.ndarray
     mfu: np.ndarray
@@ -100,7 +101,15 @@ def search(spec: TransformerSpec, cluster: Cluster, global_batch_size: int,
         keep = _prune(spec, cluster, P, counts, examples)
         if keep.any():
             V = P.take(keep)
-            r = evaluate(spec, cluster, topo, V)
+            # Memory first (cheap); step time only for plans that fit.
+            peak = peak_memory(spec, cluster, V)
+            fits = peak <= cluster.gpu.memory_bytes
+            r = {"step_time_s": np.full(len(V), np.inf), "memory.peak_bytes": peak,
+                 "fits": fits, "mfu": np.zeros(len(V)), "tokens_per_s": np.zeros(len(V))}
+            if fits.any():
+                ev = evaluate(spec, cluster, topo, V.take(fits))
+                for k in ("step_time_s", "mfu", "tokens_per_s"):
+                    r[k][fits] = ev[k]
             kept.append(V)
             for k in cols:
                 cols[k].append(np.asarray(r[k]))

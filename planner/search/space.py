@@ -4,8 +4,8 @@ arrays, one block of layouts at a time.
 Domains (for a spec, a cluster of N GPUs and a global batch B):
   (tp, cp, dp, pp)     every ordered factorization of N into four factors
   micro_batch_size     every divisor of B
-  virtual stages       every divisor of num_layers
-  schedule             1f1b, gpipe, interleaved_1f1b
+  schedule, virtual    1f1b and gpipe with 1 stage per rank; interleaved_1f1b with every divisor
+                       v > 1 of num_layers (other pairings are not plans, so not generated)
   zero_stage           0..3
   recompute            none, selective, full
   sequence_parallel    off, on
@@ -56,9 +56,17 @@ class Space:
                      vpp=np.array(divisors(num_layers)), precision=precision)
 
     @property
+    def schedules(self) -> tuple[np.ndarray, np.ndarray]:
+        """(schedule code, virtual stages) pairs."""
+        v = [int(x) for x in self.vpp if x > 1]
+        sched = [SCHEDULES.index("1f1b"), SCHEDULES.index("gpipe")] + \
+            [SCHEDULES.index("interleaved_1f1b")] * len(v)
+        return np.array(sched), np.array([1, 1] + v)
+
+    @property
     def per_layout(self) -> int:
         """Candidates per layout."""
-        return (len(self.mbs) * len(self.vpp) * len(SCHEDULES) * 4 * len(RECOMPUTE) * 2)
+        return len(self.mbs) * len(self.schedules[0]) * 4 * len(RECOMPUTE) * 2
 
     @property
     def size(self) -> int:
@@ -67,9 +75,11 @@ class Space:
 
     def blocks(self, global_batch: int, layouts_per_block: int) -> Iterator[tuple[int, PlanArrays]]:
         """(layouts in block, candidates as PlanArrays) for consecutive blocks of layouts."""
-        other = np.meshgrid(self.mbs, self.vpp, np.arange(len(SCHEDULES)), np.arange(4),
-                            np.arange(len(RECOMPUTE)), np.array([False, True]), indexing="ij")
-        other = [o.ravel() for o in other]
+        sched, vpp = self.schedules
+        grid = np.meshgrid(self.mbs, np.arange(len(sched)), np.arange(4),
+                           np.arange(len(RECOMPUTE)), np.array([False, True]), indexing="ij")
+        grid = [g.ravel() for g in grid]
+        other = [grid[0], vpp[grid[1]], sched[grid[1]], grid[2], grid[3], grid[4]]
         k = len(other[0])
         for start in range(0, len(self.layouts), layouts_per_block):
             lay = self.layouts[start:start + layouts_per_block]

@@ -1,0 +1,124 @@
+"""The estimate sweep: for each GPU type, the smallest cluster that fits, and the best plan at each
+cluster size asked for (or, with a deadline, at growing sizes until one meets it)."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Callable
+
+from planner.hardware import load_cluster
+from planner.money import Estimate, Option, best_option, current_stack
+from planner.schema import InputError
+from planner.transformer import TransformerSpec
+
+DEFAULT_GPUS = ("a100_80g", "h100", "h200", "b200", "mi300x")
+DEFAULT_SIZES = (256, 512, 1024, 2048)
+MAX_GPUS = 16384
+
+
+def _powers_of_two_nodes(gpus_per_node: int, max_gpus: int = MAX_GPUS) -> list[int]:
+    out, n = [], 1
+    while n * gpus_per_node <= max_gpus:
+        out.append(n)
+        n *= 2
+    return out
+
+
+def check_sizes(sizes: list[int], gpus_per_node: int, name: str) -> list[int]:
+    """GPU counts must be whole nodes."""
+    bad = [s for s in sizes if s < 1 or s % gpus_per_node]
+    if bad:
+        raise InputError(f"--num-gpus {bad} for {name}: counts must be positive multiples of its "
+                         f"{gpus_per_node} GPUs per node, e.g. {gpus_per_node * 32}")
+    return sizes
+
+
+def check_inputs(cluster_names: list[str], sizes: list[int] | None, precision: str) -> None:
+    """User mistakes surface here, before any work."""
+    for name in cluster_names:
+        c = load_cluster(name)
+        if sizes:
+            check_sizes(sizes, c.gpus_per_node, name)
+        if c.gpu.peak_flops(precision) is None:
+            raise InputError(f"precision {precision} is not supported by {c.gpu.name}; drop it "
+                             "from --gpus or choose another --precision")
+
+
+def estimate(spec: TransformerSpec, cluster_names: list[str], tokens: float, global_batch: int,
+             sizes: list[int] | None = None, deadline_days: float | None = None,
+             rents: dict[str, float] | None = None, stack: str = "profile",
+             precision: str = "bf16", progress: Callable[[str], None] | None = None,
+             workers: int | None = None, max_gpus: int = MAX_GPUS) -> Estimate:
+    """Options for every GPU type (one process per GPU type, up to `workers` at once)."""
+    check_inputs(cluster_names, sizes, precision)
+    jobs = [(spec, name, tokens, global_batch, sizes, deadline_days, (rents or {}).get(name),
+             stack, precision, max_gpus) for name in cluster_names]
+    workers = min(len(jobs), workers or os.cpu_count() or 1)
+    est = Estimate(options=[])
+    if workers <= 1:
+        results = [_one_gpu(*job) for job in jobs]
+        if progress:
+            progress(f"{len(jobs)} GPU types done")
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            futures = [pool.submit(_one_gpu, *job) for job in jobs]
+            for done, fut in enumerate(as_completed(futures), 1):
+                fut.result()
+                if progress:
+                    progress(f"{done}/{len(jobs)} GPU types done")
+            results = [f.result() for f in futures]
+    for name, (options, smallest) in zip(cluster_names, results):
+        est.options.extend(options)
+        if smallest is not None:
+            est.smallest[name] = smallest
+    return est
+
+
+def _one_gpu(spec: TransformerSpec, name: str, tokens: float, global_batch: int,
+             sizes: list[int] | None, deadline_days: float | None, rent: float | None,
+             stack: str, precision: str, max_gpus: int) -> tuple[list[Option], Option | None]:
+    """The smallest fitting cluster and the options at the wanted sizes for one GPU type."""
+    base = load_cluster(name)
+    if stack == "current":
+        base = current_stack(base)
+    if rent is None and base.prices is not None:
+        rent = base.prices.rent_per_gpu_hour_usd
+
+    def run(nodes: int) -> Option:
+        return best_option(spec, base.with_num_nodes(nodes), global_batch, tokens, rent, precision)
+
+    tried: dict[int, Option] = {}
+    smallest = None
+    for nodes in _powers_of_two_nodes(base.gpus_per_node, max_gpus):
+        tried[nodes] = run(nodes)
+        if tried[nodes].fits:
+            smallest = tried[nodes]
+            break
+    if sizes:
+        wanted = [s // base.gpus_per_node for s in sizes]
+    elif deadline_days is not None:
+        wanted = _until_deadline(smallest, tried, run, deadline_days, base.gpus_per_node, max_gpus)
+    else:
+        wanted = [s // base.gpus_per_node for s in DEFAULT_SIZES]
+    for nodes in wanted:
+        if nodes not in tried:
+            tried[nodes] = run(nodes)
+    return [tried[n] for n in wanted], smallest
+
+
+def _until_deadline(smallest: Option | None, tried: dict[int, Option], run, deadline: float,
+                    gpus_per_node: int, max_gpus: int) -> list[int]:
+    """Powers of two nodes from the smallest fitting cluster up, until one meets the deadline."""
+    if smallest is None:
+        return []
+    out = []
+    for nodes in _powers_of_two_nodes(gpus_per_node, max_gpus):
+        if nodes * gpus_per_node < smallest.num_gpus:
+            continue
+        opt = tried.get(nodes) or run(nodes)
+        tried[nodes] = opt
+        out.append(nodes)
+        if opt.fits and opt.days <= deadline:
+            break
+    return out

@@ -1,0 +1,1 @@
+"""HTML reports (plotly lives only here, per DESIGN.md)."""
