@@ -1,1 +1,1 @@
-"""paraplan executor: runs a Plan with torch.distributed (see DESIGN.md). Not built yet."""
+"""paraplan executor: runs a Plan with torch.distributed and measures it (see README)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from importlib.metadata import entry_points
 
 from pydantic import ValidationError
 
@@ -30,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for mod in (search, predict, estimate, validate, presets):
         mod.add_parser(sub)
+    for ep in entry_points(group="paraplan.commands"):  # e.g. executor's `run`
+        ep.load()(sub)
     return p
 
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from planner.hardware import PRECISIONS, Cluster
 from planner.plan import Plan
-from planner.plan_arrays import S_INTERLEAVED, PlanArrays
+from planner.plan_arrays import S_1F1B, S_INTERLEAVED, PlanArrays
 from planner.transformer import TransformerSpec
 
 Mask = Callable[[TransformerSpec, Cluster, PlanArrays], np.ndarray]
@@ -80,6 +80,12 @@ CHECKS: tuple[Check, ...] = (
           lambda s, c, P: (P.schedule == S_INTERLEAVED) & (P.micro_batches % P.pp != 0),
           lambda s, c, P, i: (f"schedule interleaved_1f1b needs the number of micro-batches "
                               f"({_i(P.micro_batches, i)}) to be a multiple of pp={_i(P.pp, i)}")),
+    Check("1f1b_micro_batches", "1f1b with fewer micro-batches than stages",
+          # torch.distributed.pipelining's Schedule1F1B rejects it (the executor's schedule).
+          lambda s, c, P: (P.schedule == S_1F1B) & (P.pp > 1) & (P.micro_batches < P.pp),
+          lambda s, c, P, i: (f"schedule 1f1b needs at least pp={_i(P.pp, i)} micro-batches, got "
+                              f"{_i(P.micro_batches, i)} (use gpipe or a smaller "
+                              "micro_batch_size)")),
     Check("sp_needs_tp", "sequence parallel with tp=1",
           lambda s, c, P: P.sp & (P.tp < 2),
           lambda s, c, P, i: "sequence_parallel needs tp >= 2 (it shards activations over tp)"),
@@ -108,3 +114,13 @@ def plan_problems(plan: Plan, spec: TransformerSpec, cluster: Cluster) -> list[s
     P = PlanArrays.from_plans([plan])
     return [ch.message(spec, cluster, P, 0) for ch in CHECKS if bool(np.asarray(
         ch.invalid(spec, cluster, P)).reshape(-1)[0])]
+
+
+CLUSTER_CHECKS = ("world_size", "precision")
+
+
+def spec_problems(plan: Plan, spec: TransformerSpec) -> list[str]:
+    """The reasons that do not depend on a cluster (for runs on whatever machine is at hand)."""
+    P = PlanArrays.from_plans([plan])
+    return [ch.message(spec, None, P, 0) for ch in CHECKS if ch.key not in CLUSTER_CHECKS
+            and bool(np.asarray(ch.invalid(spec, None, P)).reshape(-1)[0])]

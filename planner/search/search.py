@@ -13,14 +13,15 @@ import numpy as np
 from planner.cost.evaluate import evaluate, peak_memory
 from planner.hardware import Cluster
 from planner.plan import Plan
-from planner.plan_arrays import PlanArrays
+from planner.plan_arrays import S_GPIPE, PlanArrays
 from planner.search.space import Space
 from planner.topology import Topology
 from planner.transformer import TransformerSpec
 from planner.validity import CHECKS, invalid_masks
 
-# Valid but pointless: ZeRO with a single data-parallel rank equals stage 0.
-REDUNDANT = ("zero_without_dp", "ZeRO stage > 0 with dp*cp = 1 (same as stage 0)")
+# Valid but pointless duplicates of another candidate, so not emitted.
+REDUNDANT = {"zero_without_dp": "ZeRO stage > 0 with dp*cp = 1 (same as stage 0)",
+             "gpipe_without_pp": "schedule gpipe with pp = 1 (same as 1f1b)"}
 NO_FIT = "does not fit in GPU memory"
 
 
@@ -57,10 +58,11 @@ def _prune(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, counts: dict[
            examples: dict[str, str]) -> np.ndarray:
     """Boolean keep-mask; tallies the first failing reason of every pruned candidate."""
     masks = invalid_masks(spec, cluster, P)
-    masks[REDUNDANT[0]] = (P.zero > 0) & (P.dp * P.cp == 1)
+    masks["zero_without_dp"] = (P.zero > 0) & (P.dp * P.cp == 1)
+    masks["gpipe_without_pp"] = (P.schedule == S_GPIPE) & (P.pp == 1)
     bad = np.zeros(len(P), dtype=bool)
     summaries = {c.key: (c.summary, c) for c in CHECKS}
-    summaries[REDUNDANT[0]] = (REDUNDANT[1], None)
+    summaries.update({k: (text, None) for k, text in REDUNDANT.items()})
     for key, mask in masks.items():
         first = mask & ~bad
         n = int(first.sum())

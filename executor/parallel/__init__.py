@@ -1,0 +1,1 @@
+"""The parallel wrappers, one file per kind; executor/parallelize.py applies them in order."""

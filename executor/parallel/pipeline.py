@@ -1,0 +1,56 @@
+"""Pipeline parallelism with torch.distributed.pipelining: this rank's stage modules (v of them
+for interleaved 1F1B, stage indices rank, rank + pp, ...) cut from the whole model, and the
+schedule named by the plan."""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import torch
+from torch.distributed.pipelining import (PipelineStage, Schedule1F1B, ScheduleGPipe,
+                                          ScheduleInterleaved1F1B)
+
+from executor.transformer import Transformer
+from planner.plan import Plan
+
+
+def stage_layers(num_layers: int, num_stages: int, stage: int) -> range:
+    """Block indices of a stage: equal consecutive slices (validity requires divisibility)."""
+    per = num_layers // num_stages
+    return range(stage * per, (stage + 1) * per)
+
+
+def cut_stage(model: Transformer, plan: Plan, stage: int) -> Transformer:
+    """A copy of `model` holding only pipeline stage `stage` (names kept, so checkpoints and
+    the planner's layer accounting line up)."""
+    n_stages = plan.pp * plan.virtual_pipeline_stages
+    part = copy.deepcopy(model)
+    keep = {str(i) for i in stage_layers(model.spec.num_layers, n_stages, stage)}
+    for name in list(part.layers.keys()):
+        if name not in keep:
+            del part.layers[name]
+    if stage != 0:
+        part.tok_embeddings = None
+        part.pos_embeddings = None
+    if stage != n_stages - 1:
+        part.norm = None
+        part.output = None
+    return part
+
+
+def stage_indices(plan: Plan, pp_rank: int) -> list[int]:
+    """Stages this pipeline rank runs ('loop' placement of the interleaved schedule)."""
+    return [pp_rank + i * plan.pp for i in range(plan.virtual_pipeline_stages)]
+
+
+def build_schedule(parts: list[Transformer], indices: list[int], plan: Plan, group,
+                   device: torch.device, loss_fn: Callable):
+    """PipelineStages and the plan's schedule over this rank's parts."""
+    n_stages = plan.pp * plan.virtual_pipeline_stages
+    stages = [PipelineStage(p, i, n_stages, device, group=group) for p, i in zip(parts, indices)]
+    m = plan.num_micro_batches
+    if plan.schedule == "interleaved_1f1b":
+        return ScheduleInterleaved1F1B(stages, m, loss_fn=loss_fn)
+    cls = ScheduleGPipe if plan.schedule == "gpipe" else Schedule1F1B
+    return cls(stages[0], m, loss_fn=loss_fn)

@@ -1,0 +1,130 @@
+"""Turn a TransformerSpec and a Plan into this rank's parallel model, in one fixed order:
+
+1. build the whole model from one seed (every rank gets the same initial weights);
+2. set activation recompute (full: each block checkpointed; selective: the attention core);
+3. cut this rank's pipeline stage(s) (pp > 1);
+4. tensor (and sequence) parallel on each stage (tp > 1);
+5. context parallel: K/V gathered over the cp group, positions offset by this rank's chunk;
+6. data parallel / ZeRO (executor/parallel/data.py says which mechanism for which stage).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from executor.mesh import ParallelMesh
+from executor.parallel import data as dpar
+from executor.parallel.pipeline import build_schedule, cut_stage, stage_indices
+from executor.parallel.tensor import apply_tensor_parallel
+from executor.transformer import ContextParallel, Transformer
+from planner.plan import Plan
+from planner.transformer import TransformerSpec
+
+
+@dataclass
+class ParallelModel:
+    """This rank's share of the model and how to run a step with it."""
+
+    plan: Plan
+    mesh: ParallelMesh
+    parts: list[nn.Module]
+    stage_ids: list[int]
+    dp_mode: str
+    schedule: object | None = None
+    tied: list[tuple[nn.Parameter, dist.ProcessGroup]] = field(default_factory=list)
+    skip_in_norm: set[int] = field(default_factory=set)
+
+    @property
+    def is_first(self) -> bool:
+        return 0 in self.stage_ids
+
+    @property
+    def is_last(self) -> bool:
+        return self.plan.pp * self.plan.virtual_pipeline_stages - 1 in self.stage_ids
+
+    def parameters(self) -> list[nn.Parameter]:
+        seen, out = set(), []
+        for part in self.parts:
+            for p in part.parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    out.append(p)
+        return out
+
+    def named_parameters(self) -> dict[str, nn.Parameter]:
+        """Parameters by the whole model's names (DDP's 'module.' prefix removed)."""
+        out = {}
+        for part in self.parts:
+            for name, p in part.named_parameters():
+                out[name.removeprefix("module.")] = p
+        return out
+
+
+def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy (works on vocab-sharded DTensor logits inside
+    torch.distributed.tensor.parallel.loss_parallel)."""
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(0, 1))
+
+
+def build_model(spec: TransformerSpec, plan: Plan, seed: int) -> Transformer:
+    """The whole model, seeded, with the plan's recompute mode."""
+    torch.manual_seed(seed)
+    model = Transformer(spec)
+    for block in model.layers.values():
+        block.full_recompute = plan.recompute == "full"
+        block.attention.selective_recompute = plan.recompute == "selective"
+    return model
+
+
+def parallelize(spec: TransformerSpec, plan: Plan, pm: ParallelMesh, device: torch.device,
+                seed: int = 0) -> ParallelModel:
+    """This rank's ParallelModel (all ranks call it together: it creates groups)."""
+    whole = build_model(spec, plan, seed)
+    if plan.pp > 1:
+        ids = stage_indices(plan, pm.coord("pp"))
+        parts = [cut_stage(whole, plan, s) for s in ids]
+    else:
+        ids, parts = [0], [whole]
+    chunk = spec.seq_len // plan.cp
+    for part in parts:
+        part.position_offset = pm.coord("cp") * chunk
+        if plan.tp > 1:
+            apply_tensor_parallel(part, pm.tp_mesh, plan.sequence_parallel)
+        if plan.cp > 1:
+            ctx = ContextParallel(pm.group("cp"))
+            for block in part.layers.values():
+                block.attention.context = ctx
+        part.to(device)
+    pmodel = ParallelModel(plan, pm, parts, ids, dpar.mode(plan))
+    if pmodel.dp_mode == "fsdp":
+        dpar.apply_fsdp(parts, pm.dp_cp_mesh, plan)
+    elif pmodel.dp_mode == "ddp":
+        pmodel.parts = [dpar.wrap_ddp(parts[0], pm.dp_cp_mesh.get_group())]
+    if plan.pp > 1 and spec.tied_embeddings:  # after FSDP, which replaces the parameters
+        _tie_across_stages(pmodel)
+    if plan.pp > 1:
+        pmodel.schedule = build_schedule(pmodel.parts, ids, plan, pm.group("pp"), device, loss_fn)
+    return pmodel
+
+
+def _tie_across_stages(pmodel: ParallelModel) -> None:
+    """The first stage's embedding and the last stage's head are one matrix in the model, two
+    copies here (Megatron-LM does the same): their gradients are summed over a group of the
+    two ranks, and the head copy is left out of the gradient norm."""
+    mesh = pmodel.mesh.mesh
+    pp_dim = mesh.mesh_dim_names.index("pp")
+    lines = mesh.mesh.movedim(pp_dim, -1).reshape(-1, mesh.mesh.shape[pp_dim])
+    me = dist.get_rank()
+    for line in lines.tolist():
+        group = dist.new_group([line[0], line[-1]])  # every rank creates every group, in order
+        if me in (line[0], line[-1]):
+            for part in pmodel.parts:
+                if part.tok_embeddings is not None:
+                    pmodel.tied.append((part.tok_embeddings.weight, group))
+                if part.output is not None:
+                    pmodel.tied.append((part.output.weight, group))
+                    pmodel.skip_in_norm.add(id(part.output.weight))

@@ -1,0 +1,184 @@
+"""The timed step loop of one rank, and the single-process reference the tests compare with.
+
+A step: zero grads; forward/backward over the rank's micro-batches (through the pipeline
+schedule when pp > 1); gradient sync where the data-parallel mode needs it by hand; tied
+embedding sync across stages; global-norm clipping; AdamW. The reported loss is the mean over the
+whole global batch, identical on every rank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor
+from torch.distributed.tensor.parallel import loss_parallel
+
+from executor.data import TokenSource, local_batch
+from executor.memory import SavedTensorMeter, optimizer_bytes, tensor_bytes
+from executor.parallel import data as dpar
+from executor.parallel.grad_norm import clip_grad_norm_
+from executor.parallelize import ParallelModel, build_model, loss_fn
+from planner.plan import Plan
+from planner.transformer import TransformerSpec
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 5
+    warmup: int = 2
+    seed: int = 0
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    max_grad_norm: float = 1.0
+    data: str | None = None
+
+
+def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    # foreach=False: one code path for plain tensors and DTensors of different meshes.
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay,
+                             foreach=False)
+
+
+def autocast(plan: Plan, device: torch.device):
+    """bf16 mixed precision via torch.autocast (fp32 master weights); fp32 plans run as is."""
+    if plan.precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _value(t: torch.Tensor) -> torch.Tensor:
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+@dataclass
+class StepStats:
+    grads_bytes: int = 0
+    meter_peak: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def run_step(pm: ParallelModel, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+             cfg: TrainConfig, stats: StepStats | None = None) -> float:
+    """One optimizer step; returns the global-batch mean loss. With `stats`, also counts saved
+    activations and gradient bytes (Python hooks on every saved tensor: a step that measures
+    memory is slower, so only the last step of a run does)."""
+    plan = pm.plan
+    opt.zero_grad(set_to_none=True)
+    ctx = loss_parallel() if plan.tp > 1 else contextlib.nullcontext()
+    meter = SavedTensorMeter(pm.parameters()) if stats else contextlib.nullcontext()
+    with meter, ctx, autocast(plan, x.device):
+        if pm.schedule is not None:
+            loss = _pipeline_step(pm, x, y)
+        else:
+            loss = _accumulate(pm, x, y)
+    if pm.dp_mode == "allreduce":
+        dpar.all_reduce_grads(pm.parameters(), pm.mesh.dp_cp_mesh.get_group())
+    dpar.sum_grads(pm.tied)
+    if stats:
+        stats.meter_peak = max(stats.meter_peak, meter.peak)
+        stats.grads_bytes = tensor_bytes(p.grad for p in pm.parameters())
+    if cfg.max_grad_norm > 0:
+        pp_group = pm.mesh.group("pp") if plan.pp > 1 else None
+        clip_grad_norm_(pm.parameters(), cfg.max_grad_norm, pp_group, pm.skip_in_norm)
+    opt.step()
+    if plan.pp > 1:  # only the last stage saw the losses
+        dist.all_reduce(loss, group=pm.mesh.group("pp"))
+    if plan.dp * plan.cp > 1:
+        dist.all_reduce(loss, group=pm.mesh.dp_cp_mesh.get_group())
+        loss /= plan.dp * plan.cp
+    return float(loss)
+
+
+def _pipeline_step(pm: ParallelModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    if pm.is_first:
+        pm.schedule.step(x)
+    elif pm.is_last:
+        losses: list[torch.Tensor] = []
+        pm.schedule.step(target=y, losses=losses)
+        return torch.stack([_value(t).detach() for t in losses]).mean()
+    else:
+        pm.schedule.step()
+    return torch.zeros(())
+
+
+def _accumulate(pm: ParallelModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Micro-batches in sequence; gradients synchronise on the last one only."""
+    model, m = pm.parts[0], pm.plan.num_micro_batches
+    total = torch.zeros(())
+    for i, (xb, yb) in enumerate(zip(x.chunk(m), y.chunk(m))):
+        last = i == m - 1
+        if pm.dp_mode == "fsdp":
+            model.set_requires_gradient_sync(last)
+        sync = model.no_sync() if pm.dp_mode == "ddp" and not last else contextlib.nullcontext()
+        with sync:
+            loss = loss_fn(model(xb), yb) / m
+            loss.backward()
+        total += _value(loss).detach()
+    return total
+
+
+def maybe_fail(step: int) -> None:
+    """Test hook: PARAPLAN_FAIL_RANK / PARAPLAN_FAIL_STEP make one rank raise at one step."""
+    if (os.environ.get("PARAPLAN_FAIL_STEP") == str(step)
+            and os.environ.get("PARAPLAN_FAIL_RANK") == str(dist.get_rank())):
+        raise RuntimeError(f"injected failure at step {step}")
+
+
+def train_steps(pm: ParallelModel, opt, source: TokenSource, cfg: TrainConfig, first: int,
+                last: int, on_step=None,
+                measure: bool = True) -> tuple[list[float], list[float], StepStats]:
+    """Steps first..last (inclusive): losses, wall seconds per step, and memory stats counted
+    on the last step (steady state: optimizer state exists from the first step on)."""
+    plan = pm.plan
+    dp_rank, cp_rank = pm.mesh.coord("dp"), pm.mesh.coord("cp")
+    losses, times, stats = [], [], StepStats()
+    for step in range(first, last + 1):
+        maybe_fail(step)
+        x, y = local_batch(source.batch(step, plan.global_batch_size), plan, dp_rank, cp_rank)
+        t0 = time.perf_counter()
+        measuring = measure and step == last
+        losses.append(run_step(pm, opt, x, y, cfg, stats if measuring else None))
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+        if on_step:
+            on_step(step, losses[-1], times[-1])
+    if measure:
+        stats.extra["optimizer_bytes"] = optimizer_bytes(opt)
+        stats.extra["params_bytes"] = tensor_bytes(pm.parameters())
+    return losses, times, stats
+
+
+def gather_params(pm: ParallelModel) -> dict[str, torch.Tensor]:
+    """Every parameter, whole, by model name, on every rank (small models: tests)."""
+    mine = {n: _value(p.detach()).clone() for n, p in pm.named_parameters().items()}
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, mine)
+    out: dict[str, torch.Tensor] = {}
+    for d in parts:
+        out.update(d)
+    return out
+
+
+def train_reference(spec: TransformerSpec, plan: Plan, cfg: TrainConfig, steps: int,
+                    seed: int = 0) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """Single process, whole model, whole global batch per step: the ground truth."""
+    model = build_model(spec, plan, seed)
+    opt = make_optimizer(model.parameters(), cfg)
+    source = TokenSource(spec.vocab_size, spec.seq_len, cfg.data, cfg.seed)
+    losses = []
+    for step in range(1, steps + 1):
+        full = source.batch(step, plan.global_batch_size)
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(full[:, :-1]), full[:, 1:])
+        loss.backward()
+        if cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses, {n: p.detach().clone() for n, p in model.named_parameters()}

@@ -1,0 +1,128 @@
+"""One rank of `paraplan run`, started by torchrun (executor/launch.py). Reads its job from a
+JSON file, trains, and rank 0 writes the Measurement to the job's result path. Any exception is
+written to failure_rank<N>.json first, so the launcher can name the rank and the error."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.errors import record
+
+from executor import checkpoint
+from executor.data import TokenSource
+from executor.memory import peak_rss_bytes, reset_peak_rss, threads
+from executor.mesh import build_mesh
+from executor.parallelize import parallelize
+from executor.train import TrainConfig, make_optimizer, train_steps
+from planner.measurement import Environment, Measurement, RankMemory
+from planner.plan import Plan
+from planner.schema import write_json_atomic
+from planner.transformer import TransformerSpec
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _setup(job: dict) -> tuple[torch.device, str]:
+    cuda = torch.cuda.is_available()
+    backend = "nccl" if cuda else "gloo"
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else \
+        torch.device("cpu")
+    if cuda:
+        world = int(os.environ["WORLD_SIZE"])
+        if world > torch.cuda.device_count():
+            raise RuntimeError(f"plan needs {world} GPUs (dp*tp*pp*cp), this machine has "
+                               f"{torch.cuda.device_count()}; multi-node runs are not supported")
+        torch.cuda.set_device(device)
+    torch.set_num_threads(threads())
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=job["timeout_s"]))
+    return device, backend
+
+
+def run(job: dict) -> None:
+    started = _now()
+    device, backend = _setup(job)
+    spec = TransformerSpec.model_validate(job["transformer"])
+    plan = Plan.model_validate(job["plan"])
+    cfg = TrainConfig(steps=job["steps"], warmup=job["warmup"], seed=job["seed"],
+                      data=job.get("data"))
+    pm = parallelize(spec, plan, build_mesh(plan, device.type), device, seed=cfg.seed)
+    opt = make_optimizer(pm.parameters(), cfg)
+    source = TokenSource(spec.vocab_size, spec.seq_len, cfg.data, cfg.seed)
+    losses: list[float] = []
+    first = 1
+    if job.get("resume"):
+        done, losses = checkpoint.load(pm, opt, job["resume"])
+        first = done + 1
+    last = first + cfg.steps - 1
+    times, rank = [], dist.get_rank()
+    for step in range(first, last + 1):
+        if step == first + cfg.warmup:
+            reset_peak_rss()
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+        # One step per call; the memory count is taken on the final step only.
+        loss, dt, stats = train_steps(pm, opt, source, cfg, step, step, measure=step == last)
+        losses += loss
+        if step >= first + cfg.warmup:
+            times += dt
+        if rank == 0:
+            print(f"step {step}/{last}  loss {loss[0]:.5f}  {dt[0]:.3f} s", flush=True)
+        if job.get("save_every") and step % job["save_every"] == 0:
+            checkpoint.save(pm, opt, step, losses, job["checkpoint_dir"])
+    mem = RankMemory(
+        rank=rank, params_bytes=stats.extra["params_bytes"], grads_bytes=stats.grads_bytes,
+        optimizer_bytes=stats.extra["optimizer_bytes"], activations_bytes=stats.meter_peak,
+        peak_rss_bytes=peak_rss_bytes(),
+        device_peak_bytes=torch.cuda.max_memory_allocated() if device.type == "cuda" else None)
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, (mem.model_dump(), times))
+    if rank == 0:
+        slowest = [max(ts[i] for _, ts in gathered) for i in range(len(times))]
+        step_time = Measurement.median(slowest)
+        m = Measurement(
+            plan=plan, transformer=spec, world_size=dist.get_world_size(),
+            warmup_steps=cfg.warmup, first_step=1,
+            losses=losses, step_times_s=slowest, step_time_s=step_time,
+            tokens_per_s=plan.global_batch_size * spec.seq_len / step_time,
+            memory=[RankMemory(**m) for m, _ in gathered], data=source.name,
+            environment=_environment(backend, device), started_at=started, finished_at=_now())
+        write_json_atomic(job["result_path"], m.model_dump())
+    dist.destroy_process_group()
+
+
+def _environment(backend: str, device: torch.device) -> Environment:
+    names = ([torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+             if device.type == "cuda" else [platform.processor() or platform.machine()])
+    return Environment(torch_version=torch.__version__, python_version=platform.python_version(),
+                       backend=backend, device=device.type, device_names=names,
+                       threads_per_rank=threads(), hostname=socket.gethostname(),
+                       platform=platform.platform())
+
+
+@record
+def main() -> None:
+    job = json.loads(Path(sys.argv[1]).read_text())
+    try:
+        run(job)
+    except BaseException as err:
+        rank = int(os.environ.get("RANK", -1))
+        write_json_atomic(Path(job["work_dir"]) / f"failure_rank{rank}.json", {
+            "rank": rank, "error": f"{type(err).__name__}: {err}", "time": time.time(),
+            "traceback": traceback.format_exc()})
+        raise
+
+
+if __name__ == "__main__":
+    main()
