@@ -30,10 +30,10 @@ VARIANTS = [
     ("attention fused (FlashAttention)", adjust({"flash_attention": True})),
     ("gradient all-reduce overlapped", adjust({"grad_overlap": True})),
     ("NICs pooled across a node", adjust({"pool_nics": True})),
-    ("ZeRO-3 as FSDP2 (no re-gather)", adjust({"zero3_impl": "fsdp2"})),
+    ("ZeRO-3 as FSDP2 (no re-gather)", adjust({"zero_impl": "fsdp2"})),
     ("GEMMs at the MAMF curve (fraction 1.0)", adjust(fraction=1.0)),
     ("all of the above (first model)", adjust({"flash_attention": True, "grad_overlap": True,
-                                               "pool_nics": True, "zero3_impl": "fsdp2"}, 1.0)),
+                                               "pool_nics": True, "zero_impl": "fsdp2"}, 1.0)),
 ]
 
 

@@ -70,7 +70,11 @@ def run_plans(world: int, jobs: list[tuple[str, TransformerSpec, Plan]], cfg: Tr
     d = tempfile.mkdtemp(prefix="paraplan-local-")
     out = os.path.join(d, "results.json")
     payload = [(k, s.model_dump(), p.to_json_dict()) for k, s, p in jobs]
+    # forkserver, not fork: forking this (threaded) process can leave a child's allocator in a
+    # corrupt state ("malloc(): unaligned tcache chunk", seen after ~100 launches); the fork
+    # server is single-threaded and has torch imported once.
+    mp.set_forkserver_preload(["executor.local"])
     mp.start_processes(_worker, args=(world, payload, cfg.__dict__, want_params, threads,
                                       os.path.join(d, "init"), out),
-                       nprocs=world, start_method="fork")
+                       nprocs=world, start_method="forkserver")
     return json.loads(Path(out).read_text())

@@ -55,6 +55,10 @@ class ParallelModel:
                     out.append(p)
         return out
 
+    def buffers(self) -> list[torch.Tensor]:
+        """Non-trainable state (rotary tables): saved for backward, but not activations."""
+        return [b for part in self.parts for b in part.buffers()]
+
     def named_parameters(self) -> dict[str, nn.Parameter]:
         """Parameters by the whole model's names (DDP's 'module.' prefix removed)."""
         out = {}

@@ -70,7 +70,8 @@ def run_step(pm: ParallelModel, opt: torch.optim.Optimizer, x: torch.Tensor, y: 
     plan = pm.plan
     opt.zero_grad(set_to_none=True)
     ctx = loss_parallel() if plan.tp > 1 else contextlib.nullcontext()
-    meter = SavedTensorMeter(pm.parameters()) if stats else contextlib.nullcontext()
+    meter = SavedTensorMeter(pm.parameters() + pm.buffers()) if stats else \
+        contextlib.nullcontext()
     with meter, ctx, autocast(plan, x.device):
         if pm.schedule is not None:
             loss = _pipeline_step(pm, x, y)
@@ -112,8 +113,9 @@ def _accumulate(pm: ParallelModel, x: torch.Tensor, y: torch.Tensor) -> torch.Te
     total = torch.zeros(())
     for i, (xb, yb) in enumerate(zip(x.chunk(m), y.chunk(m))):
         last = i == m - 1
-        if pm.dp_mode == "fsdp":
-            model.set_requires_gradient_sync(last)
+        if pm.dp_mode == "fsdp":  # as torch.distributed.pipelining does for FSDP stages:
+            model.set_requires_gradient_sync(last)  # reduce-scatter once, after the last
+            model.set_reshard_after_backward(last)  # and keep weights gathered until then
         sync = model.no_sync() if pm.dp_mode == "ddp" and not last else contextlib.nullcontext()
         with sync:
             loss = loss_fn(model(xb), yb) / m

@@ -195,9 +195,30 @@ class ContextParallel:
         self.group = group
 
     def gather(self, t: torch.Tensor) -> torch.Tensor:
-        """(b, s/cp, heads, d) -> (b, s, heads, d), differentiable (backward reduce-scatters)."""
-        from torch.distributed._functional_collectives import all_gather_single_autograd
-        # Gathers along dim 0 only: put the sequence first and back.
-        out = all_gather_single_autograd(t.transpose(0, 1).contiguous(), gather_dim=0,
-                                         group=self.group)
+        """(b, s/cp, heads, d) -> (b, s, heads, d); the backward reduce-scatters."""
+        return _GatherSeq.apply(t, self.group)
+
+
+class _GatherSeq(torch.autograd.Function):
+    """All-gather along dim 1 with a reduce-scatter backward, on plain synchronous collectives
+    (torch's functional all_gather_single_autograd corrupted the heap here when FSDP deferred
+    gradient sync and a second model was built in the same process: torch 2.13, gloo)."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor, group) -> torch.Tensor:
+        import torch.distributed as dist
+        ctx.group = group
+        n = dist.get_world_size(group)
+        local = t.transpose(0, 1).contiguous()
+        out = torch.empty((local.shape[0] * n,) + tuple(local.shape[1:]), dtype=t.dtype)
+        dist.all_gather_into_tensor(out, local, group=group)
         return out.transpose(0, 1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        import torch.distributed as dist
+        full = grad.transpose(0, 1).contiguous()
+        n = dist.get_world_size(ctx.group)
+        out = torch.empty((full.shape[0] // n,) + tuple(full.shape[1:]), dtype=grad.dtype)
+        dist.reduce_scatter_tensor(out, full, group=ctx.group)
+        return out.transpose(0, 1), None

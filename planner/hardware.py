@@ -102,7 +102,11 @@ class _Tier(FrozenModel):
     name: str = Field(min_length=1)
     """e.g. `NVLink 3 via NVSwitch`, `InfiniBand HDR 200 Gb/s`."""
     latency_s: float = Field(ge=0)
-    """Per-step latency of a collective on this tier (alpha in the alpha-beta model)."""
+    """Per-step latency of a collective on this tier (alpha in the alpha-beta model); also the
+    latency of one point-to-point send."""
+    call_latency_s: float = Field(default=0.0, ge=0)
+    """Fixed cost of each collective call on top of its steps (launch, rendezvous); 0 where the
+    step latency already covers it."""
     efficiency: list[tuple[float, float]]
     """[message MB, fraction of bandwidth] reached by ring collectives (bus bandwidth / spec)."""
 
@@ -154,11 +158,25 @@ class Software(FrozenModel):
     pool_nics: bool = True
     """Collectives across nodes spread a node's traffic over all its NICs (NCCL rings with one
     channel per NIC). False: each GPU gets only its own NIC's share of the node's bandwidth."""
-    zero3_impl: Literal["fsdp2", "deepspeed"] = "fsdp2"
-    """How ZeRO-3 gathers weights. `fsdp2`: one block at a time with the next prefetched (two
-    blocks live), and backward reuses one gather for the recomputed forward and the gradients.
-    `deepspeed` (ZeRO-3 as in 2021): one weight tensor at a time (two live), and the recomputed
-    forward gathers again."""
+    zero_impl: Literal["fsdp2", "deepspeed"] = "fsdp2"
+    """How ZeRO runs. `fsdp2` (PyTorch FSDP2, as the executor): every stage >= 1 keeps weights,
+    gradients and optimizer state sharded at rest and gathers weights per block for the step
+    (stages 1-2 keep them gathered through the step, stage 3 re-gathers for backward with the
+    next block prefetched); gradients reduce-scatter per block, and re-gather for the recomputed
+    forward is not needed. `deepspeed` (ZeRO as in 2021, Rajbhandari et al. 2020 semantics):
+    stage 1 shards optimizer state, 2 also gradients, 3 also weights, gathered one tensor at a
+    time, and gathered again for the recomputed forward."""
+    cp_impl: Literal["ring", "all_gather"] = "ring"
+    """Context parallelism: `ring` passes K/V chunks between neighbours behind the attention
+    compute (Megatron-LM); `all_gather` gathers K/V before attention and reduce-scatters their
+    gradients after, exposed (Llama 3; the executor)."""
+    elementwise_traffic: float = Field(default=1.0, gt=0)
+    """Multiplier on the modelled element-wise HBM traffic of a block (norms, residuals,
+    activation): 1 for fused kernels (Megatron-LM, Transformer Engine); eager PyTorch makes
+    several passes per op (rotary embedding, head reshapes, separate casts)."""
+    optimizer_tensor_overhead_s: float = Field(default=0.0, ge=0)
+    """Fixed time per parameter tensor per step in the optimizer and gradient clipping (a
+    per-tensor loop; ~0 with fused multi-tensor kernels)."""
     framework_memory_bytes: int = Field(ge=0)
     """Fixed per-GPU memory outside the model: runtime context, communication buffers, allocator
     fragmentation."""

@@ -42,6 +42,8 @@ class GroupLink:
     """Per-rank bandwidth of a ring hop (or p2p transfer) on the bounding link, before efficiency."""
     latency_s: float
     """Per-step latency of the slowest link crossed."""
+    call_latency_s: float
+    """Fixed cost per collective call on that link."""
     efficiency: tuple[tuple[float, float], ...]
     """Message-size efficiency curve of the bounding link."""
     link_name: str
@@ -129,7 +131,7 @@ class Topology:
     def _link(self, kind: str, groups: np.ndarray) -> GroupLink:
         n_groups, size = groups.shape
         if size == 1:
-            return GroupLink(kind, 1, 1, 1, "none", float("inf"), 0.0, ((1.0, 1.0),), "none")
+            return GroupLink(kind, 1, 1, 1, "none", float("inf"), 0.0, 0.0, ((1.0, 1.0),), "none")
         nodes = self.node_of[groups]
         num_nodes = self.cluster.num_nodes
         pair = np.arange(n_groups)[:, None] * num_nodes + nodes
@@ -163,7 +165,8 @@ class Topology:
                 bw_intra = min(caps)
         if not crosses:
             return GroupLink(kind, size, k, m, "intra_node", bw_intra, intra.latency_s,
-                             tuple(map(tuple, intra.efficiency)), intra.name)
+                             intra.call_latency_s, tuple(map(tuple, intra.efficiency)),
+                             intra.name)
         inter = self.cluster.inter_node
         assert inter is not None, "crossing nodes needs an inter-node network"
         up = next(e for e in self._inter_path if e["tier"] == "inter_node")
@@ -172,8 +175,9 @@ class Topology:
             flows_per_uplink = max(flows_per_uplink, self.cluster.gpus_per_node)
         bw_inter = up["bandwidth_GBps"] / max(1, flows_per_uplink)
         lat = max(e["latency_s"] for e in self._inter_path)
+        call = max(intra.call_latency_s, inter.call_latency_s)
         if bw_intra < bw_inter:
-            return GroupLink(kind, size, k, m, "intra_node", bw_intra, lat,
+            return GroupLink(kind, size, k, m, "intra_node", bw_intra, lat, call,
                              tuple(map(tuple, intra.efficiency)), intra.name)
-        return GroupLink(kind, size, k, m, "inter_node", bw_inter, lat,
+        return GroupLink(kind, size, k, m, "inter_node", bw_inter, lat, call,
                          tuple(map(tuple, inter.efficiency)), inter.name)

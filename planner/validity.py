@@ -54,11 +54,11 @@ CHECKS: tuple[Check, ...] = (
           lambda s, c, P: s.ffn_hidden_size % P.tp != 0,
           lambda s, c, P, i: (f"ffn_hidden_size {s.ffn_hidden_size} is not divisible by "
                               f"tp={_i(P.tp, i)}")),
-    Check("layers_pp", "layers not divisible by pp*virtual stages",
-          lambda s, c, P: s.num_layers % (P.pp * P.vpp) != 0,
-          lambda s, c, P, i: (f"num_layers {s.num_layers} is not divisible by pp*"
+    Check("layers_pp", "fewer layers than pipeline chunks",
+          lambda s, c, P: s.num_layers < P.pp * P.vpp,
+          lambda s, c, P, i: (f"num_layers {s.num_layers} is less than pp*"
                               f"virtual_pipeline_stages = {_i(P.pp, i)}*{_i(P.vpp, i)} = "
-                              f"{_i(P.pp * P.vpp, i)}")),
+                              f"{_i(P.pp * P.vpp, i)} (every chunk needs a block)")),
     Check("batch", "global batch not divisible by dp*micro-batch",
           lambda s, c, P: P.gbs % (P.dp * P.mbs) != 0,
           lambda s, c, P, i: (f"global_batch_size {_i(P.gbs, i)} is not divisible by "

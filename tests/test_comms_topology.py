@@ -15,7 +15,8 @@ def _link(cluster, n, tier="intra_node"):
     lk = cluster.intra_node if tier == "intra_node" else cluster.inter_node
     bw = lk.bandwidth_GBps if tier == "intra_node" else lk.nic_bandwidth_GBps
     return Link(n=np.array([float(n)]), bandwidth_GBps=np.array([bw]),
-                latency_s=np.array([lk.latency_s]), curve_id=np.array([0]),
+                latency_s=np.array([lk.latency_s]), call_latency_s=np.array([lk.call_latency_s]),
+                curve_id=np.array([0]),
                 curves=(tuple(map(tuple, lk.efficiency)),))
 
 
@@ -85,3 +86,13 @@ def test_graph_shape():
     g = topo.graph
     assert sum(1 for _, d in g.nodes(data=True) if d["kind"] == "gpu") == 16
     assert g.edges["uplink0", "fabric"]["bandwidth_GBps"] == 8 * 50.0
+
+
+def test_call_latency_applies_to_collectives_not_sends():
+    """A calibrated CPU profile has a fixed cost per collective call on top of its steps."""
+    lk = Link(n=np.array([2.0]), bandwidth_GBps=np.array([1.0]), latency_s=np.array([5e-4]),
+              call_latency_s=np.array([1e-3]), curve_id=np.array([0]), curves=(((1.0, 1.0),),))
+    S = 1e6
+    assert lk.all_reduce(np.array([S]))[0] == pytest.approx(1e-3 + 2 * 5e-4 + 1.0 * S / 1e9)
+    assert lk.all_gather(np.array([S]))[0] == pytest.approx(1e-3 + 5e-4 + 0.5 * S / 1e9)
+    assert lk.p2p(np.array([S]))[0] == pytest.approx(5e-4 + S / 1e9)

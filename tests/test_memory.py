@@ -66,7 +66,7 @@ def test_zero_paper_figure1_model_states():
     for stage, total in expected.items():
         P = PlanArrays.from_plans([Plan(dp=64, tp=1, pp=1, micro_batch_size=1,
                                         global_batch_size=64, zero_stage=stage)])
-        got = sum(v[0] for v in model_state_bytes(P, np.array([psi])).values())
+        got = sum(v[0] for v in model_state_bytes(P, np.array([psi]), "deepspeed").values())
         assert got == pytest.approx(total, rel=0.005), stage
 
 

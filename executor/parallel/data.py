@@ -48,14 +48,18 @@ def wrap_ddp(model: nn.Module, group: dist.ProcessGroup) -> nn.Module:
 
 
 def all_reduce_grads(params: list[nn.Parameter], group: dist.ProcessGroup) -> None:
-    """Average gradients over `group` (the hand-written zero_stage 0 path)."""
-    n = dist.get_world_size(group)
-    for p in params:
-        if p.grad is None:
-            continue
-        g = p.grad._local_tensor if isinstance(p.grad, DTensor) else p.grad
-        dist.all_reduce(g, group=group)
-        g.div_(n)
+    """Average gradients over `group` (the hand-written zero_stage 0 path): one all-reduce of
+    all gradients flattened into a single buffer, as DDP's buckets do."""
+    grads = [local(p.grad) for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, group=group)
+    flat.div_(dist.get_world_size(group))
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
 
 
 def sum_grads(pairs: list[tuple[nn.Parameter, dist.ProcessGroup]]) -> None:

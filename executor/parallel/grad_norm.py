@@ -5,31 +5,37 @@ Same formula as torch's: coef = max_norm / (total_norm + 1e-6), capped at 1."""
 
 from __future__ import annotations
 
-import logging
-
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor
 
 
-# A norm over a 2-D (dp x tp) gradient takes two all-reduces; DTensor warns about it on every
-# parameter. Correct and cheap at the sizes it happens, so keep the log readable.
-logging.getLogger("torch.distributed.tensor._redistribute").setLevel(logging.ERROR)
-
-
 def clip_grad_norm_(params: list[nn.Parameter], max_norm: float,
                     pp_group: dist.ProcessGroup | None, skip: set[int]) -> float:
     """Clip in place; returns the total norm. `skip`: ids of parameters that duplicate another
     stage's (tied head), counted once. Plain gradients must already be identical across the
-    data-parallel group (they are, after DDP or the explicit all-reduce)."""
-    sq = torch.zeros(())
-    grads = [p.grad for p in params if p.grad is not None and id(p) not in skip]
-    for g in grads:
-        n = torch.linalg.vector_norm(g)
-        if isinstance(n, DTensor):
-            n = n.full_tensor()  # reduces over the gradient's mesh (shards counted once)
-        sq = sq + n.float() ** 2
+    data-parallel group (they are, after DDP or the explicit all-reduce).
+
+    Squared norms are summed locally per (mesh, placements) and reduced once per sharded mesh
+    dimension: a few collectives per step, not one per parameter."""
+    plain = torch.zeros(())
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for p in params:
+        g = p.grad
+        if g is None or id(p) in skip:
+            continue
+        if isinstance(g, DTensor):
+            groups.setdefault((g.device_mesh, tuple(g.placements)), []).append(g._local_tensor)
+        else:
+            plain = plain + g.float().pow(2).sum()
+    sq = plain
+    for (mesh, placements), locals_ in groups.items():
+        part = torch.stack([t.float().pow(2).sum() for t in locals_]).sum()
+        for dim, placement in enumerate(placements):
+            if placement.is_shard():  # shards on this mesh dimension add up
+                dist.all_reduce(part, group=mesh.get_group(dim))
+        sq = sq + part
     if pp_group is not None and dist.get_world_size(pp_group) > 1:
         dist.all_reduce(sq, group=pp_group)
     total = float(sq.sqrt())

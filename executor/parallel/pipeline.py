@@ -12,13 +12,15 @@ from torch.distributed.pipelining import (PipelineStage, Schedule1F1B, ScheduleG
                                           ScheduleInterleaved1F1B)
 
 from executor.transformer import Transformer
-from planner.plan import Plan
+from planner.plan import Plan, layer_split
 
 
 def stage_layers(num_layers: int, num_stages: int, stage: int) -> range:
-    """Block indices of a stage: equal consecutive slices (validity requires divisibility)."""
-    per = num_layers // num_stages
-    return range(stage * per, (stage + 1) * per)
+    """Block indices of a stage: consecutive slices sized by planner.plan.layer_split, the split
+    the cost model assumes."""
+    sizes = layer_split(num_layers, num_stages)
+    start = sum(sizes[:stage])
+    return range(start, start + sizes[stage])
 
 
 def cut_stage(model: Transformer, plan: Plan, stage: int) -> Transformer:

@@ -22,6 +22,7 @@ class Link:
     n: np.ndarray
     bandwidth_GBps: np.ndarray
     latency_s: np.ndarray
+    call_latency_s: np.ndarray
     curve_id: np.ndarray
     curves: tuple[tuple[tuple[float, float], ...], ...]
 
@@ -35,10 +36,12 @@ class Link:
                 out[sel] = curve(pts, nbytes[sel] / 1e6)
         return out
 
-    def _transfer(self, nbytes: np.ndarray, volume: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    def _transfer(self, nbytes: np.ndarray, volume: np.ndarray, steps: np.ndarray,
+                  collective: bool = True) -> np.ndarray:
         active = self.n > 1
         bw = np.where(active, self.bandwidth_GBps, 1.0) * 1e9 * self.efficiency(nbytes)
-        return np.where(active, steps * self.latency_s + volume / bw, 0.0)
+        fixed = self.call_latency_s if collective else 0.0
+        return np.where(active, fixed + steps * self.latency_s + volume / bw, 0.0)
 
     def all_reduce(self, nbytes: np.ndarray) -> np.ndarray:
         """Ring all-reduce of an `nbytes` buffer on every rank."""
@@ -56,4 +59,5 @@ class Link:
 
     def p2p(self, nbytes: np.ndarray) -> np.ndarray:
         """One point-to-point send of `nbytes` to a neighbour in the group."""
-        return self._transfer(nbytes, np.asarray(nbytes, dtype=float), np.ones(self.n.shape))
+        return self._transfer(nbytes, np.asarray(nbytes, dtype=float), np.ones(self.n.shape),
+                              collective=False)

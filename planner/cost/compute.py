@@ -80,10 +80,10 @@ def _attention(spec: TransformerSpec, gpu: GPU, sh: Shapes, flash: bool,
     return qk + pv + soft_f, 2 * (qk + pv) + soft_b
 
 
-def _elementwise(spec: TransformerSpec, gpu: GPU, sh: Shapes,
-                 tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _elementwise(spec: TransformerSpec, gpu: GPU, sh: Shapes, tokens: np.ndarray,
+                 traffic: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Norms, residual adds (+ bias-dropout for GPT), and the MLP activation."""
-    e = sh.act_bytes
+    e = sh.act_bytes * traffic
     th = tokens * spec.hidden_size / np.where(sh.sp, sh.tp, 1)
     tf = tokens * spec.ffn_hidden_size / sh.tp
     mask = 1.0 if spec.is_gpt_family else 0.0
@@ -96,14 +96,16 @@ def _elementwise(spec: TransformerSpec, gpu: GPU, sh: Shapes,
     return norm_f + res_f + act_f, norm_b + res_b + act_b
 
 
-def layer_times(spec: TransformerSpec, gpu: GPU, sh: Shapes, flash: bool) -> LayerTimes:
-    """One block, one micro-batch, one GPU."""
+def layer_times(spec: TransformerSpec, gpu: GPU, sh: Shapes, flash: bool,
+                elementwise_traffic: float = 1.0) -> LayerTimes:
+    """One block, one micro-batch, one GPU. `elementwise_traffic` scales the element-wise
+    kernels' bytes (profile software.elementwise_traffic)."""
     h, kv, f, t = spec.hidden_size, spec.kv_dim, spec.ffn_hidden_size, sh.tp
     tokens = sh.mbs * spec.seq_len / sh.cp
     up = 2 * f if spec.mlp == "swiglu" else f
     parts = [_gemms(gpu, sh, tokens, h, (h + 2 * kv) / t), _gemms(gpu, sh, tokens, h / t, h),
              _gemms(gpu, sh, tokens, h, up / t), _gemms(gpu, sh, tokens, f / t, h),
-             _elementwise(spec, gpu, sh, tokens)]
+             _elementwise(spec, gpu, sh, tokens, elementwise_traffic)]
     attn_f, attn_b = _attention(spec, gpu, sh, flash, tokens)
     fwd = sum(p[0] for p in parts) + attn_f
     bwd = sum(p[1] for p in parts) + attn_b

@@ -9,7 +9,7 @@ import numpy as np
 
 from planner.cost.flops import hardware_flops_per_step, model_flops_per_step
 from planner.cost.layout import link_arrays
-from planner.cost.memory import memory_breakdown
+from planner.cost.memory import memory_breakdown, memory_by_stage
 from planner.cost.params import total_params
 from planner.cost.step_time import shapes, step_breakdown
 from planner.hardware import Cluster
@@ -62,6 +62,10 @@ def predict(spec: TransformerSpec, cluster: Cluster, plan: Plan,
     P = PlanArrays.from_plans([plan])
     r = {k: v[0] for k, v in evaluate(spec, cluster, topo, P).items()}
     _, layouts = link_arrays(topo, P)
+    stages = memory_by_stage(spec, cluster, P, shapes(cluster, P),
+                             cluster.software.flash_attention)
+    by_stage = {name: {k: int(round(float(v[0]))) for k, v in comp.items()}
+                for name, comp in stages.items()}
     mem = {k: int(round(float(r[f"memory.{k}"]))) for k in MEMORY_KEYS}
     mem["peak_bytes"] = int(round(float(r["memory.peak_bytes"])))
     mem["capacity_bytes"] = cluster.gpu.memory_bytes
@@ -77,6 +81,7 @@ def predict(spec: TransformerSpec, cluster: Cluster, plan: Plan,
         "mfu": float(r["mfu"]),
         "memory": mem,
         "fits": bool(r["fits"]),
+        "memory_by_stage": by_stage,
         "breakdown": {k: float(r[k]) for k in BREAKDOWN_KEYS},
         "links": {k: {"size": g.size, "tier": g.tier, "link": g.link_name,
                       "bandwidth_GBps": g.bandwidth_GBps, "ranks_per_node": g.ranks_per_node,

@@ -37,6 +37,7 @@ def link_arrays(topo: Topology, P: PlanArrays) -> tuple[dict[str, Link], list[di
             n=np.array([g.size for g in gl], dtype=float)[inv],
             bandwidth_GBps=np.array([g.bandwidth_GBps for g in gl])[inv],
             latency_s=np.array([g.latency_s for g in gl])[inv],
+            call_latency_s=np.array([g.call_latency_s for g in gl])[inv],
             curve_id=np.array([_TIERS.index(g.tier) for g in gl])[inv],
             curves=curves,
         )

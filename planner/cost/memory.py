@@ -17,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from planner.cost.compute import Shapes
-from planner.cost.params import layer_params_per_rank, padded_vocab, stage_params_per_rank
+from planner.cost.params import (layer_params_per_rank, padded_vocab, rank_layers,
+                                 stage_params_per_rank)
 from planner.hardware import Cluster
 from planner.plan_arrays import R_FULL, R_SELECTIVE, S_GPIPE, S_INTERLEAVED, PlanArrays
 from planner.transformer import TransformerSpec
@@ -51,7 +52,7 @@ def layer_activation_bytes(spec: TransformerSpec, sh: Shapes, recompute: np.ndar
 def zero3_gather_unit(spec: TransformerSpec, cluster: Cluster, sh: Shapes) -> np.ndarray:
     """Parameters gathered at once per rank under ZeRO-3: a whole block (FSDP2) or the largest
     weight matrix (DeepSpeed's per-tensor gathers)."""
-    if cluster.software.zero3_impl == "fsdp2":
+    if cluster.software.zero_impl == "fsdp2":
         return layer_params_per_rank(spec, sh.tp)
     h, f = spec.hidden_size, spec.ffn_hidden_size
     largest = max(h * (h + 2 * spec.kv_dim), h * f * (2 if spec.mlp == "swiglu" else 1))
@@ -70,43 +71,76 @@ def _in_flight(P: PlanArrays, stage: np.ndarray) -> np.ndarray:
                      [m, chunks / P.vpp], one_f_one_b)
 
 
-def model_state_bytes(P: PlanArrays, params: np.ndarray) -> dict[str, np.ndarray]:
-    """Weights, gradients and optimizer bytes for `params` parameters on one rank."""
+def model_state_bytes(P: PlanArrays, params: np.ndarray, impl: str) -> dict[str, np.ndarray]:
+    """Weights, gradients and optimizer bytes at rest for `params` parameters on one rank."""
     fp32 = P.precision == 3
     w, g, o = np.where(fp32, 4, 2), np.where(fp32, 4, 2), np.where(fp32, 8, 12)
     dpc = P.dp * P.cp
+    if impl == "fsdp2":  # every ZeRO stage keeps all three sharded between steps
+        shard = np.where(P.zero >= 1, dpc, 1)
+        return {"weights_bytes": params * w / shard, "gradients_bytes": params * g / shard,
+                "optimizer_bytes": params * o / shard}
     return {"weights_bytes": params * w / np.where(P.zero >= 3, dpc, 1),
             "gradients_bytes": params * g / np.where(P.zero >= 2, dpc, 1),
             "optimizer_bytes": params * o / np.where(P.zero >= 1, dpc, 1)}
 
 
+def zero_buffers(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
+                 params: np.ndarray) -> np.ndarray:
+    """Unsharded copies ZeRO holds during the step, beyond the sharded state at rest."""
+    wb = np.where(P.precision == 3, 4.0, 2.0)
+    unit = zero3_gather_unit(spec, cluster, sh)
+    active = (P.zero >= 1) & (P.dp * P.cp > 1)
+    if cluster.software.zero_impl == "fsdp2":
+        # Gradients accumulate unsharded until the last micro-batch (pipelining and the
+        # executor skip reduce-scatter in between); with one micro-batch, one block's at a time.
+        grads = np.where((P.micro_batches > 1) | (P.pp > 1), params, unit) * wb
+        weights = np.where(P.zero >= 3, 2 * unit, params) * wb  # stage 1-2: kept gathered
+        return np.where(active, weights + grads, 0.0)
+    return np.where(active & (P.zero >= 3), 2 * unit * wb, 0.0)
+
+
+def stage_memory(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
+                 flash: bool, stage: np.ndarray, first, last) -> dict[str, np.ndarray]:
+    """Bytes by component on one rank of pipeline stage `stage` (holding the embedding if
+    `first`, the head if `last`), plus `peak_bytes`."""
+    stored, full = layer_activation_bytes(spec, sh, P.recompute, flash)
+    layers = rank_layers(spec.num_layers, P.pp, P.vpp, stage)
+    e, tokens = sh.act_bytes, sh.mbs * spec.seq_len / sh.cp
+    th = tokens * spec.hidden_size / np.where(sh.sp, sh.tp, 1)
+    logits = tokens * padded_vocab(spec, sh.tp) / sh.tp * (e + 4)  # logits + fp32 softmax
+    params = stage_params_per_rank(spec, sh.tp, layers, first, last)
+    state = model_state_bytes(P, params, cluster.software.zero_impl)
+    n_act = _in_flight(P, stage)
+    act = n_act * layers * stored + (full - stored)  # + one block being recomputed
+    act = act + np.where(np.asarray(first) & spec.is_gpt_family, n_act * th, 0.0)  # emb. mask
+    act = act + np.where(last, np.where(P.schedule == S_GPIPE, P.micro_batches, 1) * logits
+                         + th * e, 0.0)
+    bufs = (zero_buffers(spec, cluster, P, sh, params)
+            + np.where((P.dp * P.cp > 1) & (P.zero == 0), 2.0 * cluster.software.grad_bucket_bytes,
+                       0.0)
+            + np.where(P.pp > 1, 2 * e * tokens * spec.hidden_size / sh.tp, 0.0))  # p2p buffers
+    comp = {**state, "activations_bytes": act, "buffers_bytes": bufs,
+            "framework_bytes": np.full(len(P), float(cluster.software.framework_memory_bytes))}
+    comp["peak_bytes"] = sum(comp.values())
+    return comp
+
+
+def memory_by_stage(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
+                    flash: bool) -> dict[str, dict[str, np.ndarray]]:
+    """First, middle and last pipeline stage (the same rank when pp = 1)."""
+    one = P.pp == 1
+    zeros = np.zeros(len(P))
+    return {"first": stage_memory(spec, cluster, P, sh, flash, zeros, True, one),
+            "middle": stage_memory(spec, cluster, P, sh, flash, np.minimum(1, P.pp - 1),
+                                   one, one),
+            "last": stage_memory(spec, cluster, P, sh, flash, P.pp - 1, one, True)}
+
+
 def memory_breakdown(spec: TransformerSpec, cluster: Cluster, P: PlanArrays,
                      sh: Shapes, flash: bool) -> dict[str, np.ndarray]:
     """Per-GPU bytes by component on the most loaded rank, plus `peak_bytes`."""
-    stored, full = layer_activation_bytes(spec, sh, P.recompute, flash)
-    layers = spec.num_layers // P.pp
-    e, tokens = sh.act_bytes, sh.mbs * spec.seq_len / sh.cp
-    th = tokens * spec.hidden_size / np.where(sh.sp, sh.tp, 1)
-    logits = tokens * padded_vocab(spec, sh.tp) / sh.tp * (e + 4)  # bf16 logits + fp32 softmax
-    working = full - stored  # one block recomputed at a time during backward
-    common = {"framework_bytes": np.full(len(P), float(cluster.software.framework_memory_bytes))}
-    bufs = (np.where(P.zero >= 3, 2 * zero3_gather_unit(spec, cluster, sh) * np.where(
-        P.precision == 3, 4, 2), 0.0)                       # gathered unit + prefetch (ZeRO-3)
-        + np.where(P.dp * P.cp > 1, 2.0 * cluster.software.grad_bucket_bytes, 0.0)
-        + np.where(P.pp > 1, 2 * e * tokens * spec.hidden_size / sh.tp, 0.0))  # p2p send/recv
-    out: dict[str, np.ndarray] = {}
-    for stage, first, last in ((np.zeros(len(P)), True, P.pp == 1), (P.pp - 1, P.pp == 1, True)):
-        state = model_state_bytes(P, stage_params_per_rank(spec, sh.tp, P.pp, first, last))
-        n_act = _in_flight(P, stage)
-        act = n_act * layers * stored + working
-        act = act + np.where(first & spec.is_gpt_family, n_act * th, 0.0)  # embedding mask
-        last_act = np.where(last, np.where(P.schedule == S_GPIPE, P.micro_batches, 1) * logits
-                            + th * e, 0.0)
-        comp = {**state, "activations_bytes": act + last_act, "buffers_bytes": bufs, **common}
-        peak = sum(comp.values())
-        if not out:
-            out = {**comp, "peak_bytes": peak}
-        else:
-            take = peak > out["peak_bytes"]
-            out = {k: np.where(take, v, out[k]) for k, v in {**comp, "peak_bytes": peak}.items()}
-    return out
+    stages = memory_by_stage(spec, cluster, P, sh, flash)
+    first, last = stages["first"], stages["last"]
+    take = last["peak_bytes"] > first["peak_bytes"]
+    return {k: np.where(take, last[k], first[k]) for k in first}

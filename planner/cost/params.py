@@ -71,9 +71,21 @@ def layer_params_per_rank(spec: TransformerSpec, tp: np.ndarray) -> np.ndarray:
             + layer_replicated_params(spec))
 
 
-def stage_params_per_rank(spec: TransformerSpec, tp: np.ndarray, pp: np.ndarray,
+def rank_layers(num_layers: int, pp: np.ndarray, vpp: np.ndarray,
+                rank: np.ndarray) -> np.ndarray:
+    """Blocks held by pipeline rank `rank` (planner.plan.layer_split over pp x v chunks; rank r
+    holds chunks r, r + pp, ...)."""
+    chunks = pp * vpp
+    base, extra = num_layers // chunks, num_layers % chunks
+    rank = np.asarray(rank)
+    at_zero = np.minimum(vpp - 1, extra // pp)
+    others = np.where(extra >= rank, np.minimum(vpp, (extra - rank) // pp + 1), 0)
+    return vpp * base + np.where(rank == 0, at_zero, others)
+
+
+def stage_params_per_rank(spec: TransformerSpec, tp: np.ndarray, layers: np.ndarray,
                           first: np.ndarray | bool, last: np.ndarray | bool) -> np.ndarray:
-    """Parameters on one rank of a pipeline stage; `first`/`last` say whether the stage holds the
+    """Parameters on one rank holding `layers` blocks; `first`/`last` say whether it holds the
     embedding / the head (both for pp=1). With pp > 1 and tied embeddings the last stage keeps its
     own copy of the matrix as LM head (Megatron-LM)."""
     h = spec.hidden_size
@@ -82,5 +94,23 @@ def stage_params_per_rank(spec: TransformerSpec, tp: np.ndarray, pp: np.ndarray,
     norm = 2 * h if spec.is_gpt_family else h
     first, last = np.asarray(first), np.asarray(last)
     head = np.where(first & spec.tied_embeddings, 0.0, emb)
-    return ((spec.num_layers // pp) * layer_params_per_rank(spec, tp)
+    return (layers * layer_params_per_rank(spec, tp)
             + np.where(first, emb + pos, 0.0) + np.where(last, norm + head, 0.0))
+
+
+def layer_tensor_count(spec: TransformerSpec) -> int:
+    """Parameter tensors of one block as the executor builds it (separate q, k, v, o)."""
+    weights = 4 + (3 if spec.mlp == "swiglu" else 2)
+    biases = weights if spec.is_gpt_family else 0
+    norms = 2 * (2 if spec.is_gpt_family else 1)
+    return weights + biases + norms
+
+
+def stage_tensor_count(spec: TransformerSpec, layers: np.ndarray, first: np.ndarray | bool,
+                       last: np.ndarray | bool) -> np.ndarray:
+    """Parameter tensors on one rank of a stage (embedding, positions, final norm, head)."""
+    first, last = np.asarray(first), np.asarray(last)
+    emb = 2 if spec.is_gpt_family else 1
+    tail = (2 if spec.is_gpt_family else 1) + np.where(first & spec.tied_embeddings, 0, 1)
+    return layers * layer_tensor_count(spec) + np.where(first, emb, 0) \
+        + np.where(last, tail, 0)

@@ -16,7 +16,9 @@ import numpy as np
 from planner.cost.comms import Link
 from planner.cost.compute import Shapes, embedding_times, head_times, layer_times
 from planner.cost.efficiency import memory_time
-from planner.cost.params import layer_params_per_rank, stage_params_per_rank
+from planner.cost.zero import fsdp2_exposed
+from planner.cost.params import (layer_params_per_rank, rank_layers, stage_params_per_rank,
+                                 stage_tensor_count)
 from planner.hardware import PRECISIONS, Cluster
 from planner.plan_arrays import R_FULL, R_SELECTIVE, PlanArrays
 from planner.transformer import TransformerSpec
@@ -39,7 +41,7 @@ def _per_layer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shape
                links: dict[str, Link]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """category -> (forward, backward incl. recompute) seconds of one block, one micro-batch."""
     flash = cluster.software.flash_attention
-    lt = layer_times(spec, cluster.gpu, sh, flash)
+    lt = layer_times(spec, cluster.gpu, sh, flash, cluster.software.elementwise_traffic)
     full, sel = P.recompute == R_FULL, P.recompute == R_SELECTIVE
     recompute = np.where(full, lt.fwd, np.where(sel, lt.attn_fwd, 0.0))
     tokens = sh.mbs * spec.seq_len / sh.cp
@@ -47,20 +49,26 @@ def _per_layer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shape
     # (Shoeybi et al. 2019, Fig. 4; Korthikanti et al. 2022, Fig. 5); full recompute repeats them.
     tp_f = 2 * links["tp"].all_reduce(sh.act_bytes * tokens * spec.hidden_size)
     tp_b = tp_f + np.where(full, tp_f, 0.0)
-    # CP: ring exchange of this rank's K and V chunk, cp-1 steps forward, K/V and their grads
-    # backward, hidden behind the attention compute of the block in flight.
-    kv_msg = 2 * sh.act_bytes * tokens * spec.kv_dim / sh.tp
-    ring = (sh.cp - 1) * links["cp"].p2p(kv_msg)
-    cp_f = np.maximum(0.0, ring - lt.attn_fwd)
-    cp_b = np.maximum(0.0, 2 * ring - lt.attn_bwd) + np.where(full, cp_f, 0.0)
-    # ZeRO-3: gather the block's weights before forward and backward (and again for the
-    # recomputed forward where the implementation does), reduce-scatter its grads; prefetched
-    # behind the previous block's compute (FSDP / DeepSpeed stage 3).
     sw = cluster.software
+    kv_msg = 2 * sh.act_bytes * tokens * spec.kv_dim / sh.tp
+    if sw.cp_impl == "ring":
+        # CP ring: this rank's K and V chunk passed cp-1 steps forward, K/V and their grads
+        # backward, hidden behind the attention compute of the block in flight.
+        ring = (sh.cp - 1) * links["cp"].p2p(kv_msg)
+        cp_f = np.maximum(0.0, ring - lt.attn_fwd)
+        cp_b = np.maximum(0.0, 2 * ring - lt.attn_bwd)
+    else:  # all-gather K and V (two calls) before attention; reduce-scatter their grads after
+        half = kv_msg / 2 * sh.cp
+        cp_f = 2 * links["cp"].all_gather(half)
+        cp_b = 2 * links["cp"].reduce_scatter(half)
+    cp_b = cp_b + np.where(full, cp_f, 0.0)
+    # ZeRO-3 as DeepSpeed: gather the block's weights before forward and backward (and again
+    # for the recomputed forward), reduce-scatter its grads, every micro-batch; prefetched behind
+    # the previous block's compute. (FSDP2's per-step pattern is in planner/cost/zero.py.)
     wbytes = layer_params_per_rank(spec, sh.tp) * np.where(P.precision == 3, 4.0, 2.0)
-    z3 = P.zero >= 3
+    z3 = (P.zero >= 3) & (sw.zero_impl == "deepspeed")
     ag, rs = links["dpcp"].all_gather(wbytes), links["dpcp"].reduce_scatter(wbytes)
-    gathers_b = 1.0 + np.where(full & (sw.zero3_impl == "deepspeed"), 1.0, 0.0)
+    gathers_b = 1.0 + np.where(full & (sw.zero_impl == "deepspeed"), 1.0, 0.0)
     dp_f = np.where(z3, np.maximum(0.0, ag - lt.fwd - tp_f), 0.0)
     dp_b = np.where(z3, np.maximum(0.0, gathers_b * ag + rs - lt.bwd - recompute - tp_b), 0.0)
     return {"compute": (lt.fwd, lt.bwd + recompute), "tp": (tp_f, tp_b), "cp": (cp_f, cp_b),
@@ -69,53 +77,87 @@ def _per_layer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shape
 
 def _stages(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
             links: dict[str, Link]) -> dict[str, np.ndarray]:
-    """Per-micro-batch time of the slowest stage by category, and the sum over stages."""
+    """Per-micro-batch time of the slowest pipeline rank by category, and the sum over ranks.
+    Ranks hold different numbers of blocks when they do not divide (planner.plan.layer_split);
+    the first holds the embedding, the last the head."""
     per = _per_layer(spec, cluster, P, sh, links)
-    n_layers = spec.num_layers // P.pp
-    base = {c: n_layers * (f + b) for c, (f, b) in per.items()}
+    layer = {c: f + b for c, (f, b) in per.items()}
+    L = spec.num_layers
+    n_first, n_last = (rank_layers(L, P.pp, P.vpp, r) for r in (np.zeros(len(P)), P.pp - 1))
+    n_mid = np.where(P.pp > 2, rank_layers(L, P.pp, P.vpp, np.minimum(1, P.pp - 1)), 0)
     ef, eb = embedding_times(spec, cluster.gpu, sh)
     hf, hb = head_times(spec, cluster.gpu, sh)
     tokens = sh.mbs * spec.seq_len / sh.cp
     ce_comm = 3 * links["tp"].all_reduce(4.0 * tokens)  # vocab-parallel max, sum, target logit
-    first = {**base, "compute": base["compute"] + ef + eb}
-    last = {**base, "compute": base["compute"] + hf + hb, "tp": base["tp"] + ce_comm}
-    single = {**base, "compute": base["compute"] + ef + eb + hf + hb, "tp": last["tp"]}
-    t_first, t_last, t_base = (sum(d.values()) for d in (first, last, base))
     one = P.pp == 1
-    pick_last = t_last > t_first
-    slow = {c: np.where(one, single[c], np.where(pick_last, last[c], first[c])) for c in base}
+    emb, head = {"compute": ef + eb}, {"compute": hf + hb, "tp": ce_comm}
+    first = {c: n_first * v + emb.get(c, 0) + np.where(one, head.get(c, 0), 0)
+             for c, v in layer.items()}
+    last = {c: n_last * v + head.get(c, 0) for c, v in layer.items()}
+    mid = {c: n_mid * v for c, v in layer.items()}
+    t = {k: sum(d.values()) for k, d in (("first", first), ("last", last), ("mid", mid))}
+    t_last = np.where(one, 0.0, t["last"])
+    slow = {c: np.select([t["first"] >= np.maximum(t_last, t["mid"]), t_last >= t["mid"]],
+                         [first[c], last[c]], mid[c]) for c in layer}
     t_max = sum(slow.values())
-    t_sum = np.where(one, t_max, t_first + t_last + (P.pp - 2) * t_base)
-    # The last micro-batch's backward through the stage's blocks: what gradient reduction hides
-    # behind.
-    window = n_layers * sum(b for _, b in per.values())
+    t_sum = L * sum(layer.values()) + sum(emb.values()) + sum(head.values())
+    # The last micro-batch's backward through the first rank's blocks: what gradient reduction
+    # hides behind (that rank finishes its backward last).
+    window = n_first * sum(b for _, b in per.values())
     return {**{f"max_{c}": v for c, v in slow.items()}, "t_max": t_max, "t_sum": t_sum,
             "bwd_window": window}
+
+
+def _stage_params(spec: TransformerSpec, P: PlanArrays, sh: Shapes) -> np.ndarray:
+    """Parameters of the most loaded pipeline rank."""
+    L, one = spec.num_layers, P.pp == 1
+    first = stage_params_per_rank(spec, sh.tp, rank_layers(L, P.pp, P.vpp, np.zeros(len(P))),
+                                  True, one)
+    last = stage_params_per_rank(spec, sh.tp, rank_layers(L, P.pp, P.vpp, P.pp - 1), one, True)
+    mid = stage_params_per_rank(spec, sh.tp, rank_layers(L, P.pp, P.vpp, np.minimum(1, P.pp - 1)),
+                                one, one)
+    return np.maximum(np.maximum(first, last), mid)
 
 
 def _dp_exposed(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
                 links: dict[str, Link], window: np.ndarray) -> np.ndarray:
     """Gradient reduction (and ZeRO-1/2 parameter all-gather) not hidden behind backward."""
-    params = np.maximum(stage_params_per_rank(spec, sh.tp, P.pp, True, P.pp == 1),
-                        stage_params_per_rank(spec, sh.tp, P.pp, P.pp == 1, True))
+    params = _stage_params(spec, P, sh)
     g = params * np.where(P.precision == 3, 4.0, 2.0)
     link, sw = links["dpcp"], cluster.software
+    if sw.zero_impl == "fsdp2":
+        fsdp = fsdp2_exposed(spec, cluster, P, sh, link, window)
+    else:
+        fsdp = np.zeros(len(P))
     reduce = np.where(P.zero == 0, link.all_reduce(g), link.reduce_scatter(g))
     tail = reduce * np.minimum(1.0, sw.grad_bucket_bytes / g)  # the last bucket never overlaps
     overlap = window if sw.grad_overlap else 0.0
     exposed = np.maximum(tail, reduce - overlap)
     exposed = np.where(P.zero == 2, P.micro_batches * exposed, exposed)
     gather = np.where((P.zero == 1) | (P.zero == 2), link.all_gather(g), 0.0)
-    return np.where((P.dp * P.cp > 1) & (P.zero < 3), exposed + gather, 0.0)
+    deepspeed = np.where(P.zero < 3, exposed + gather, 0.0)
+    ddp = exposed
+    out = np.where(P.zero == 0, ddp, np.where(sw.zero_impl == "fsdp2", fsdp, deepspeed))
+    return np.where(P.dp * P.cp > 1, out, 0.0)
 
 
-def _optimizer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes) -> np.ndarray:
-    """Adam step, memory-bound: fp32 master weight, m and v read and written (24 bytes), the
-    gradient read twice (norm for clipping, update) and the 16-bit weight written."""
-    params = stage_params_per_rank(spec, sh.tp, P.pp, True, P.pp == 1)
-    params = params / np.where(P.zero >= 1, P.dp * P.cp, 1)
+def _optimizer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
+               links: dict[str, Link]) -> np.ndarray:
+    """The step's epilogue. Adam, memory-bound: fp32 master weight, m and v read and written
+    (24 bytes), the gradient read twice (norm for clipping, update) and the 16-bit weight
+    written; plus a fixed cost per parameter tensor, and the small collectives every step
+    makes: the global gradient norm (over tp, dp x cp when sharded, and pp) and the loss
+    reported as the global-batch mean (over pp and dp x cp)."""
+    params = _stage_params(spec, P, sh) / np.where(P.zero >= 1, P.dp * P.cp, 1)
     per_param = np.where(P.precision == 3, 24.0 + 2 * 4.0, 24.0 + 2 * 2.0 + 2.0)
-    return memory_time(cluster.gpu, params * per_param)
+    tensors = stage_tensor_count(spec, rank_layers(spec.num_layers, P.pp, P.vpp,
+                                                   np.zeros(len(P))), True, P.pp == 1)
+    scalar = 4.0
+    sharded = (P.zero >= 1) & (P.dp * P.cp > 1)
+    small = (links["tp"].all_reduce(scalar) + np.where(sharded, links["dpcp"].all_reduce(
+        scalar), 0.0) + 2 * links["pp"].all_reduce(scalar) + links["dpcp"].all_reduce(scalar))
+    return (memory_time(cluster.gpu, params * per_param)
+            + tensors * cluster.software.optimizer_tensor_overhead_s + small)
 
 
 def step_breakdown(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
@@ -132,7 +174,7 @@ def step_breakdown(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: S
         "pp_comm_s": pp_comm,
         "dp_comm_s": m * st["max_dp"] + _dp_exposed(spec, cluster, P, sh, links, st["bwd_window"]),
         "bubble_s": (st["t_sum"] - st["t_max"]) / v,
-        "optimizer_s": _optimizer(spec, cluster, P, sh),
+        "optimizer_s": _optimizer(spec, cluster, P, sh, links),
     }
     out["step_time_s"] = sum(out.values())
     return out

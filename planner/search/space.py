@@ -4,8 +4,9 @@ arrays, one block of layouts at a time.
 Domains (for a spec, a cluster of N GPUs and a global batch B):
   (tp, cp, dp, pp)     every ordered factorization of N into four factors
   micro_batch_size     every divisor of B
-  schedule, virtual    1f1b and gpipe with 1 stage per rank; interleaved_1f1b with every divisor
-                       v > 1 of num_layers (other pairings are not plans, so not generated)
+  schedule, virtual    1f1b and gpipe with 1 stage per rank; interleaved_1f1b with v = 2..16
+                       (other pairings are not plans, so not generated); stages may hold
+                       unequal numbers of layers (planner.plan.layer_split)
   zero_stage           0..3
   recompute            none, selective, full
   sequence_parallel    off, on
@@ -22,6 +23,9 @@ import numpy as np
 from planner.hardware import PRECISIONS
 from planner.plan import DEFAULT_ORDER, ORDERS, RECOMPUTE, SCHEDULES
 from planner.plan_arrays import PlanArrays
+
+
+MAX_VIRTUAL = 16  # interleaving deeper than this has not paid off in published runs
 
 
 def divisors(n: int) -> list[int]:
@@ -53,7 +57,7 @@ class Space:
     @staticmethod
     def build(num_gpus: int, num_layers: int, global_batch: int, precision: str) -> "Space":
         return Space(layouts=layouts(num_gpus), mbs=np.array(divisors(global_batch)),
-                     vpp=np.array(divisors(num_layers)), precision=precision)
+                     vpp=np.arange(1, min(num_layers, MAX_VIRTUAL) + 1), precision=precision)
 
     @property
     def schedules(self) -> tuple[np.ndarray, np.ndarray]:

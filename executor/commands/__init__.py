@@ -1,0 +1,1 @@
+"""`paraplan` subcommands that need torch, registered through the `paraplan.commands` entry point."""

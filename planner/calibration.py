@@ -1,0 +1,184 @@
+"""Fit a Cluster profile to raw calibration measurements (executor/calibrate.py). Pure
+functions, torch-free, so the fitting math is testable on hand-made numbers.
+
+What is fitted (every rank measured at once, averaged over ranks):
+- peak FLOP/s per dtype: the best GEMM; `gemm_efficiency`: each GEMM's FLOP/s over that peak,
+  by its size; `hbm_bandwidth_GBps` and `hbm_efficiency` likewise from element-wise adds.
+- `attention_efficiency`: fused attention forward+backward FLOP/s over the fp32 peak.
+- the link: `latency_s` per ring step from point-to-point sends, `call_latency_s` per
+  collective call and `bandwidth_GBps` from collectives of every kind and group size
+  (t = call + steps x latency + volume / bandwidth, least squares per op).
+- `software.optimizer_tensor_overhead_s`: AdamW + clipping time per parameter tensor.
+- `kernel_overhead_s` and `software.elementwise_traffic`: the per-kernel time and the
+  element-wise traffic multiplier that make the cost model reproduce the probe training steps
+  at several micro-batch sizes (least squares: the first sets the intercept, the second the
+  slope per token).
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any, Callable
+
+GiB = 2**30
+
+
+def _mean_over_ranks(raw: dict, get: Callable[[dict], list[dict]], key: str) -> list[dict]:
+    """Per-measurement rows with `key` averaged over ranks (rows align across ranks)."""
+    per_rank = [get(r) for r in raw["ranks"]]
+    out = []
+    for rows in zip(*per_rank):
+        row = dict(rows[0])
+        row[key] = statistics.fmean(r[key] for r in rows)
+        out.append(row)
+    return out
+
+
+def curve_points(xs: list[float], ys: list[float]) -> list[list[float]]:
+    """[x, y] points with strictly increasing x (duplicates averaged), y clipped to (1e-4, 1]."""
+    by_x: dict[float, list[float]] = {}
+    for x, y in zip(xs, ys):
+        by_x.setdefault(round(x, 12), []).append(y)
+    return [[x, min(1.0, max(1e-4, statistics.fmean(v)))] for x, v in sorted(by_x.items())]
+
+
+def fit_compute(raw: dict) -> dict[str, Any]:
+    """Peaks, GEMM and memory curves, attention efficiency, optimizer and dispatch time."""
+    gemm = _mean_over_ranks(raw, lambda r: r["compute"]["gemm"], "seconds")
+    dispatch = statistics.fmean(r["compute"]["dispatch_s"] for r in raw["ranks"])
+
+    def net(sec: float) -> float:  # measured op time, dispatch included (what a step pays)
+        return sec
+    peaks, points = {}, {}
+    for dtype in ("float32", "bfloat16"):
+        rows = [g for g in gemm if g["dtype"] == dtype]
+        flops = [2.0 * g["m"] * g["k"] * g["n"] for g in rows]
+        rates = [f / net(g["seconds"]) for f, g in zip(flops, rows)]
+        peaks[dtype] = max(rates)
+        points[dtype] = curve_points([f / 1e9 for f in flops], [r / peaks[dtype] for r in rates])
+    mem = _mean_over_ranks(raw, lambda r: r["compute"]["memory"], "seconds")
+    bw = [m["bytes"] / net(m["seconds"]) for m in mem]
+    att = _mean_over_ranks(raw, lambda r: r["compute"]["attention"], "seconds")
+    opt = [r["compute"]["optimizer"] for r in raw["ranks"]]
+    return {
+        "peak_fp32_flops": peaks["float32"], "peak_bf16_flops": peaks["bfloat16"],
+        "gemm_efficiency": points["float32"],
+        "hbm_bandwidth_GBps": max(bw) / 1e9,
+        "hbm_efficiency": curve_points([m["bytes"] / 1e6 for m in mem], [b / max(bw) for b in bw]),
+        "attention_efficiency": min(1.0, statistics.median(
+            a["flops"] / a["seconds"] for a in att) / peaks["float32"]),
+        "optimizer_tensor_overhead_s": statistics.fmean(o["seconds"] / o["tensors"] for o in opt),
+        "dispatch_s": dispatch,
+    }
+
+
+STEPS = {"all_reduce": lambda n: 2 * (n - 1), "all_gather": lambda n: n - 1,
+         "reduce_scatter": lambda n: n - 1}
+VOLUME = {"all_reduce": lambda n: 2 * (n - 1) / n, "all_gather": lambda n: (n - 1) / n,
+          "reduce_scatter": lambda n: (n - 1) / n}
+
+
+def line_fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least-squares intercept and slope of y = a + b x."""
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx else 0.0
+    return my - b * mx, b
+
+
+def fit_link(raw: dict) -> dict[str, Any]:
+    """Per (op, group size): time = intercept + volume / bandwidth (least squares over message
+    sizes, which on loopback gloo are latency-bound below ~1 MB). Point-to-point's intercept is
+    the per-step latency; each collective's intercept minus its ring steps is its per-call
+    cost (median over ops); the bandwidth is the median of the fitted ones. The efficiency curve
+    is flat (1.0): with a per-call and per-step latency fitted, the data has no size-dependent
+    efficiency left to resolve above its noise."""
+    rank0 = raw["ranks"][0]
+    p2p = rank0["p2p"]
+    step, p2p_slope = line_fit([p["bytes"] for p in p2p], [p["seconds"] for p in p2p])
+    step = max(step, 1e-7)
+    calls, slopes = [], [p2p_slope] if p2p_slope > 0 else []
+    by_op: dict[tuple, list[dict]] = {}
+    for c in rank0["collectives"]:
+        by_op.setdefault((c["op"], c["n"]), []).append(c)
+    for (op, n), rows in by_op.items():
+        a, b = line_fit([VOLUME[op](n) * r["bytes"] for r in rows], [r["seconds"] for r in rows])
+        calls.append(a - STEPS[op](n) * step)
+        if b > 0:
+            slopes.append(b)
+    return {"latency_s": step, "call_latency_s": max(0.0, statistics.median(calls)),
+            "bandwidth_GBps": 1.0 / statistics.median(slopes) / 1e9, "efficiency": [[1.0, 1.0]]}
+
+
+def profile_dict(raw: dict, name: str) -> dict[str, Any]:
+    """The Cluster profile (kernel_overhead_s still 0: see fit_kernel_overhead), with sources."""
+    c, link = fit_compute(raw), fit_link(raw)
+    world, threads = raw["world"], raw["threads"]
+    how = (f"measured by `paraplan calibrate` on {raw['host']} ({raw['cpu']}, {raw['cores']} "
+           f"cores, torch {raw['torch']}, {raw['backend']}) on {raw['date']}: {world} ranks x "
+           f"{threads} threads, all ranks at once; raw numbers in the .raw.json beside this file")
+    gpu = {
+        "name": name, "description": f"CPU rank ({threads} thread(s)) of {raw['host']}",
+        "memory_bytes": int(raw["memory_bytes"] // world),
+        "peak_tflops": {"fp32": c["peak_fp32_flops"] / 1e12, "bf16": c["peak_bf16_flops"] / 1e12,
+                        "fp16": None, "fp8": None, "tf32": None},
+        "hbm_bandwidth_GBps": c["hbm_bandwidth_GBps"], "gemm_efficiency": c["gemm_efficiency"],
+        "hbm_efficiency": c["hbm_efficiency"], "attention_efficiency": c["attention_efficiency"],
+        "kernel_overhead_s": 0.0, "sources": {k: how for k in (
+            "memory_bytes", "peak_tflops", "hbm_bandwidth_GBps", "gemm_efficiency",
+            "hbm_efficiency", "attention_efficiency", "kernel_overhead_s")},
+        "notes": [f"per-op dispatch measured at {c['dispatch_s'] * 1e6:.1f} us"]}
+    return {
+        "name": name, "description": f"{raw['host']}: {world} gloo ranks on one machine",
+        "gpu": gpu, "gpus_per_node": world, "num_nodes": 1,
+        "intra_node": {"name": f"gloo over loopback ({world} ranks)", "topology": "switch",
+                       "bandwidth_GBps": link["bandwidth_GBps"], "latency_s": link["latency_s"],
+                       "call_latency_s": link["call_latency_s"],
+                       "efficiency": link["efficiency"]},
+        "inter_node": None,
+        "software": {"flash_attention": True, "grad_overlap": False, "pool_nics": True,
+                     "zero_impl": "fsdp2", "cp_impl": "all_gather", "framework_memory_bytes": 0,
+                     "optimizer_tensor_overhead_s": c["optimizer_tensor_overhead_s"]},
+        "sources": {k: how for k in (
+            "gpus_per_node", "intra_node.bandwidth_GBps", "intra_node.latency_s",
+            "intra_node.call_latency_s", "intra_node.efficiency", "software.grad_bucket_bytes",
+            "software.framework_memory_bytes", "software.optimizer_tensor_overhead_s")},
+        "notes": ["Calibrated profile: compute, memory and link numbers are this machine's. "
+                  "grad_overlap is false: on CPU the gloo threads share the cores with compute. "
+                  "zero_impl and cp_impl are the executor's (FSDP2, all-gather context "
+                  "parallelism)."]}
+
+
+def fit_linear(predict: Callable[[list[float]], list[float]], start: list[float],
+               measured: list[float], steps: list[float]) -> list[float]:
+    """Least-squares parameters of a model locally linear in them (finite differences at
+    `start`, one Gauss-Newton step), each kept >= 0."""
+    base = predict(start)
+    cols = []
+    for i, h in enumerate(steps):
+        x = list(start)
+        x[i] += h
+        cols.append([(b - a) / h for a, b in zip(base, predict(x))])
+    # Normal equations for len(start) unknowns (2 here): solve by Cramer / direct.
+    r = [m - b for m, b in zip(measured, base)]
+    n = len(cols)
+    A = [[sum(ci * cj for ci, cj in zip(cols[i], cols[j])) for j in range(n)] for i in range(n)]
+    y = [sum(ci * ri for ci, ri in zip(cols[i], r)) for i in range(n)]
+    delta = _solve(A, y)
+    return [max(0.0, s + d) for s, d in zip(start, delta)]
+
+
+def _solve(A: list[list[float]], y: list[float]) -> list[float]:
+    """Gaussian elimination with partial pivoting (small systems)."""
+    n = len(y)
+    M = [row[:] + [v] for row, v in zip(A, y)]
+    for c in range(n):
+        p = max(range(c, n), key=lambda r: abs(M[r][c]))
+        M[c], M[p] = M[p], M[c]
+        if abs(M[c][c]) < 1e-300:
+            return [0.0] * n
+        for r in range(n):
+            if r != c:
+                f = M[r][c] / M[c][c]
+                M[r] = [a - f * b for a, b in zip(M[r], M[c])]
+    return [M[i][n] / M[i][i] for i in range(n)]

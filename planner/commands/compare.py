@@ -1,0 +1,90 @@
+"""`paraplan compare` (predictions with run measurements) and `paraplan report` (HTML from a
+predicted_vs_measured.json)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rich.table import Table
+
+from planner.commands.common import console, load_model_args
+from planner.compare import compare_one, summarize
+from planner.cost.evaluate import predict
+from planner.measurement import Measurement
+from planner.report import compare_html
+from planner.report.compare_html import label
+from planner.schema import InputError, read_json, validate_as, write_json_atomic
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="predicted vs. measured for runs of `paraplan run`",
+                       description="Predict each measured run's plan on the given cluster and "
+                                   "compare step time and memory; write JSON and an HTML report.")
+    p.add_argument("measured", nargs="+", help="Measurement JSON files (paraplan run --out)")
+    p.add_argument("--cluster", "-c", required=True, help="cluster preset or (calibrated) profile")
+    p.add_argument("--num-nodes", "-n", type=int, default=None)
+    p.add_argument("--out", default="predicted_vs_measured.json")
+    p.add_argument("--html", default="report.html")
+    p.set_defaults(func=run_compare)
+    r = sub.add_parser("report", help="HTML report from a predicted_vs_measured.json")
+    r.add_argument("input", help="predicted_vs_measured.json (validate-local or compare)")
+    r.add_argument("--html", default="report.html")
+    r.set_defaults(func=run_report)
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    runs = [validate_as(Measurement, read_json(Path(f), f"measurement {f}"), f"measurement {f}")
+            for f in args.measured]
+    args.transformer = None
+    from planner.hardware import load_cluster
+    cluster = load_cluster(args.cluster, args.num_nodes)
+    rows = []
+    for f, m in zip(args.measured, runs):
+        if m.world_size != cluster.num_gpus:
+            raise InputError(f"{f}: measured on {m.world_size} ranks, cluster {cluster.name} has "
+                             f"{cluster.num_gpus}; pass the profile it ran on")
+        measured = {"step_time_s": m.step_time_s, "step_times_s": m.step_times_s,
+                    "memory": [r.model_dump() for r in m.memory]}
+        rows.append(compare_one(m.plan, predict(m.transformer, cluster, m.plan), measured))
+    data = {"transformer": runs[0].transformer.model_dump(), "cluster": cluster.name,
+            "world_size": cluster.num_gpus, "rows": rows, "summary": summarize(rows)}
+    write_json_atomic(args.out, data)
+    compare_html.write(args.html, data)
+    show(data)
+    console().print(f"written: {args.out}, {args.html}")
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    data = read_json(Path(args.input), f"report input {args.input}")
+    if not isinstance(data, dict) or "rows" not in data or "summary" not in data:
+        raise InputError(f"{args.input}: not a predicted_vs_measured.json (needs 'rows' and "
+                         "'summary', as written by validate-local or compare)")
+    console().print(f"report written to {compare_html.write(args.html, data)}")
+    return 0
+
+
+def show(data: dict) -> None:
+    """The table of plans and the summary against the targets."""
+    out = console()
+    t = Table(title=f"predicted vs. measured ({data['world_size']} ranks)", title_justify="left")
+    for col in ("plan", "predicted ms", "measured ms", "error", "worst memory error"):
+        t.add_column(col, justify="left" if col == "plan" else "right")
+    for r in sorted(data["rows"], key=lambda r: r["measured"]["step_time_s"]):
+        worst = max(r["memory_errors"].values())
+        t.add_row(label(r["plan"]), f"{1e3 * r['predicted']['step_time_s']:.1f}",
+                  f"{1e3 * r['measured']['step_time_s']:.1f}", f"{100 * r['step_error']:+.1f}%",
+                  f"{100 * worst:.1f}%")
+    out.print(t)
+    s = data["summary"]
+    out.print(f"{s['plans']} plans: step time mean error {s['step_mape_pct']:.1f}%, max "
+              f"{s['step_max_error_pct']:.1f}%, {100 * s['within_15_pct']:.0f}% within 15% "
+              f"(target: all); rank correlation {s['rank_correlation']:.3f} (target >= 0.9); "
+              f"predicted-best plan {s['predicted_best_vs_measured_best_pct']:+.1f}% from the "
+              f"measured best (target within 5%)")
+    for k, v in s["memory"].items():
+        out.print(f"  memory {k}: mean error {v['mean_error_pct']:.1f}%, max "
+                  f"{v['max_error_pct']:.1f}%, {100 * v['within_5_pct']:.0f}% within 5%")
+    out.print(json.dumps({"best": s["predicted_best"]}))

@@ -1,0 +1,88 @@
+"""Predicted vs. measured: pair each plan's prediction with its measurement, and the statistics
+the targets are stated in (errors, rank correlation, best-plan check, memory by component).
+Torch-free; the HTML is planner/report/compare_html.py."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from planner.plan import Plan
+from planner.topology import rank_groups
+
+# predicted memory key -> measured key
+MEMORY = {"weights_bytes": "params_bytes", "gradients_bytes": "grads_bytes",
+          "optimizer_bytes": "optimizer_bytes", "activations_bytes": "activations_bytes"}
+
+
+def rank_stage(plan: Plan, rank: int) -> str:
+    """'first', 'middle' or 'last': which pipeline stage `rank` runs (the rank order decides)."""
+    sizes = {"tp": plan.tp, "cp": plan.cp, "dp": plan.dp, "pp": plan.pp}
+    line = next(g for g in rank_groups(sizes, plan.order, "pp").tolist() if rank in g)
+    pos = line.index(rank)
+    return "first" if pos == 0 else "last" if pos == plan.pp - 1 else "middle"
+
+
+def compare_one(plan: Plan, predicted: dict[str, Any], measured: dict[str, Any]) -> dict:
+    """One row: step-time error and, per memory component, the worst error over ranks."""
+    row = {"plan": plan.to_json_dict(),
+           "predicted": {k: predicted[k] for k in ("step_time_s", "breakdown", "memory",
+                                                  "memory_by_stage")},
+           "measured": measured,
+           "step_error": predicted["step_time_s"] / measured["step_time_s"] - 1}
+    errors: dict[str, float] = {}
+    for pkey, mkey in MEMORY.items():
+        worst = 0.0
+        for m in measured["memory"]:
+            p = predicted["memory_by_stage"][rank_stage(plan, m["rank"])][pkey]
+            worst = max(worst, abs(p / m[mkey] - 1) if m[mkey] else (0.0 if p == 0 else 1.0))
+        errors[pkey.removesuffix("_bytes")] = worst
+    row["memory_errors"] = errors
+    return row
+
+
+def ranks(values: list[float]) -> list[float]:
+    """Ranks 1..n, ties averaged."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    out = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            out[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return out
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman rank correlation (Pearson on ranks, ties averaged)."""
+    ra, rb = ranks(a), ranks(b)
+    ma, mb = statistics.fmean(ra), statistics.fmean(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    den = (sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb)) ** 0.5
+    return cov / den if den else 0.0
+
+
+def summarize(rows: list[dict]) -> dict[str, Any]:
+    """The targets' statistics over all rows."""
+    pred = [r["predicted"]["step_time_s"] for r in rows]
+    meas = [r["measured"]["step_time_s"] for r in rows]
+    errs = [abs(r["step_error"]) for r in rows]
+    best_pred = min(range(len(rows)), key=lambda i: pred[i])
+    best_meas = min(meas)
+    mem = {k: [r["memory_errors"][k] for r in rows] for k in rows[0]["memory_errors"]}
+    return {
+        "plans": len(rows),
+        "step_mape_pct": 100 * statistics.fmean(errs),
+        "step_max_error_pct": 100 * max(errs),
+        "within_15_pct": sum(e <= 0.15 for e in errs) / len(rows),
+        "rank_correlation": spearman(pred, meas),
+        "predicted_best": rows[best_pred]["plan"],
+        "predicted_best_vs_measured_best_pct": 100 * (meas[best_pred] / best_meas - 1),
+        "memory": {k: {"mean_error_pct": 100 * statistics.fmean(v),
+                       "max_error_pct": 100 * max(v),
+                       "within_5_pct": sum(e <= 0.05 for e in v) / len(v)}
+                   for k, v in mem.items()},
+    }

@@ -1,0 +1,135 @@
+"""Issue 'close the loop': calibration fitting on hand-made numbers, a real (quick) calibration
+validating as a Cluster, the compare statistics on hand-made data, and the HTML report from a
+fixture, checked in a real browser when Chromium is installed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from planner.calibration import fit_link, fit_linear, line_fit
+from planner.compare import compare_one, rank_stage, ranks, spearman, summarize
+from planner.hardware import Cluster
+from planner.plan import Plan
+from planner.report import compare_html
+
+FIXTURE = Path(__file__).parent / "fixtures" / "predicted_vs_measured_small.json"
+
+
+def test_line_fit_and_linear_least_squares():
+    a, b = line_fit([1, 2, 3, 4], [3, 5, 7, 9])
+    assert (a, b) == pytest.approx((1.0, 2.0))
+    # y = 2 + 3 k x1 + 5 t x2: recover k = 0.5, t = 2 from 3 points
+    xs = [(1, 0), (0, 1), (1, 1)]
+    truth = [2 + 3 * 0.5 * p + 5 * 2 * q for p, q in xs]
+    model = lambda v: [2 + 3 * v[0] * p + 5 * v[1] * q for p, q in xs]  # noqa: E731
+    assert fit_linear(model, [0.0, 0.0], truth, [1e-3, 1e-3]) == pytest.approx([0.5, 2.0])
+
+
+def test_link_fit_recovers_latencies_and_bandwidth():
+    """Synthetic gloo: 400 us per step, 1 ms per call, 2 GB/s."""
+    step, call, bw = 4e-4, 1e-3, 2e9
+    p2p = [{"bytes": b, "seconds": step + b / bw} for b in (256, 65536, 1 << 20, 1 << 22)]
+    coll = []
+    for n in (2, 4):
+        for b in (256, 65536, 1 << 20, 1 << 22):
+            coll += [{"op": "all_reduce", "n": n, "bytes": b,
+                      "seconds": call + 2 * (n - 1) * step + 2 * (n - 1) / n * b / bw},
+                     {"op": "all_gather", "n": n, "bytes": b,
+                      "seconds": call + (n - 1) * step + (n - 1) / n * b / bw}]
+    fit = fit_link({"ranks": [{"p2p": p2p, "collectives": coll}]})
+    assert fit["latency_s"] == pytest.approx(step, rel=1e-6)
+    assert fit["call_latency_s"] == pytest.approx(call, rel=1e-6)
+    assert fit["bandwidth_GBps"] == pytest.approx(2.0, rel=1e-6)
+
+
+def test_rank_correlation_by_hand():
+    assert ranks([10, 30, 20, 20]) == [1, 4, 2.5, 2.5]
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [40, 30, 20, 10]) == pytest.approx(-1.0)
+    # one swap among 4: rho = 1 - 6*sum(d^2)/(n(n^2-1)) = 1 - 6*2/60 = 0.8
+    assert spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+
+
+def _pred(step: float, weights: float, stage_weights=None) -> dict:
+    mem = {"weights_bytes": weights, "gradients_bytes": weights, "optimizer_bytes": 2 * weights,
+           "activations_bytes": 100.0}
+    by_stage = {s: dict(mem, **(stage_weights or {}).get(s, {})) for s in
+                ("first", "middle", "last")}
+    return {"step_time_s": step, "breakdown": {"compute_s": step}, "memory": mem,
+            "memory_by_stage": by_stage}
+
+
+def test_compare_math_on_hand_made_rows():
+    plan = Plan(dp=2, tp=1, pp=1, micro_batch_size=1, global_batch_size=2)
+    meas = {"step_time_s": 0.10, "memory": [
+        {"rank": r, "params_bytes": 1000, "grads_bytes": 1000, "optimizer_bytes": 2000,
+         "activations_bytes": 80} for r in (0, 1)]}
+    row = compare_one(plan, _pred(0.12, 1000.0), meas)
+    assert row["step_error"] == pytest.approx(0.2)
+    assert row["memory_errors"]["weights"] == 0 and row["memory_errors"]["activations"] == \
+        pytest.approx(0.25)
+    rows = [row, compare_one(plan, _pred(0.05, 1000.0), {**meas, "step_time_s": 0.06}),
+            compare_one(plan, _pred(0.30, 1000.0), {**meas, "step_time_s": 0.20})]
+    s = summarize(rows)
+    assert s["step_mape_pct"] == pytest.approx(100 * (0.2 + 1 / 6 + 0.5) / 3)
+    assert s["within_15_pct"] == 0 and s["rank_correlation"] == pytest.approx(1.0)
+    assert s["predicted_best_vs_measured_best_pct"] == pytest.approx(0.0)
+
+
+def test_ranks_map_to_pipeline_stages():
+    plan = Plan(dp=2, tp=1, pp=3, micro_batch_size=1, global_batch_size=6)
+    # order tp-cp-dp-pp: ranks 0,1 stage 0; 2,3 stage 1; 4,5 stage 2
+    assert [rank_stage(plan, r) for r in range(6)] == ["first", "first", "middle", "middle",
+                                                       "last", "last"]
+
+
+def test_report_from_fixture_contains_the_plots(tmp_path):
+    data = json.loads(FIXTURE.read_text())
+    page = compare_html.write(tmp_path / "report.html", data).read_text()
+    for title in ("Step time: predicted vs. measured", "predicted = measured",
+                  "Predicted breakdown beside the measured step", "measured total",
+                  "Memory per rank: predicted vs. measured", "<table>"):
+        assert title in page
+    assert page.count("plotly") > 3
+
+
+def test_report_command_renders_in_a_browser(tmp_path):
+    """`paraplan report` on the fixture, then headless Chromium screenshots the page (skipped
+    where Chromium is not installed: .ci/run installs it)."""
+    html = tmp_path / "report.html"
+    r = subprocess.run([sys.executable, "-m", "planner.cli", "report", str(FIXTURE), "--html",
+                        str(html)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        pytest.skip("chromium not installed")
+    shot = tmp_path / "report.png"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                    "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,1600",
+                    f"--screenshot={shot}", html.as_uri()], capture_output=True, timeout=120)
+    assert shot.is_file() and shot.stat().st_size > 20_000  # a rendered page, not a blank
+
+
+def test_quick_calibration_writes_a_valid_profile(tmp_path):
+    """A real (quick) calibration of this machine, 2 ranks: the profile validates as a Cluster
+    and the raw measurements sit beside it."""
+    out = tmp_path / "cpu.json"
+    r = subprocess.run([sys.executable, "-m", "planner.cli", "calibrate", "--world-size", "2",
+                        "--quick", "--out", str(out)], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    cluster = Cluster.model_validate_json(out.read_text())
+    assert cluster.num_gpus == 2 and cluster.inter_node is None
+    assert cluster.gpu.peak_tflops.fp32 > 0 and cluster.intra_node.latency_s > 0
+    assert cluster.gpu.kernel_overhead_s >= 0 and cluster.software.cp_impl == "all_gather"
+    raw = json.loads((tmp_path / "cpu.raw.json").read_text())
+    assert raw["world"] == 2 and len(raw["ranks"]) == 2
+    assert raw["ranks"][0]["compute"]["gemm"] and raw["ranks"][0]["collectives"]
