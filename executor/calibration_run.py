@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Callable
 
 from executor.calibrate import PROBE, measure
+from executor.local import run_plans
+from executor.train import TrainConfig
 from planner.calibration import fit_linear, profile_dict
 from planner.cost.evaluate import predict
 from planner.hardware import Cluster
@@ -25,6 +28,48 @@ def with_fit(profile: dict, k: float, slowdown: float, gpus: int | None = None) 
     if gpus:
         data["gpus_per_node"] = gpus
     return validate_as(Cluster, data, "calibrated profile")
+
+
+def overhead_probes(world: int) -> list[tuple[str, Plan]]:
+    """One probe plan per framework overhead, fitted in this order (each probe's other costs
+    are already fitted when its own is)."""
+    half = world // 2
+
+    def plan(**kw) -> Plan:
+        base = {"dp": world, "tp": 1, "pp": 1, "micro_batch_size": 1, "precision": "fp32"}
+        base.update(kw)
+        m = kw.pop("m", 2)
+        base.pop("m", None)
+        return Plan(global_batch_size=base["dp"] * base["micro_batch_size"] * m, **base)
+    return [("dp_step_overhead_s", plan()),
+            ("fsdp_unit_overhead_s", plan(zero_stage=3)),
+            ("tp_block_overhead_s", plan(dp=half, tp=2)),
+            ("sp_block_overhead_s", plan(dp=half, tp=2, sequence_parallel=True)),
+            ("pp_microbatch_overhead_s", plan(dp=half, pp=2, m=4))]
+
+
+def fit_overheads(profile: dict, world: int, threads: int) -> list[dict]:
+    """Run the probe plans with the executor and set each overhead so the cost model matches
+    its probe (linear in the overhead); returns the raw probe measurements."""
+    probes = overhead_probes(world)
+    res = run_plans(world, [(k, PROBE, p) for k, p in probes], TrainConfig(steps=7, warmup=2),
+                    threads=threads)
+    out = []
+    for key, plan in probes:
+        measured = statistics.median(res[key]["step_times_s"][2:])
+
+        def predict_one(x: list[float]) -> list[float]:
+            trial = json.loads(json.dumps(profile))
+            trial["software"][key] = x[0]
+            cl = validate_as(Cluster, trial, "calibrated profile")
+            return [predict(PROBE, cl, plan)["step_time_s"]]
+        value = fit_linear(predict_one, [0.0], [measured], [1e-3])[0]
+        profile["software"][key] = value
+        profile["sources"][f"software.{key}"] = profile["sources"][
+            "software.optimizer_tensor_overhead_s"] + f"; fitted to the probe plan {plan.model_dump_json()}"
+        out.append({"overhead": key, "plan": plan.to_json_dict(), "measured_s": measured,
+                    "fitted_s": value, "predicted_s": predict_one([value])[0]})
+    return out
 
 
 def calibrate(world: int, threads: int, quick: bool, name: str, out: Path,
@@ -49,6 +94,8 @@ def calibrate(world: int, threads: int, quick: bool, name: str, out: Path,
         profile["sources"][key] = profile["sources"]["software.optimizer_tensor_overhead_s"]
     profile["gpu"]["sources"]["gemm_sustained_fraction"] = profile["gpu"]["sources"][
         "kernel_overhead_s"]
+    echo("calibrate: distributed probe steps (framework overheads) ...")
+    raw["overhead_probes"] = fit_overheads(profile, world, threads)
     cluster = validate_as(Cluster, profile, "calibrated profile")
     raw_path = out.with_name(out.stem + ".raw.json")
     write_json_atomic(raw_path, raw)

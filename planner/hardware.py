@@ -174,6 +174,20 @@ class Software(FrozenModel):
     """Multiplier on the modelled element-wise HBM traffic of a block (norms, residuals,
     activation): 1 for fused kernels (Megatron-LM, Transformer Engine); eager PyTorch makes
     several passes per op (rotary embedding, head reshapes, separate casts)."""
+    dp_step_overhead_s: float = Field(default=0.0, ge=0)
+    """Framework time per step of data-parallel gradient sync beyond its collectives (hooks,
+    bucket copies); calibrated on CPU, 0 in the GPU presets."""
+    fsdp_unit_overhead_s: float = Field(default=0.0, ge=0)
+    """Framework time per FSDP unit per gather or reduce-scatter beyond the collective (copy-in
+    and copy-out, hooks); calibrated on CPU, 0 in the GPU presets."""
+    tp_block_overhead_s: float = Field(default=0.0, ge=0)
+    """Framework time per tensor-parallel block per micro-batch (DTensor dispatch) beyond its
+    kernels and collectives; calibrated on CPU, 0 in the GPU presets."""
+    sp_block_overhead_s: float = Field(default=0.0, ge=0)
+    """Additional framework time per block per micro-batch with sequence parallelism."""
+    pp_microbatch_overhead_s: float = Field(default=0.0, ge=0)
+    """Framework time per micro-batch per pipeline chunk on the critical path (schedule
+    bookkeeping, send/receive setup); calibrated on CPU, 0 in the GPU presets."""
     optimizer_tensor_overhead_s: float = Field(default=0.0, ge=0)
     """Fixed time per parameter tensor per step in the optimizer and gradient clipping (a
     per-tensor loop; ~0 with fused multi-tensor kernels)."""

@@ -47,9 +47,14 @@ def _per_layer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shape
     tokens = sh.mbs * spec.seq_len / sh.cp
     # TP: two all-reduces (or all-gather + reduce-scatter with SP, same volume) per direction
     # (Shoeybi et al. 2019, Fig. 4; Korthikanti et al. 2022, Fig. 5); full recompute repeats them.
-    tp_f = 2 * links["tp"].all_reduce(sh.act_bytes * tokens * spec.hidden_size)
-    tp_b = tp_f + np.where(full, tp_f, 0.0)
     sw = cluster.software
+    ar = 2 * links["tp"].all_reduce(sh.act_bytes * tokens * spec.hidden_size)
+    # Framework time of a tensor-parallel block (calibrated; 0 on GPU presets), split like its
+    # compute: a third forward, two thirds backward.
+    over = np.where(P.tp > 1, sw.tp_block_overhead_s + np.where(P.sp, sw.sp_block_overhead_s,
+                                                                0.0), 0.0)
+    tp_f = ar + over / 3
+    tp_b = ar + 2 * over / 3 + np.where(full, tp_f, 0.0)
     kv_msg = 2 * sh.act_bytes * tokens * spec.kv_dim / sh.tp
     if sw.cp_impl == "ring":
         # CP ring: this rank's K and V chunk passed cp-1 steps forward, K/V and their grads
@@ -136,7 +141,7 @@ def _dp_exposed(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shap
     exposed = np.where(P.zero == 2, P.micro_batches * exposed, exposed)
     gather = np.where((P.zero == 1) | (P.zero == 2), link.all_gather(g), 0.0)
     deepspeed = np.where(P.zero < 3, exposed + gather, 0.0)
-    ddp = exposed
+    ddp = exposed + sw.dp_step_overhead_s
     out = np.where(P.zero == 0, ddp, np.where(sw.zero_impl == "fsdp2", fsdp, deepspeed))
     return np.where(P.dp * P.cp > 1, out, 0.0)
 
@@ -166,7 +171,9 @@ def step_breakdown(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: S
     st = _stages(spec, cluster, P, sh, links)
     m, v = P.micro_batches.astype(float), P.vpp.astype(float)
     msg = sh.act_bytes * sh.mbs * spec.seq_len / sh.cp * spec.hidden_size / sh.tp
-    pp_comm = np.where(P.pp > 1, 2 * links["pp"].p2p(msg) * (m * v + P.pp - 1), 0.0)
+    slots = m * v + P.pp - 1  # chunk slots on the critical path
+    pp_comm = np.where(P.pp > 1, (2 * links["pp"].p2p(msg)
+                                  + cluster.software.pp_microbatch_overhead_s) * slots, 0.0)
     out = {
         "compute_s": m * st["max_compute"],
         "tp_comm_s": m * st["max_tp"],

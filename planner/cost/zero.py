@@ -31,8 +31,11 @@ def fsdp2_exposed(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Sh
     ag_block, rs_block = link.all_gather(block), link.reduce_scatter(block)
     ag_root, rs_root = link.all_gather(root), link.reduce_scatter(root)
     gathers = np.where(P.zero >= 3, 1 + P.micro_batches, 1)  # per block per step
+    calls = gathers * (layers + 1) + layers + 1
+    framework = calls * cluster.software.fsdp_unit_overhead_s  # calibrated; 0 on GPU presets
     if not cluster.software.grad_overlap:
-        return (gathers * (layers * ag_block + ag_root) + layers * rs_block + rs_root)
+        return (gathers * (layers * ag_block + ag_root) + layers * rs_block + rs_root
+                + framework)
     lt = layer_times(spec, cluster.gpu, sh, cluster.software.flash_attention,
                      cluster.software.elementwise_traffic)
     first = ag_root + layers * np.maximum(0.0, ag_block - lt.fwd)  # prefetch behind forward
@@ -40,4 +43,4 @@ def fsdp2_exposed(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Sh
                      0.0)
     reduce = layers * rs_block + rs_root
     tail = rs_block  # the last unit's reduce-scatter has nothing left to hide behind
-    return first + again + np.maximum(tail, reduce - window)
+    return first + again + np.maximum(tail, reduce - window) + framework
