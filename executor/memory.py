@@ -8,11 +8,18 @@ import os
 from pathlib import Path
 
 import torch
+from torch.distributed._functional_collectives import AsyncCollectiveTensor
 from torch.distributed.tensor import DTensor
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
-    return t._local_tensor if isinstance(t, DTensor) else t
+    """The plain tensor holding `t`'s bytes on this rank: a DTensor's local shard; the result
+    of a functional collective (an AsyncCollectiveTensor wrapper, whose own storage is not
+    addressable) unwrapped."""
+    t = t._local_tensor if isinstance(t, DTensor) else t
+    while isinstance(t, AsyncCollectiveTensor):
+        t = t.elem
+    return t
 
 
 def tensor_bytes(tensors) -> int:

@@ -137,7 +137,8 @@ def profile_dict(raw: dict, name: str) -> dict[str, Any]:
                        "efficiency": link["efficiency"]},
         "inter_node": None,
         "software": {"flash_attention": True, "grad_overlap": False, "pool_nics": True,
-                     "zero_impl": "fsdp2", "cp_impl": "all_gather", "framework_memory_bytes": 0,
+                     "zero_impl": "fsdp2", "cp_impl": "all_gather", "activation_layout": "eager",
+                     "framework_memory_bytes": 0,
                      "optimizer_tensor_overhead_s": c["optimizer_tensor_overhead_s"]},
         "sources": {k: how for k in (
             "gpus_per_node", "intra_node.bandwidth_GBps", "intra_node.latency_s",
@@ -145,8 +146,8 @@ def profile_dict(raw: dict, name: str) -> dict[str, Any]:
             "software.framework_memory_bytes", "software.optimizer_tensor_overhead_s")},
         "notes": ["Calibrated profile: compute, memory and link numbers are this machine's. "
                   "grad_overlap is false: on CPU the gloo threads share the cores with compute. "
-                  "zero_impl and cp_impl are the executor's (FSDP2, all-gather context "
-                  "parallelism)."]}
+                  "zero_impl, cp_impl and activation_layout are the executor's (FSDP2, "
+                  "all-gather context parallelism, eager PyTorch ops)."]}
 
 
 def fit_linear(predict: Callable[[list[float]], list[float]], start: list[float],

@@ -174,6 +174,10 @@ class Software(FrozenModel):
     """Multiplier on the modelled element-wise HBM traffic of a block (norms, residuals,
     activation): 1 for fused kernels (Megatron-LM, Transformer Engine); eager PyTorch makes
     several passes per op (rotary embedding, head reshapes, separate casts)."""
+    activation_layout: Literal["fused", "eager"] = "fused"
+    """Which tensors a block saves for backward: 'fused' counts Megatron-LM's kernels
+    (Korthikanti et al. 2022, section 4); 'eager' counts this project's executor in plain
+    PyTorch ops (planner/cost/eager_activations.py), as calibrated CPU profiles use."""
     dp_step_overhead_s: float = Field(default=0.0, ge=0)
     """Framework time per step of data-parallel gradient sync beyond its collectives (hooks,
     bucket copies); calibrated on CPU, 0 in the GPU presets."""

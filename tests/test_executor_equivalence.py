@@ -1,7 +1,8 @@
 """Tier 2: every plan shape the search emits for 2 and 4 processes, run with the executor on CPU
 (gloo), matches a single-process reference: the losses of 3 steps and the final parameters, to
 1e-5 relative. Plus recompute on/off, tied embeddings across stages and tensor parallelism, and
-the executor's process groups against the planner's topology."""
+the executor's process groups against the planner's topology, and the activation bytes each rank
+saves against the planner's eager-PyTorch count."""
 
 from __future__ import annotations
 
@@ -9,10 +10,15 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import with_software
+
 from executor.local import run_plans
 from executor.shapes import emitted_shapes, one_node, shape
 from executor.train import TrainConfig, train_reference
+from planner.cost.memory import stage_memory
+from planner.cost.step_time import shapes
 from planner.plan import Plan
+from planner.plan_arrays import PlanArrays
 from planner.topology import KINDS, rank_groups
 from planner.transformer import load_transformer
 
@@ -119,3 +125,28 @@ def test_process_groups_match_planner_topology(results, world, key, spec):
         for rank, groups in enumerate(results[world][key]["groups"]):
             mine = next(g for g in planner_groups if rank in g)
             assert sorted(groups[kind]) == mine, (kind, rank)
+
+
+def _saved_bytes(spec_name: str, plan: Plan, world: int, stage: int) -> float:
+    """The eager activation model's bytes for one pipeline stage of `plan`."""
+    cluster = with_software(one_node(world), activation_layout="eager")
+    P = PlanArrays.from_plans([plan])
+    mem = stage_memory(load_transformer(spec_name), cluster, P, shapes(cluster, P),
+                       cluster.software.flash_attention, np.array([stage]), stage == 0,
+                       stage == plan.pp - 1)
+    return float(mem["activations_bytes"][0])
+
+
+@pytest.mark.parametrize("world,key,spec", CASES, ids=[f"w{w}-{k}" for w, k, _ in CASES])
+def test_saved_activations_match_eager_model(results, world, key, spec):
+    """Every rank's peak of bytes saved for backward (autograd hooks, the last step of the
+    run) against planner/cost/eager_activations.py for its pipeline stage, to 2% or 8 KiB
+    (the model leaves out small loss and checkpoint tensors; every block tensor is counted)."""
+    plan = Plan(**next(p for k, _, p in JOBS[world] if k == key))
+    sizes = {"tp": plan.tp, "cp": plan.cp, "dp": plan.dp, "pp": plan.pp}
+    lines = rank_groups(sizes, plan.order, "pp").tolist()
+    for rank, mem in enumerate(results[world][key]["memory"]):
+        stage = next(g for g in lines if rank in g).index(rank)
+        want = _saved_bytes(spec, plan, world, stage)
+        got = mem["activations_bytes"]
+        assert abs(got - want) <= max(8192, 0.02 * got), (rank, stage, got, want)

@@ -23,7 +23,7 @@ from planner.validity import plan_problems
 BREAKDOWN_KEYS = ("compute_s", "tp_comm_s", "cp_comm_s", "pp_comm_s", "dp_comm_s", "bubble_s",
                   "optimizer_s")
 MEMORY_KEYS = ("weights_bytes", "gradients_bytes", "optimizer_bytes", "activations_bytes",
-               "buffers_bytes", "framework_bytes")
+               "transient_bytes", "buffers_bytes", "framework_bytes")
 
 
 def evaluate(spec: TransformerSpec, cluster: Cluster, topo: Topology,

@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from planner.cost.compute import Shapes
+from planner.cost.eager_activations import (eager_block_bytes, eager_first_bytes,
+                                            eager_last_bytes)
 from planner.cost.params import (layer_params_per_rank, padded_vocab, rank_layers,
                                  stage_params_per_rank)
 from planner.hardware import Cluster
@@ -100,27 +102,45 @@ def zero_buffers(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Sha
     return np.where(active & (P.zero >= 3), 2 * unit * wb, 0.0)
 
 
+def _activations(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
+                 flash: bool, stage: np.ndarray, layers: np.ndarray, first,
+                 last) -> tuple[np.ndarray, np.ndarray]:
+    """(saved, transient): bytes saved for backward at the schedule's peak, and the largest
+    short-lived working set on top of them: one block rebuilt by recompute in backward, or the
+    logits before the loss turns them into the (saved) log-softmax."""
+    e, tokens = sh.act_bytes, sh.mbs * spec.seq_len / sh.cp
+    n_act = _in_flight(P, stage)
+    heads = np.where(P.schedule == S_GPIPE, P.micro_batches, 1)  # micro-batches past the loss
+    logits = tokens * padded_vocab(spec, sh.tp) / sh.tp
+    if cluster.software.activation_layout == "eager":
+        stored, full = eager_block_bytes(spec, sh, P.recompute)
+        saved = (n_act * layers * stored + np.where(first, n_act * eager_first_bytes(spec, sh), 0.0)
+                 + np.where(last, heads * eager_last_bytes(spec, sh), 0.0))
+    else:
+        stored, full = layer_activation_bytes(spec, sh, P.recompute, flash)
+        th = tokens * spec.hidden_size / np.where(sh.sp, sh.tp, 1)
+        saved = n_act * layers * stored
+        saved = saved + np.where(np.asarray(first) & spec.is_gpt_family, n_act * th, 0.0)  # mask
+        # fp32 softmax of the vocab-parallel loss (Megatron-LM) and the final norm's input
+        saved = saved + np.where(last, heads * logits * 4 + th * e, 0.0)
+    transient = np.maximum(full - stored, np.where(last, logits * e, 0.0))
+    return saved, transient
+
+
 def stage_memory(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
                  flash: bool, stage: np.ndarray, first, last) -> dict[str, np.ndarray]:
     """Bytes by component on one rank of pipeline stage `stage` (holding the embedding if
     `first`, the head if `last`), plus `peak_bytes`."""
-    stored, full = layer_activation_bytes(spec, sh, P.recompute, flash)
     layers = rank_layers(spec.num_layers, P.pp, P.vpp, stage)
-    e, tokens = sh.act_bytes, sh.mbs * spec.seq_len / sh.cp
-    th = tokens * spec.hidden_size / np.where(sh.sp, sh.tp, 1)
-    logits = tokens * padded_vocab(spec, sh.tp) / sh.tp * (e + 4)  # logits + fp32 softmax
     params = stage_params_per_rank(spec, sh.tp, layers, first, last)
     state = model_state_bytes(P, params, cluster.software.zero_impl)
-    n_act = _in_flight(P, stage)
-    act = n_act * layers * stored + (full - stored)  # + one block being recomputed
-    act = act + np.where(np.asarray(first) & spec.is_gpt_family, n_act * th, 0.0)  # emb. mask
-    act = act + np.where(last, np.where(P.schedule == S_GPIPE, P.micro_batches, 1) * logits
-                         + th * e, 0.0)
+    act, transient = _activations(spec, cluster, P, sh, flash, stage, layers, first, last)
+    e, tokens = sh.act_bytes, sh.mbs * spec.seq_len / sh.cp
     bufs = (zero_buffers(spec, cluster, P, sh, params)
             + np.where((P.dp * P.cp > 1) & (P.zero == 0), 2.0 * cluster.software.grad_bucket_bytes,
                        0.0)
             + np.where(P.pp > 1, 2 * e * tokens * spec.hidden_size / sh.tp, 0.0))  # p2p buffers
-    comp = {**state, "activations_bytes": act, "buffers_bytes": bufs,
+    comp = {**state, "activations_bytes": act, "transient_bytes": transient, "buffers_bytes": bufs,
             "framework_bytes": np.full(len(P), float(cluster.software.framework_memory_bytes))}
     comp["peak_bytes"] = sum(comp.values())
     return comp
