@@ -4,13 +4,14 @@ number in the shipped profiles carries a source."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from pydantic import ValidationError
 
 from planner.hardware import GPU, load_cluster, load_gpu, preset_names
 from planner.plan import Plan
-from planner.schema import InputError
+from planner.schema import InputError, write_json_atomic
 from planner.transformer import TransformerSpec, load_transformer, spec_from_hf_config
 from planner.validity import plan_problems
 
@@ -167,3 +168,15 @@ def test_plan_problems_name_every_reason(gpt3_175b, selene_1024):
                for p in plan_problems(too_deep, gpt3_175b, selene_1024))
     uneven = Plan(dp=1, tp=8, pp=7, micro_batch_size=1, global_batch_size=1536)  # 96 over 7
     assert not any("num_layers" in p for p in plan_problems(uneven, gpt3_175b, selene_1024))
+
+
+def test_atomic_write_replaces_whole_file_with_usual_permissions(tmp_path):
+    path = write_json_atomic(tmp_path / "out" / "plan.json", {"dp": 2})
+    write_json_atomic(path, {"dp": 4})
+    assert json.loads(path.read_text()) == {"dp": 4}
+    assert [p.name for p in path.parent.iterdir()] == ["plan.json"]  # no temporary left
+    old = os.umask(0o022)
+    try:
+        assert write_json_atomic(path, {}).stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)

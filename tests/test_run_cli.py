@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 
+from executor.shapes import one_node
 from executor.train import TrainConfig, train_reference
 from planner.measurement import Measurement
 from planner.plan import Plan
@@ -42,6 +43,27 @@ def test_run_writes_a_measurement(tmp_path):
     ref, _ = train_reference(load_transformer("tiny"), Plan(**DP2), TrainConfig(), 3)
     np.testing.assert_allclose(m.losses, ref, rtol=1e-5)
     assert "step 3/3" in r.stdout and "measurement written" in r.stdout
+    _compare_with_prediction(tmp_path)
+
+
+def _compare_with_prediction(tmp_path) -> None:
+    """`paraplan compare PREDICTED MEASURED`, and MEASURED with --cluster, on the run above."""
+    (tmp_path / "two.json").write_text(one_node(2).model_dump_json())
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "planner.cli", *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+    pred = cli("predict", "-t", "tiny", "-c", "two.json", "--plan", json.dumps(DP2), "--json")
+    assert pred.returncode == 0, pred.stderr
+    (tmp_path / "pred.json").write_text(pred.stdout)
+    for args in (("pred.json", "m.json"), ("m.json", "-c", "two.json")):
+        r = cli("compare", *args, "--out", "cmp.json", "--html", "cmp.html")
+        assert r.returncode == 0, r.stdout + r.stderr
+        row = json.loads((tmp_path / "cmp.json").read_text())["rows"][0]
+        assert row["predicted"]["step_time_s"] == json.loads(pred.stdout)["step_time_s"]
+        assert row["memory_errors"]["weights"] == 0.0 and row["memory_errors"]["optimizer"] < 1e-3
+    r = cli("compare", "m.json")
+    assert r.returncode == 2 and "no prediction file has its plan" in r.stderr
 
 
 def test_a_crashing_rank_ends_the_run_fast(tmp_path):

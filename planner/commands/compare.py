@@ -13,6 +13,7 @@ from planner.commands.common import console, load_model_args
 from planner.compare import compare_one, summarize
 from planner.cost.evaluate import predict
 from planner.measurement import Measurement
+from planner.plan import Plan
 from planner.report import compare_html
 from planner.report.compare_html import label
 from planner.schema import InputError, read_json, validate_as, write_json_atomic
@@ -20,10 +21,16 @@ from planner.schema import InputError, read_json, validate_as, write_json_atomic
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="predicted vs. measured for runs of `paraplan run`",
-                       description="Predict each measured run's plan on the given cluster and "
-                                   "compare step time and memory; write JSON and an HTML report.")
-    p.add_argument("measured", nargs="+", help="Measurement JSON files (paraplan run --out)")
-    p.add_argument("--cluster", "-c", required=True, help="cluster preset or (calibrated) profile")
+                       description="Compare each measured run's step time and memory with a "
+                                   "prediction for its plan: a `paraplan predict --json` file "
+                                   "given beside it, or else the cluster's prediction; write "
+                                   "JSON and an HTML report.")
+    p.add_argument("files", nargs="+", metavar="PREDICTED_OR_MEASURED",
+                   help="`paraplan predict --json` outputs and Measurement JSON files "
+                        "(`paraplan run --out`), in any order")
+    p.add_argument("--cluster", "-c", default=None,
+                   help="cluster preset or (calibrated) profile that predicts runs without a "
+                        "prediction file")
     p.add_argument("--num-nodes", "-n", type=int, default=None)
     p.add_argument("--out", default="predicted_vs_measured.json")
     p.add_argument("--html", default="report.html")
@@ -34,22 +41,43 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=run_report)
 
 
+def _is_prediction(data: object) -> bool:
+    return isinstance(data, dict) and "memory_by_stage" in data and "breakdown" in data
+
+
+def _plan_key(plan: dict) -> str:
+    return json.dumps(Plan.model_validate(plan).to_json_dict(), sort_keys=True)
+
+
 def run_compare(args: argparse.Namespace) -> int:
-    runs = [validate_as(Measurement, read_json(Path(f), f"measurement {f}"), f"measurement {f}")
-            for f in args.measured]
-    args.transformer = None
-    from planner.hardware import load_cluster
-    cluster = load_cluster(args.cluster, args.num_nodes)
+    loaded = {f: read_json(Path(f), f"input {f}") for f in args.files}
+    given = {_plan_key(d["plan"]): d for d in loaded.values() if _is_prediction(d)}
+    runs = {f: validate_as(Measurement, d, f"measurement {f}") for f, d in loaded.items()
+            if not _is_prediction(d)}
+    if not runs:
+        raise InputError("no Measurement among the inputs (write one with paraplan run --out)")
+    cluster = None
+    if args.cluster:
+        from planner.hardware import load_cluster
+        cluster = load_cluster(args.cluster, args.num_nodes)
     rows = []
-    for f, m in zip(args.measured, runs):
-        if m.world_size != cluster.num_gpus:
-            raise InputError(f"{f}: measured on {m.world_size} ranks, cluster {cluster.name} has "
-                             f"{cluster.num_gpus}; pass the profile it ran on")
+    for f, m in runs.items():
+        pred = given.get(_plan_key(m.plan.to_json_dict()))
+        if pred is None:
+            if cluster is None:
+                raise InputError(f"{f}: no prediction file has its plan; pass one "
+                                 "(paraplan predict --json) or --cluster to predict it")
+            if m.world_size != cluster.num_gpus:
+                raise InputError(f"{f}: measured on {m.world_size} ranks, cluster {cluster.name} "
+                                 f"has {cluster.num_gpus}; pass the profile it ran on")
+            pred = predict(m.transformer, cluster, m.plan)
         measured = {"step_time_s": m.step_time_s, "step_times_s": m.step_times_s,
                     "memory": [r.model_dump() for r in m.memory]}
-        rows.append(compare_one(m.plan, predict(m.transformer, cluster, m.plan), measured))
-    data = {"transformer": runs[0].transformer.model_dump(), "cluster": cluster.name,
-            "world_size": cluster.num_gpus, "rows": rows, "summary": summarize(rows)}
+        rows.append(compare_one(m.plan, pred, measured))
+    first = next(iter(runs.values()))
+    data = {"transformer": first.transformer.model_dump(),
+            "cluster": cluster.name if cluster else next(iter(given.values()))["cluster"],
+            "world_size": first.world_size, "rows": rows, "summary": summarize(rows)}
     write_json_atomic(args.out, data)
     compare_html.write(args.html, data)
     show(data)
