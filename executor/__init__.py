@@ -2,7 +2,8 @@
 
 import warnings
 
-# torch 2.13 marks reduce_scatter_tensor deprecated in favour of reduce_scatter_single, which
-# torch 2.6 (our lowest supported) lacks; keep the call and spare users one warning per call.
-warnings.filterwarnings("ignore", message=r".*reduce_scatter_tensor.* is deprecated",
-                        category=FutureWarning)
+# torch 2.13 marks all_gather_into_tensor / reduce_scatter_tensor deprecated in favour of the
+# *_single calls, which torch 2.6 (our lowest supported) lacks; keep the calls and spare users
+# one warning per call.
+warnings.filterwarnings("ignore", message=r".*(all_gather_into_tensor|reduce_scatter_tensor).* "
+                        r"is deprecated", category=FutureWarning)
