@@ -83,15 +83,18 @@ def run_step(pm: ParallelModel, opt: torch.optim.Optimizer, x: torch.Tensor, y: 
     if stats:
         stats.meter_peak = max(stats.meter_peak, meter.peak)
         stats.grads_bytes = tensor_bytes(p.grad for p in pm.parameters())
+    # The global-batch loss in one collective over all ranks, started now and awaited after the
+    # optimizer step so it overlaps clipping and the update. Each rank holds the mean over its
+    # share of the batch (pipeline stages other than the last hold 0; tensor-parallel ranks hold
+    # the same value), so the world sum is tp times the sum over the dp x cp shares.
+    work = dist.all_reduce(loss, async_op=True) if dist.get_world_size() > 1 else None
     if cfg.max_grad_norm > 0:
         pp_group = pm.mesh.group("pp") if plan.pp > 1 else None
         clip_grad_norm_(pm.parameters(), cfg.max_grad_norm, pp_group, pm.skip_in_norm)
     opt.step()
-    if plan.pp > 1:  # only the last stage saw the losses
-        dist.all_reduce(loss, group=pm.mesh.group("pp"))
-    if plan.dp * plan.cp > 1:
-        dist.all_reduce(loss, group=pm.mesh.dp_cp_mesh.get_group())
-        loss /= plan.dp * plan.cp
+    if work is not None:
+        work.wait()
+        loss /= plan.tp * plan.dp * plan.cp
     return float(loss)
 
 

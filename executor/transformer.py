@@ -89,8 +89,8 @@ class Attention(nn.Module):
         if offset == 0 and q.shape[2] == k.shape[2]:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:  # this rank's queries start at `offset` in the sequence (context parallel)
-            qpos = torch.arange(q.shape[2]) + offset
-            mask = torch.arange(k.shape[2])[None, :] <= qpos[:, None]
+            qpos = torch.arange(q.shape[2], device=q.device) + offset
+            mask = torch.arange(k.shape[2], device=q.device)[None, :] <= qpos[:, None]
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return out.transpose(1, 2)
 
@@ -174,7 +174,8 @@ class Transformer(nn.Module):
             tokens = x
             x = self.tok_embeddings(tokens)
             if self.pos_embeddings is not None:
-                pos = torch.arange(off, off + tokens.shape[1]).expand_as(tokens)
+                pos = torch.arange(off, off + tokens.shape[1],
+                                   device=tokens.device).expand_as(tokens)
                 x = x + self.pos_embeddings(pos)
         for layer in self.layers.values():
             x = layer(x, self.rope_cos, self.rope_sin, off)

@@ -150,3 +150,25 @@ def test_saved_activations_match_eager_model(results, world, key, spec):
         want = _saved_bytes(spec, plan, world, stage)
         got = mem["activations_bytes"]
         assert abs(got - want) <= max(8192, 0.02 * got), (rank, stage, got, want)
+
+
+@pytest.mark.parametrize("world,key,spec", CASES, ids=[f"w{w}-{k}" for w, k, _ in CASES])
+def test_model_state_bytes_match_planner(results, world, key, spec):
+    """Every rank's parameter, gradient and optimizer-state bytes (counted from its tensors:
+    local shards of DTensors, after the last step's backward) against the planner's memory model
+    for its pipeline stage, to 1% (AdamW's per-tensor `step` scalars are the only extra)."""
+    plan = Plan(**next(p for k, _, p in JOBS[world] if k == key))
+    cluster = one_node(world)
+    P = PlanArrays.from_plans([plan])
+    sizes = {"tp": plan.tp, "cp": plan.cp, "dp": plan.dp, "pp": plan.pp}
+    lines = rank_groups(sizes, plan.order, "pp").tolist()
+    for rank, mem in enumerate(results[world][key]["memory"]):
+        stage = next(g for g in lines if rank in g).index(rank)
+        want = stage_memory(load_transformer(spec), cluster, P, shapes(cluster, P),
+                            cluster.software.flash_attention, np.array([stage]), stage == 0,
+                            stage == plan.pp - 1)
+        for got_key, want_key in (("params_bytes", "weights_bytes"),
+                                  ("grads_bytes", "gradients_bytes"),
+                                  ("optimizer_bytes", "optimizer_bytes")):
+            got, expect = mem[got_key], float(want[want_key][0])
+            assert abs(got - expect) <= 0.01 * expect, (rank, stage, got_key, got, expect)

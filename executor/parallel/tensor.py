@@ -1,7 +1,7 @@
 """Tensor (and sequence) parallelism with torch.distributed.tensor.parallel, Megatron-style:
 QKV and MLP-up column-parallel, output projection and MLP-down row-parallel, vocab-parallel
-embedding and LM head with loss_parallel (Shoeybi et al. 2019; Korthikanti et al. 2022 for the
-sequence-parallel norms)."""
+embedding (executor/parallel/vocab.py) and LM head with loss_parallel (Shoeybi et al. 2019;
+Korthikanti et al. 2022 for the sequence-parallel norms)."""
 
 from __future__ import annotations
 
@@ -11,24 +11,25 @@ from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInp
                                                RowwiseParallel, SequenceParallel,
                                                parallelize_module)
 
+from executor.parallel.vocab import VocabParallelEmbedding
 from executor.transformer import Transformer
 
 
 def apply_tensor_parallel(model: Transformer, mesh: DeviceMesh, sequence_parallel: bool) -> None:
     """Shard `model` (a whole model or one pipeline stage) over the tensor-parallel mesh."""
     seq = Shard(1) if sequence_parallel else Replicate()
+    tied = (model.output is not None and model.tok_embeddings is not None
+            and model.output.weight is model.tok_embeddings.weight)
     top: dict = {}
     if model.tok_embeddings is not None:
-        top["tok_embeddings"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=seq)
+        model.tok_embeddings = VocabParallelEmbedding(model.tok_embeddings, mesh, seq)
         if model.pos_embeddings is not None:
-            top["pos_embeddings"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=seq)
+            model.pos_embeddings = VocabParallelEmbedding(model.pos_embeddings, mesh, seq)
     if model.norm is not None and sequence_parallel:
         top["norm"] = SequenceParallel()
     if model.output is not None:
         top["output"] = ColwiseParallel(input_layouts=seq, output_layouts=Shard(-1),
                                         use_local_output=False)  # logits stay sharded: loss_parallel
-    tied = (model.output is not None and model.tok_embeddings is not None
-            and model.output.weight is model.tok_embeddings.weight)
     parallelize_module(model, mesh, top)
     if tied:  # both became Shard(0) DTensors of the same values; share one parameter again
         model.output.weight = model.tok_embeddings.weight

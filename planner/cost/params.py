@@ -87,10 +87,12 @@ def stage_params_per_rank(spec: TransformerSpec, tp: np.ndarray, layers: np.ndar
                           first: np.ndarray | bool, last: np.ndarray | bool) -> np.ndarray:
     """Parameters on one rank holding `layers` blocks; `first`/`last` say whether it holds the
     embedding / the head (both for pp=1). With pp > 1 and tied embeddings the last stage keeps its
-    own copy of the matrix as LM head (Megatron-LM)."""
+    own copy of the matrix as LM head (Megatron-LM). Learned position embeddings are split over
+    tp like the token table, as the executor does (executor/parallel/vocab.py); Megatron-LM
+    keeps them whole on every tp rank, a difference of seq_len x h (0.01% of GPT-3 175B)."""
     h = spec.hidden_size
     emb = padded_vocab(spec, tp) * h / tp
-    pos = spec.seq_len * h if spec.is_gpt_family else 0
+    pos = spec.seq_len * h / tp if spec.is_gpt_family else 0
     norm = 2 * h if spec.is_gpt_family else h
     first, last = np.asarray(first), np.asarray(last)
     head = np.where(first & spec.tied_embeddings, 0.0, emb)
