@@ -34,6 +34,8 @@ class ParallelModel:
     parts: list[nn.Module]
     stage_ids: list[int]
     dp_mode: str
+    device: torch.device = torch.device("cpu")
+    """Where this rank's parameters, batches and loss tensors live."""
     schedule: object | None = None
     tied: list[tuple[nn.Parameter, dist.ProcessGroup]] = field(default_factory=list)
     skip_in_norm: set[int] = field(default_factory=set)
@@ -103,7 +105,7 @@ def parallelize(spec: TransformerSpec, plan: Plan, pm: ParallelMesh, device: tor
             for block in part.layers.values():
                 block.attention.context = ctx
         part.to(device)
-    pmodel = ParallelModel(plan, pm, parts, ids, dpar.mode(plan))
+    pmodel = ParallelModel(plan, pm, parts, ids, dpar.mode(plan), device)
     if pmodel.dp_mode == "fsdp":
         dpar.apply_fsdp(parts, pm.dp_cp_mesh, plan)
     elif pmodel.dp_mode == "ddp":

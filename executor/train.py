@@ -107,13 +107,13 @@ def _pipeline_step(pm: ParallelModel, x: torch.Tensor, y: torch.Tensor) -> torch
         return torch.stack([_value(t).detach() for t in losses]).mean()
     else:
         pm.schedule.step()
-    return torch.zeros(())
+    return torch.zeros((), device=pm.device)
 
 
 def _accumulate(pm: ParallelModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Micro-batches in sequence; gradients synchronise on the last one only."""
     model, m = pm.parts[0], pm.plan.num_micro_batches
-    total = torch.zeros(())
+    total = torch.zeros((), device=pm.device)
     for i, (xb, yb) in enumerate(zip(x.chunk(m), y.chunk(m))):
         last = i == m - 1
         if pm.dp_mode == "fsdp":  # as torch.distributed.pipelining does for FSDP stages:
@@ -145,6 +145,7 @@ def train_steps(pm: ParallelModel, opt, source: TokenSource, cfg: TrainConfig, f
     for step in range(first, last + 1):
         maybe_fail(step)
         x, y = local_batch(source.batch(step, plan.global_batch_size), plan, dp_rank, cp_rank)
+        x, y = x.to(pm.device), y.to(pm.device)
         t0 = time.perf_counter()
         measuring = measure and step == last
         losses.append(run_step(pm, opt, x, y, cfg, stats if measuring else None))

@@ -53,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     from executor.launch import RunError, check_runnable, launch
     check_runnable(plan)
     out = console()
-    out.print(f"running {spec.name} on {plan.world_size} processes for {args.steps} steps: "
+    procs = f"{plan.world_size} process{'es' if plan.world_size > 1 else ''}"
+    out.print(f"running {spec.name} on {procs} for {args.steps} steps: "
               f"{plan_short(plan)}, global batch {plan.global_batch_size}, {plan.precision}")
     try:
         m = launch(plan, spec, args.out, steps=args.steps, warmup=args.warmup, seed=args.seed,

@@ -19,7 +19,8 @@ def clip_grad_norm_(params: list[nn.Parameter], max_norm: float,
 
     Squared norms are summed locally per (mesh, placements) and reduced once per sharded mesh
     dimension: a few collectives per step, not one per parameter."""
-    plain = torch.zeros(())
+    grads = [p.grad for p in params if p.grad is not None]
+    plain = torch.zeros((), device=grads[0].device if grads else None)
     groups: dict[tuple, list[torch.Tensor]] = {}
     for p in params:
         g = p.grad
