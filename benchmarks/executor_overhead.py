@@ -64,7 +64,7 @@ def _ddp_worker(rank, world, spec_name, plan_dict, steps, rounds, init, out):
         plain += _plain_ddp_steps(spec, plan, cfg, steps, source)[1:]  # drop the first step
         pm = parallelize(spec, plan, build_mesh(plan, "cpu"), torch.device("cpu"))
         opt = make_optimizer(pm.parameters(), cfg)
-        ours += train_steps(pm, opt, source, cfg, 1, steps, measure=False)[1][1:]
+        ours += train_steps(pm, opt, source, cfg, 1, steps)[1][1:]
     both = [None] * world
     dist.all_gather_object(both, (plain, ours))
     if rank == 0:

@@ -19,7 +19,8 @@ import torch.multiprocessing as mp
 from executor.data import TokenSource
 from executor.mesh import build_mesh
 from executor.parallelize import parallelize
-from executor.train import TrainConfig, gather_params, make_optimizer, train_steps
+from executor.train import (TrainConfig, gather_params, make_optimizer, memory_step,
+                            train_steps)
 from planner.plan import Plan
 from planner.transformer import TransformerSpec
 
@@ -29,7 +30,8 @@ def _one(spec: TransformerSpec, plan: Plan, cfg: TrainConfig, want_params: bool)
     model = parallelize(spec, plan, pm_mesh, torch.device("cpu"), seed=cfg.seed)
     opt = make_optimizer(model.parameters(), cfg)
     source = TokenSource(spec.vocab_size, spec.seq_len, cfg.data, cfg.seed)
-    losses, times, stats = train_steps(model, opt, source, cfg, 1, cfg.steps)
+    losses, times, stats = train_steps(model, opt, source, cfg, 1, cfg.steps,
+                                       measure_at=memory_step(1, cfg.steps, cfg.warmup))
     mem = {"params_bytes": stats.extra["params_bytes"], "grads_bytes": stats.grads_bytes,
            "optimizer_bytes": stats.extra["optimizer_bytes"],
            "activations_bytes": stats.meter_peak}

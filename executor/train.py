@@ -134,11 +134,19 @@ def maybe_fail(step: int) -> None:
         raise RuntimeError(f"injected failure at step {step}")
 
 
+def memory_step(first: int, last: int, warmup: int) -> int:
+    """The step of steps first..last whose memory is counted. Counting runs a Python hook on
+    every saved tensor and slows that step, so it is the last untimed (warm-up) step when there
+    are at least two: by then the optimizer state exists (from the first update on) and every
+    step holds the same bytes. With fewer warm-up steps, the last step."""
+    return first + warmup - 1 if warmup >= 2 else last
+
+
 def train_steps(pm: ParallelModel, opt, source: TokenSource, cfg: TrainConfig, first: int,
                 last: int, on_step=None,
-                measure: bool = True) -> tuple[list[float], list[float], StepStats]:
+                measure_at: int | None = None) -> tuple[list[float], list[float], StepStats]:
     """Steps first..last (inclusive): losses, wall seconds per step, and memory stats counted
-    on the last step (steady state: optimizer state exists from the first step on)."""
+    on step `measure_at` (none if it is None or outside first..last)."""
     plan = pm.plan
     dp_rank, cp_rank = pm.mesh.coord("dp"), pm.mesh.coord("cp")
     losses, times, stats = [], [], StepStats()
@@ -147,14 +155,13 @@ def train_steps(pm: ParallelModel, opt, source: TokenSource, cfg: TrainConfig, f
         x, y = local_batch(source.batch(step, plan.global_batch_size), plan, dp_rank, cp_rank)
         x, y = x.to(pm.device), y.to(pm.device)
         t0 = time.perf_counter()
-        measuring = measure and step == last
-        losses.append(run_step(pm, opt, x, y, cfg, stats if measuring else None))
+        losses.append(run_step(pm, opt, x, y, cfg, stats if step == measure_at else None))
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
         if on_step:
             on_step(step, losses[-1], times[-1])
-    if measure:
+    if measure_at is not None and first <= measure_at <= last:
         stats.extra["optimizer_bytes"] = optimizer_bytes(opt)
         stats.extra["params_bytes"] = tensor_bytes(pm.parameters())
     return losses, times, stats

@@ -23,7 +23,7 @@ from executor.data import TokenSource
 from executor.memory import peak_rss_bytes, reset_peak_rss, threads
 from executor.mesh import build_mesh
 from executor.parallelize import parallelize
-from executor.train import TrainConfig, make_optimizer, train_steps
+from executor.train import TrainConfig, make_optimizer, memory_step, train_steps
 from planner.measurement import Environment, Measurement, RankMemory
 from planner.plan import Plan
 from planner.schema import write_json_atomic
@@ -67,13 +67,16 @@ def run(job: dict) -> None:
         first = done + 1
     last = first + cfg.steps - 1
     times, rank = [], dist.get_rank()
+    counted = memory_step(first, last, cfg.warmup)
     for step in range(first, last + 1):
         if step == first + cfg.warmup:
             reset_peak_rss()
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-        # One step per call; the memory count is taken on the final step only.
-        loss, dt, stats = train_steps(pm, opt, source, cfg, step, step, measure=step == last)
+        # One step per call; bytes are counted on one untimed step (executor.train.memory_step).
+        loss, dt, step_stats = train_steps(pm, opt, source, cfg, step, step, measure_at=counted)
+        if step == counted:
+            stats = step_stats
         losses += loss
         if step >= first + cfg.warmup:
             times += dt

@@ -26,13 +26,18 @@ def gemm_time(gpu: GPU, peak: np.ndarray, fp8: np.ndarray, m: np.ndarray, k: np.
     eff = (curve(gpu.gemm_efficiency, flops / 1e9) * gpu.gemm_sustained_fraction
            * np.where(fp8, gpu.fp8_gemm_scale, 1.0))
     t_compute = flops / (peak * eff)
-    nbytes = elem_bytes * (m * k + k * n + m * n)
-    t_memory = memory_time(gpu, nbytes)
+    t_memory = transfer_time(gpu, elem_bytes * (m * k + k * n + m * n))
+    # The fixed per-kernel cost is paid once, outside the roofline's max: inside it, it would
+    # hide the compute time of every GEMM smaller than the overhead.
     return count * (np.maximum(t_compute, t_memory) + gpu.kernel_overhead_s)
+
+
+def transfer_time(gpu: GPU, nbytes: np.ndarray) -> np.ndarray:
+    """Seconds to move `nbytes` through HBM at the size-dependent efficiency (no kernel cost)."""
+    nbytes = np.asarray(nbytes, dtype=float)
+    return nbytes / (gpu.hbm_bandwidth_GBps * 1e9 * curve(gpu.hbm_efficiency, nbytes / 1e6))
 
 
 def memory_time(gpu: GPU, nbytes: np.ndarray, count: np.ndarray | float = 1.0) -> np.ndarray:
     """Seconds for `count` memory-bound kernels each moving `nbytes` through HBM."""
-    nbytes = np.asarray(nbytes, dtype=float)
-    eff = curve(gpu.hbm_efficiency, nbytes / 1e6)
-    return count * (nbytes / (gpu.hbm_bandwidth_GBps * 1e9 * eff) + gpu.kernel_overhead_s)
+    return count * (transfer_time(gpu, nbytes) + gpu.kernel_overhead_s)
