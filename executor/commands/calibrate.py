@@ -19,12 +19,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="fewer sizes, shorter timings (~1 min)")
     p.add_argument("--name", help="profile name (default cpu_<world>x<threads>)")
     p.add_argument("--out", required=True, help="profile path, e.g. hardware_profiles/local.json")
+    p.add_argument("--from-runs", nargs="+", metavar="RUN",
+                   help="instead of measuring: refit --profile's efficiency and overhead fields to "
+                        "measured runs (`paraplan run --out` files, or a validate-local / compare "
+                        "predicted_vs_measured.json) and write the result to --out")
+    p.add_argument("--profile", help="with --from-runs: the profile to refit (default: the one "
+                                     "inside a validate-local predicted_vs_measured.json)")
+    p.add_argument("--folds", type=int, default=5,
+                   help="with --from-runs: cross-validation folds for the held-out error "
+                        "(default 5; 0 to skip)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from planner.commands.common import console
     from planner.schema import InputError
+    if args.from_runs:
+        from planner.commands.refit import refit_command
+        return refit_command(args.from_runs, args.profile, args.out, args.folds)
     if args.world_size not in (2, 4, 6, 8):
         raise InputError(f"--world-size must be 2, 4, 6 or 8 (ranks are measured in pairs), "
                          f"got {args.world_size}")
