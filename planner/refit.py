@@ -147,8 +147,8 @@ def _jacobian(profile: dict, fields: list[Field], theta: np.ndarray, runs: list[
               base: np.ndarray, measured: np.ndarray) -> np.ndarray:
     """d(pred/measured)/d(theta), by forward differences (the model is near linear)."""
     cols = []
-    for j, f in enumerate(fields):
-        h = max(1e-3 * abs(theta[j]), 1e-7 if not f.inverse else 1e-3 * max(abs(theta[j]), 1.0))
+    for j in range(len(fields)):
+        h = 1e-3 * abs(theta[j]) or 1e-7  # a field at 0 is a time: 0.1 us
         t = theta.copy()
         t[j] += h
         cols.append((predict_runs(with_values(profile, fields, t), runs) - base) / h / measured)

@@ -18,8 +18,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--world-size", type=int, default=2, choices=[2, 4, 6, 8])
     p.add_argument("--profile", help="calibrated profile to reuse (default: calibrate now)")
     p.add_argument("--global-batch-size", "-b", type=int, default=8)
-    p.add_argument("--steps", type=int, default=5, help="steps per plan (default 5)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps (default 2)")
+    p.add_argument("--steps", type=int, default=8, help="steps per plan (default 8)")
+    p.add_argument("--warmup", type=int, default=3,
+                   help="untimed steps (default 3; memory is counted on the last of them)")
     p.add_argument("--threads", type=int, help="threads per rank (default cores / world size)")
     p.add_argument("--limit", type=int, help="run only the N best-ranked plans")
     p.add_argument("--out-dir", default="validate-local")
