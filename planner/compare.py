@@ -15,26 +15,42 @@ MEMORY = {"weights_bytes": "params_bytes", "gradients_bytes": "grads_bytes",
           "optimizer_bytes": "optimizer_bytes", "activations_bytes": "activations_bytes"}
 
 
-def rank_stage(plan: Plan, rank: int) -> str:
-    """'first', 'middle' or 'last': which pipeline stage `rank` runs (the rank order decides)."""
+def stage_index(plan: Plan, rank: int) -> int:
+    """The pipeline stage (0..pp-1) `rank` runs (the rank order decides)."""
     sizes = {"tp": plan.tp, "cp": plan.cp, "dp": plan.dp, "pp": plan.pp}
     line = next(g for g in rank_groups(sizes, plan.order, "pp").tolist() if rank in g)
-    pos = line.index(rank)
+    return line.index(rank)
+
+
+def rank_stage(plan: Plan, rank: int) -> str:
+    """'first', 'middle' or 'last': which kind of pipeline stage `rank` runs."""
+    pos = stage_index(plan, rank)
     return "first" if pos == 0 else "last" if pos == plan.pp - 1 else "middle"
+
+
+def rank_memory(plan: Plan, predicted: dict[str, Any], rank: int) -> dict[str, int]:
+    """The predicted bytes by component of `rank`'s own pipeline stage (stages in the middle
+    differ: 1F1B keeps pp - s micro-batches in flight on stage s). Predictions written before
+    `memory_per_stage` existed fall back to the first / middle / last stage."""
+    per_stage = predicted.get("memory_per_stage")
+    if per_stage and len(per_stage) == plan.pp:
+        return per_stage[stage_index(plan, rank)]
+    return predicted["memory_by_stage"][rank_stage(plan, rank)]
 
 
 def compare_one(plan: Plan, predicted: dict[str, Any], measured: dict[str, Any]) -> dict:
     """One row: step-time error and, per memory component, the worst error over ranks."""
     row = {"plan": plan.to_json_dict(),
            "predicted": {k: predicted[k] for k in ("step_time_s", "breakdown", "memory",
-                                                  "memory_by_stage")},
+                                                  "memory_by_stage", "memory_per_stage")
+                         if k in predicted},
            "measured": measured,
            "step_error": predicted["step_time_s"] / measured["step_time_s"] - 1}
     errors: dict[str, float] = {}
     for pkey, mkey in MEMORY.items():
         worst = 0.0
         for m in measured["memory"]:
-            p = predicted["memory_by_stage"][rank_stage(plan, m["rank"])][pkey]
+            p = rank_memory(plan, predicted, m["rank"])[pkey]
             worst = max(worst, abs(p / m[mkey] - 1) if m[mkey] else (0.0 if p == 0 else 1.0))
         errors[pkey.removesuffix("_bytes")] = worst
     row["memory_errors"] = errors

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from planner.calibration import fit_link, fit_linear, line_fit
-from planner.compare import compare_one, rank_stage, ranks, spearman, summarize
+from planner.compare import (MEMORY, compare_one, rank_memory, rank_stage, ranks, spearman,
+                             summarize)
 from planner.hardware import Cluster
 from planner.plan import Plan
 from planner.report import compare_html
@@ -87,6 +88,26 @@ def test_ranks_map_to_pipeline_stages():
     # order tp-cp-dp-pp: ranks 0,1 stage 0; 2,3 stage 1; 4,5 stage 2
     assert [rank_stage(plan, r) for r in range(6)] == ["first", "first", "middle", "middle",
                                                        "last", "last"]
+
+
+def test_every_pipeline_stage_is_compared_with_its_own_prediction():
+    """pp = 4, 1F1B: stage s holds pp - s micro-batches of activations, so the two middle stages
+    differ; each rank is held to its own stage's prediction, not to stage 1's."""
+    from executor.shapes import one_node
+    from planner.cost.evaluate import predict
+    from planner.transformer import load_transformer
+    plan = Plan(dp=1, tp=1, pp=4, micro_batch_size=2, global_batch_size=8, precision="fp32")
+    pred = predict(load_transformer("tiny"), one_node(4), plan)
+    acts = [s["activations_bytes"] for s in pred["memory_per_stage"]]
+    assert len(acts) == 4 and acts[1] > acts[2]
+    assert rank_memory(plan, pred, 2) == pred["memory_per_stage"][2]
+    measured = {"step_time_s": pred["step_time_s"], "memory": [
+        {"rank": r, **{m: pred["memory_per_stage"][r][p] for p, m in MEMORY.items()}}
+        for r in range(4)]}
+    row = compare_one(plan, pred, measured)
+    assert max(row["memory_errors"].values()) == 0.0
+    old = {k: v for k, v in pred.items() if k != "memory_per_stage"}  # earlier predictions
+    assert compare_one(plan, old, measured)["memory_errors"]["activations"] > 0.3
 
 
 def test_report_from_fixture_contains_the_plots(tmp_path):

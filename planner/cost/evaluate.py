@@ -9,7 +9,7 @@ import numpy as np
 
 from planner.cost.flops import hardware_flops_per_step, model_flops_per_step
 from planner.cost.layout import link_arrays
-from planner.cost.memory import memory_breakdown, memory_by_stage
+from planner.cost.memory import memory_breakdown, memory_by_stage, stage_memory
 from planner.cost.params import total_params
 from planner.cost.step_time import shapes, step_breakdown
 from planner.hardware import Cluster
@@ -66,6 +66,10 @@ def predict(spec: TransformerSpec, cluster: Cluster, plan: Plan,
                              cluster.software.flash_attention)
     by_stage = {name: {k: int(round(float(v[0]))) for k, v in comp.items()}
                 for name, comp in stages.items()}
+    sh = shapes(cluster, P)
+    per_stage = [{k: int(round(float(v[0]))) for k, v in stage_memory(
+        spec, cluster, P, sh, cluster.software.flash_attention, np.array([s]), s == 0,
+        s == plan.pp - 1).items()} for s in range(plan.pp)]
     mem = {k: int(round(float(r[f"memory.{k}"]))) for k in MEMORY_KEYS}
     mem["peak_bytes"] = int(round(float(r["memory.peak_bytes"])))
     mem["capacity_bytes"] = cluster.gpu.memory_bytes
@@ -82,6 +86,7 @@ def predict(spec: TransformerSpec, cluster: Cluster, plan: Plan,
         "memory": mem,
         "fits": bool(r["fits"]),
         "memory_by_stage": by_stage,
+        "memory_per_stage": per_stage,
         "breakdown": {k: float(r[k]) for k in BREAKDOWN_KEYS},
         "links": {k: {"size": g.size, "tier": g.tier, "link": g.link_name,
                       "bandwidth_GBps": g.bandwidth_GBps, "ranks_per_node": g.ranks_per_node,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
-from planner.compare import MEMORY, rank_stage
+from planner.compare import MEMORY, rank_memory
 from planner.plan import Plan
 from planner.report.estimate_html import PARTS
 from planner.report.page import table, write_page
@@ -68,8 +68,7 @@ def memory(rows: list[dict]) -> go.Figure:
             plan = Plan(**r["plan"])
             for m in r["measured"]["memory"]:
                 xs.append(m[mkey] / 2**20)
-                ys.append(r["predicted"]["memory_by_stage"][rank_stage(plan, m["rank"])][pkey]
-                          / 2**20)
+                ys.append(rank_memory(plan, r["predicted"], m["rank"])[pkey] / 2**20)
                 text.append(f"{label(r['plan'])}, rank {m['rank']}")
         top = max([top] + xs + ys)
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=pkey.removesuffix("_bytes"),
