@@ -43,7 +43,7 @@ def world():
     runs = [Run(spec, res.plan(i), 1.0, "synthetic") for i in range(res.fitting)]
     measured = predict_runs(truth, runs)
     runs = [Run(r.spec, r.plan, float(t), "synthetic") for r, t in zip(runs, measured)]
-    start = _with(base, {k: v * f for (k, v), f in zip(TRUTH.items(), (3, 1.5, 0.2, 4, 0.5))})
+    start = _with(base, {k: v * f for (k, v), f in zip(TRUTH.items(), (3, 1.5, 0.3, 3, 0.5))})
     return base, runs, start
 
 
@@ -103,3 +103,14 @@ def test_cli_refit_and_bad_input(tmp_path, world):
     (tmp_path / "m.json").write_text("{}")
     r = cli("--from-runs", "m.json", "--out", "x.json", "--profile", "dgx_h100")
     assert r.returncode == 2 and "field 'plan'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_field_moves_at_most_max_factor(world):
+    """A field with a value stays within MAX_FACTOR of it, however the runs pull."""
+    from planner.refit import MAX_FACTOR
+    _, runs, start = world
+    far = _with(start, {"software.tp_block_overhead_s": TRUTH["software.tp_block_overhead_s"]
+                        / 10})
+    fitted, _ = fit(far, runs)
+    got = Cluster.model_validate(fitted).software.tp_block_overhead_s
+    assert got == pytest.approx(TRUTH["software.tp_block_overhead_s"] / 10 * MAX_FACTOR)
