@@ -132,7 +132,7 @@ def _row(o: Option, marks: str) -> list[str]:
             f"{r['step_time_s']:.2f}", f"{r['tokens_per_s']:,.0f}", f"{100 * r['mfu']:.1f}%",
             f"{o.days:,.1f}", f"{o.gpu_hours / 1e6:,.2f}M",
             "-" if o.cost_usd is None else f"${o.cost_usd / 1e6:,.2f}M",
-            "-" if o.rent_per_gpu_hour_usd is None else f"{o.rent_per_gpu_hour_usd:g}", marks]
+            "-" if o.rent_per_gpu_hour_usd is None else f"${o.rent_per_gpu_hour_usd:.2f}", marks]
 
 
 def show(est: Estimate, deadline: float | None, html: Path | None) -> None:
