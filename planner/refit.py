@@ -5,8 +5,9 @@ rows of a `predicted_vs_measured.json` (validate-local, compare).
 The fitted fields are the ones calibration can only estimate from micro-benchmarks: per-kernel
 time, the GEMM sustain fraction, element-wise traffic, the framework overheads, and each link's
 latencies and bandwidth. Step time is close to linear in each of them (or in its inverse, for a
-fraction or a bandwidth), so the fit is bounded Gauss-Newton on the relative error
-pred / measured - 1, with finite-difference derivatives of the cost model itself. A field the
+fraction or a bandwidth), so the fit is Levenberg-Marquardt on the relative error
+pred / measured - 1, with finite-difference derivatives of the cost model itself and each field
+kept within MAX_FACTOR of its starting value. A field the
 runs do not exercise (its derivative is 0 on every run) keeps its value. K-fold cross-validation
 reports the error on runs left out of the fit: the figure to trust, since the in-sample error of
 a fit always looks good.

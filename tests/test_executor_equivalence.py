@@ -15,6 +15,7 @@ from tests.conftest import with_software
 from executor.local import run_plans
 from executor.shapes import emitted_shapes, one_node, shape
 from executor.train import TrainConfig, train_reference
+from planner.compare import stage_index
 from planner.cost.memory import stage_memory
 from planner.cost.step_time import shapes
 from planner.plan import Plan
@@ -127,14 +128,13 @@ def test_process_groups_match_planner_topology(results, world, key, spec):
             assert sorted(groups[kind]) == mine, (kind, rank)
 
 
-def _saved_bytes(spec_name: str, plan: Plan, world: int, stage: int) -> float:
-    """The eager activation model's bytes for one pipeline stage of `plan`."""
-    cluster = with_software(one_node(world), activation_layout="eager")
+def _stage_memory(spec_name: str, plan: Plan, cluster, stage: int) -> dict[str, float]:
+    """The planner's bytes by component for one pipeline stage of `plan`."""
     P = PlanArrays.from_plans([plan])
     mem = stage_memory(load_transformer(spec_name), cluster, P, shapes(cluster, P),
                        cluster.software.flash_attention, np.array([stage]), stage == 0,
                        stage == plan.pp - 1)
-    return float(mem["activations_bytes"][0])
+    return {k: float(v[0]) for k, v in mem.items()}
 
 
 @pytest.mark.parametrize("world,key,spec", CASES, ids=[f"w{w}-{k}" for w, k, _ in CASES])
@@ -143,11 +143,10 @@ def test_saved_activations_match_eager_model(results, world, key, spec):
     run) against planner/cost/eager_activations.py for its pipeline stage, to 2% or 8 KiB
     (the model leaves out small loss and checkpoint tensors; every block tensor is counted)."""
     plan = Plan(**next(p for k, _, p in JOBS[world] if k == key))
-    sizes = {"tp": plan.tp, "cp": plan.cp, "dp": plan.dp, "pp": plan.pp}
-    lines = rank_groups(sizes, plan.order, "pp").tolist()
+    cluster = with_software(one_node(world), activation_layout="eager")
     for rank, mem in enumerate(results[world][key]["memory"]):
-        stage = next(g for g in lines if rank in g).index(rank)
-        want = _saved_bytes(spec, plan, world, stage)
+        stage = stage_index(plan, rank)
+        want = _stage_memory(spec, plan, cluster, stage)["activations_bytes"]
         got = mem["activations_bytes"]
         assert abs(got - want) <= max(8192, 0.02 * got), (rank, stage, got, want)
 
@@ -158,17 +157,11 @@ def test_model_state_bytes_match_planner(results, world, key, spec):
     local shards of DTensors, after the last step's backward) against the planner's memory model
     for its pipeline stage, to 1% (AdamW's per-tensor `step` scalars are the only extra)."""
     plan = Plan(**next(p for k, _, p in JOBS[world] if k == key))
-    cluster = one_node(world)
-    P = PlanArrays.from_plans([plan])
-    sizes = {"tp": plan.tp, "cp": plan.cp, "dp": plan.dp, "pp": plan.pp}
-    lines = rank_groups(sizes, plan.order, "pp").tolist()
     for rank, mem in enumerate(results[world][key]["memory"]):
-        stage = next(g for g in lines if rank in g).index(rank)
-        want = stage_memory(load_transformer(spec), cluster, P, shapes(cluster, P),
-                            cluster.software.flash_attention, np.array([stage]), stage == 0,
-                            stage == plan.pp - 1)
+        stage = stage_index(plan, rank)
+        want = _stage_memory(spec, plan, one_node(world), stage)
         for got_key, want_key in (("params_bytes", "weights_bytes"),
                                   ("grads_bytes", "gradients_bytes"),
                                   ("optimizer_bytes", "optimizer_bytes")):
-            got, expect = mem[got_key], float(want[want_key][0])
+            got, expect = mem[got_key], want[want_key]
             assert abs(got - expect) <= 0.01 * expect, (rank, stage, got_key, got, expect)

@@ -62,14 +62,14 @@ def predict(spec: TransformerSpec, cluster: Cluster, plan: Plan,
     P = PlanArrays.from_plans([plan])
     r = {k: v[0] for k, v in evaluate(spec, cluster, topo, P).items()}
     _, layouts = link_arrays(topo, P)
-    stages = memory_by_stage(spec, cluster, P, shapes(cluster, P),
-                             cluster.software.flash_attention)
-    by_stage = {name: {k: int(round(float(v[0]))) for k, v in comp.items()}
-                for name, comp in stages.items()}
-    sh = shapes(cluster, P)
-    per_stage = [{k: int(round(float(v[0]))) for k, v in stage_memory(
-        spec, cluster, P, sh, cluster.software.flash_attention, np.array([s]), s == 0,
-        s == plan.pp - 1).items()} for s in range(plan.pp)]
+    sh, flash = shapes(cluster, P), cluster.software.flash_attention
+
+    def whole(comp: dict[str, np.ndarray]) -> dict[str, int]:
+        return {k: int(round(float(v[0]))) for k, v in comp.items()}
+    by_stage = {name: whole(comp) for name, comp in memory_by_stage(spec, cluster, P, sh,
+                                                                    flash).items()}
+    per_stage = [whole(stage_memory(spec, cluster, P, sh, flash, np.array([s]), s == 0,
+                                    s == plan.pp - 1)) for s in range(plan.pp)]
     mem = {k: int(round(float(r[f"memory.{k}"]))) for k in MEMORY_KEYS}
     mem["peak_bytes"] = int(round(float(r["memory.peak_bytes"])))
     mem["capacity_bytes"] = cluster.gpu.memory_bytes
