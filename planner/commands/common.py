@@ -41,8 +41,15 @@ def load_model_args(args: argparse.Namespace) -> tuple[TransformerSpec, Cluster]
     return load_transformer(args.transformer), load_cluster(args.cluster, args.num_nodes)
 
 
-def load_plan(ref: str) -> Plan:
-    """A plan from a JSON file path, or inline JSON text starting with '{'."""
+# Keys a plan file may carry beside the flat plan contract keys: what the plan was searched for
+# (`paraplan search` writes them, so `paraplan run best_plan.json` trains the same model).
+PLAN_META_KEYS = ("transformer", "cluster")
+
+
+def load_plan_with_meta(ref: str) -> tuple[Plan, dict]:
+    """A plan from a JSON file path, or inline JSON text starting with '{', and the metadata the
+    file records beside it: `transformer` (a TransformerSpec dict) and `cluster` (a name), each
+    present only where the file has it."""
     text = ref.strip()
     if text.startswith("{"):
         try:
@@ -50,9 +57,23 @@ def load_plan(ref: str) -> Plan:
         except json.JSONDecodeError as err:
             raise InputError(f"--plan: inline JSON is malformed ({err.msg} at column "
                              f"{err.colno})") from None
-        return validate_as(Plan, data, "plan")
-    path = Path(ref)
-    return validate_as(Plan, read_json(path, f"plan {path}"), f"plan {path}")
+        where = "plan"
+    else:
+        path = Path(ref)
+        where = f"plan {path}"
+        data = read_json(path, where)
+    if not isinstance(data, dict):
+        raise InputError(f"{where}: expected a JSON object of plan keys, got "
+                         f"{type(data).__name__}")
+    meta = {k: data[k] for k in PLAN_META_KEYS if k in data}
+    plan = validate_as(Plan, {k: v for k, v in data.items() if k not in PLAN_META_KEYS}, where)
+    return plan, meta
+
+
+def load_plan(ref: str) -> Plan:
+    """A plan from a JSON file path, or inline JSON text starting with '{' (metadata keys such as
+    the recorded transformer are accepted and ignored: see `load_plan_with_meta`)."""
+    return load_plan_with_meta(ref)[0]
 
 
 def gib(nbytes: float) -> str:
