@@ -21,6 +21,7 @@ from executor.parallel import data as dpar
 from executor.parallel.pipeline import build_schedule, cut_stage, stage_indices
 from executor.parallel.tensor import apply_tensor_parallel
 from executor.transformer import ContextParallel, Transformer
+from planner.cost.params import padded_vocab
 from planner.plan import Plan
 from planner.transformer import TransformerSpec
 
@@ -77,9 +78,10 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def build_model(spec: TransformerSpec, plan: Plan, seed: int) -> Transformer:
-    """The whole model, seeded, with the plan's recompute mode."""
+    """The whole model, seeded, with the plan's recompute mode and its vocabulary padding (the
+    same on every rank and in the single-process reference, which builds it for the same plan)."""
     torch.manual_seed(seed)
-    model = Transformer(spec)
+    model = Transformer(spec, vocab_rows=int(padded_vocab(spec, plan.tp)))
     for block in model.layers.values():
         block.full_recompute = plan.recompute == "full"
         block.attention.selective_recompute = plan.recompute == "selective"

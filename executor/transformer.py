@@ -137,15 +137,25 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     """Whole model, or one pipeline stage of it (missing parts are None)."""
 
-    def __init__(self, spec: TransformerSpec):
+    def __init__(self, spec: TransformerSpec, vocab_rows: int | None = None):
+        """`vocab_rows`: rows of the embedding table and the LM head, the vocabulary padded
+        as the plan pads it (planner.cost.params.padded_vocab: Megatron-LM's multiple of
+        128 x tp); the padded rows are never looked up and their logits take part in the
+        softmax, as in Megatron-LM. Default: the vocabulary unpadded."""
         super().__init__()
         self.spec = spec
         h = spec.hidden_size
-        self.tok_embeddings: nn.Embedding | None = nn.Embedding(spec.vocab_size, h)
+        rows = vocab_rows or spec.vocab_size
+        if rows < spec.vocab_size:
+            raise ValueError(f"vocab_rows {rows} < vocab_size {spec.vocab_size}")
+        self.tok_embeddings: nn.Embedding | None = nn.Embedding(rows, h)
         self.pos_embeddings = nn.Embedding(spec.seq_len, h) if spec.is_gpt_family else None
+        # Sums the embedding's partial lookups over the tensor-parallel group (one collective
+        # for tokens and positions together; executor/parallel/vocab.py); identity otherwise.
+        self.embedding_reduce: nn.Module = nn.Identity()
         self.layers = nn.ModuleDict({str(i): Block(spec) for i in range(spec.num_layers)})
         self.norm: nn.Module | None = _norm(spec)
-        self.output: nn.Linear | None = nn.Linear(h, spec.vocab_size, bias=False)
+        self.output: nn.Linear | None = nn.Linear(h, rows, bias=False)
         cos, sin = rope_tables(spec.head_dim, spec.seq_len)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -177,6 +187,7 @@ class Transformer(nn.Module):
                 pos = torch.arange(off, off + tokens.shape[1],
                                    device=tokens.device).expand_as(tokens)
                 x = x + self.pos_embeddings(pos)
+            x = self.embedding_reduce(x)
         for layer in self.layers.values():
             x = layer(x, self.rope_cos, self.rope_sin, off)
         if self.norm is not None:

@@ -8,23 +8,20 @@ import statistics
 from typing import Any
 
 from planner.plan import Plan
-from planner.topology import rank_groups
+from planner.stages import pipeline_rank
 
 # predicted memory key -> measured key
 MEMORY = {"weights_bytes": "params_bytes", "gradients_bytes": "grads_bytes",
           "optimizer_bytes": "optimizer_bytes", "activations_bytes": "activations_bytes"}
 
 
-def stage_index(plan: Plan, rank: int) -> int:
-    """The pipeline stage (0..pp-1) `rank` runs (the rank order decides)."""
-    sizes = {"tp": plan.tp, "cp": plan.cp, "dp": plan.dp, "pp": plan.pp}
-    line = next(g for g in rank_groups(sizes, plan.order, "pp").tolist() if rank in g)
-    return line.index(rank)
+# The pipeline rank (0..pp-1) a global rank runs; one definition, in planner/stages.py.
+stage_index = pipeline_rank
 
 
 def rank_stage(plan: Plan, rank: int) -> str:
     """'first', 'middle' or 'last': which kind of pipeline stage `rank` runs."""
-    pos = stage_index(plan, rank)
+    pos = pipeline_rank(plan, rank)
     return "first" if pos == 0 else "last" if pos == plan.pp - 1 else "middle"
 
 
@@ -34,7 +31,7 @@ def rank_memory(plan: Plan, predicted: dict[str, Any], rank: int) -> dict[str, i
     `memory_per_stage` existed fall back to the first / middle / last stage."""
     per_stage = predicted.get("memory_per_stage")
     if per_stage and len(per_stage) == plan.pp:
-        return per_stage[stage_index(plan, rank)]
+        return per_stage[pipeline_rank(plan, rank)]
     return predicted["memory_by_stage"][rank_stage(plan, rank)]
 
 

@@ -82,10 +82,3 @@ class Plan(FrozenModel):
         """The flat contract dict (every key present)."""
         return self.model_dump()
 
-
-def layer_split(num_layers: int, num_chunks: int) -> list[int]:
-    """Blocks per pipeline chunk, as even as possible; the leftover blocks go to chunks 1, 2, ...
-    so the first and last chunks (which also hold the embedding and the head) are the lighter
-    ones, as in Llama 3's 126 layers over 16 stages (Llama Team 2024, section 3.3.2)."""
-    base, extra = divmod(num_layers, num_chunks)
-    return [base + (1 if 1 <= i <= extra else 0) for i in range(num_chunks)]

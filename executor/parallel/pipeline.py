@@ -12,15 +12,8 @@ from torch.distributed.pipelining import (PipelineStage, Schedule1F1B, ScheduleG
                                           ScheduleInterleaved1F1B)
 
 from executor.transformer import Transformer
-from planner.plan import Plan, layer_split
-
-
-def stage_layers(num_layers: int, num_stages: int, stage: int) -> range:
-    """Block indices of a stage: consecutive slices sized by planner.plan.layer_split, the split
-    the cost model assumes."""
-    sizes = layer_split(num_layers, num_stages)
-    start = sum(sizes[:stage])
-    return range(start, start + sizes[stage])
+from planner.plan import Plan
+from planner.stages import chunk_layer_ids, rank_chunks
 
 
 def cut_stage(model: Transformer, plan: Plan, stage: int) -> Transformer:
@@ -28,7 +21,8 @@ def cut_stage(model: Transformer, plan: Plan, stage: int) -> Transformer:
     the planner's layer accounting line up)."""
     n_stages = plan.pp * plan.virtual_pipeline_stages
     part = copy.deepcopy(model)
-    keep = {str(i) for i in stage_layers(model.spec.num_layers, n_stages, stage)}
+    keep = {str(i) for i in chunk_layer_ids(model.spec.num_layers, plan.pp,
+                                            plan.virtual_pipeline_stages, stage)}
     for name in list(part.layers.keys()):
         if name not in keep:
             del part.layers[name]
@@ -42,8 +36,9 @@ def cut_stage(model: Transformer, plan: Plan, stage: int) -> Transformer:
 
 
 def stage_indices(plan: Plan, pp_rank: int) -> list[int]:
-    """Stages this pipeline rank runs ('loop' placement of the interleaved schedule)."""
-    return [pp_rank + i * plan.pp for i in range(plan.virtual_pipeline_stages)]
+    """Stages (chunks) this pipeline rank runs ('loop' placement of the interleaved schedule),
+    as planner.stages decides for the cost model."""
+    return rank_chunks(plan.pp, plan.virtual_pipeline_stages, pp_rank)
 
 
 def build_schedule(parts: list[Transformer], indices: list[int], plan: Plan, group,

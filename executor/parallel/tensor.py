@@ -11,7 +11,7 @@ from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInp
                                                RowwiseParallel, SequenceParallel,
                                                parallelize_module)
 
-from executor.parallel.vocab import VocabParallelEmbedding
+from executor.parallel.vocab import PartialSum, VocabParallelEmbedding
 from executor.transformer import Transformer
 
 
@@ -22,9 +22,10 @@ def apply_tensor_parallel(model: Transformer, mesh: DeviceMesh, sequence_paralle
             and model.output.weight is model.tok_embeddings.weight)
     top: dict = {}
     if model.tok_embeddings is not None:
-        model.tok_embeddings = VocabParallelEmbedding(model.tok_embeddings, mesh, seq)
+        model.tok_embeddings = VocabParallelEmbedding(model.tok_embeddings, mesh)
         if model.pos_embeddings is not None:
-            model.pos_embeddings = VocabParallelEmbedding(model.pos_embeddings, mesh, seq)
+            model.pos_embeddings = VocabParallelEmbedding(model.pos_embeddings, mesh)
+        model.embedding_reduce = PartialSum(mesh, seq)
     if model.norm is not None and sequence_parallel:
         top["norm"] = SequenceParallel()
     if model.output is not None:

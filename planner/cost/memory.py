@@ -19,10 +19,11 @@ import numpy as np
 from planner.cost.compute import Shapes
 from planner.cost.eager_activations import (eager_block_bytes, eager_first_bytes,
                                             eager_last_bytes)
-from planner.cost.params import (layer_params_per_rank, padded_vocab, rank_layers,
+from planner.cost.params import (layer_params_per_rank, padded_vocab,
                                  stage_params_per_rank)
 from planner.hardware import Cluster
 from planner.plan_arrays import R_FULL, R_SELECTIVE, S_GPIPE, S_INTERLEAVED, PlanArrays
+from planner.stages import heaviest_middle, rank_layers
 from planner.transformer import TransformerSpec
 
 
@@ -148,19 +149,26 @@ def stage_memory(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Sha
 
 def memory_by_stage(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
                     flash: bool) -> dict[str, dict[str, np.ndarray]]:
-    """First, middle and last pipeline stage (the same rank when pp = 1)."""
+    """First, heaviest middle (planner.stages.heaviest_middle) and last pipeline rank. With
+    pp = 1 all three are the one rank; with pp <= 2 there is no middle rank and `middle` repeats
+    the first."""
     one = P.pp == 1
     zeros = np.zeros(len(P))
-    return {"first": stage_memory(spec, cluster, P, sh, flash, zeros, True, one),
-            "middle": stage_memory(spec, cluster, P, sh, flash, np.minimum(1, P.pp - 1),
-                                   one, one),
+    first = stage_memory(spec, cluster, P, sh, flash, zeros, True, one)
+    mid = heaviest_middle(P.pp)
+    has_mid = mid > 0
+    middle = stage_memory(spec, cluster, P, sh, flash, np.where(has_mid, mid, 0), False, False)
+    middle = {k: np.where(has_mid, v, first[k]) for k, v in middle.items()}
+    return {"first": first, "middle": middle,
             "last": stage_memory(spec, cluster, P, sh, flash, P.pp - 1, one, True)}
 
 
 def memory_breakdown(spec: TransformerSpec, cluster: Cluster, P: PlanArrays,
                      sh: Shapes, flash: bool) -> dict[str, np.ndarray]:
-    """Per-GPU bytes by component on the most loaded rank, plus `peak_bytes`."""
+    """Per-GPU bytes by component on the most loaded pipeline rank (first, any middle one, or
+    last), plus `peak_bytes`: what `fits` and the search compare with the GPU's memory."""
     stages = memory_by_stage(spec, cluster, P, sh, flash)
-    first, last = stages["first"], stages["last"]
-    take = last["peak_bytes"] > first["peak_bytes"]
-    return {k: np.where(take, last[k], first[k]) for k in first}
+    first, middle, last = stages["first"], stages["middle"], stages["last"]
+    peaks = np.stack([first["peak_bytes"], middle["peak_bytes"], last["peak_bytes"]])
+    pick = np.argmax(peaks, axis=0)
+    return {k: np.choose(pick, [first[k], middle[k], last[k]]) for k in first}

@@ -71,18 +71,6 @@ def layer_params_per_rank(spec: TransformerSpec, tp: np.ndarray) -> np.ndarray:
             + layer_replicated_params(spec))
 
 
-def rank_layers(num_layers: int, pp: np.ndarray, vpp: np.ndarray,
-                rank: np.ndarray) -> np.ndarray:
-    """Blocks held by pipeline rank `rank` (planner.plan.layer_split over pp x v chunks; rank r
-    holds chunks r, r + pp, ...)."""
-    chunks = pp * vpp
-    base, extra = num_layers // chunks, num_layers % chunks
-    rank = np.asarray(rank)
-    at_zero = np.minimum(vpp - 1, extra // pp)
-    others = np.where(extra >= rank, np.minimum(vpp, (extra - rank) // pp + 1), 0)
-    return vpp * base + np.where(rank == 0, at_zero, others)
-
-
 def stage_params_per_rank(spec: TransformerSpec, tp: np.ndarray, layers: np.ndarray,
                           first: np.ndarray | bool, last: np.ndarray | bool) -> np.ndarray:
     """Parameters on one rank holding `layers` blocks; `first`/`last` say whether it holds the

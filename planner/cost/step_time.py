@@ -17,10 +17,11 @@ from planner.cost.comms import Link
 from planner.cost.compute import Shapes, embedding_times, head_times, layer_times
 from planner.cost.efficiency import memory_time
 from planner.cost.zero import fsdp2_exposed
-from planner.cost.params import (layer_params_per_rank, rank_layers, stage_params_per_rank,
+from planner.cost.params import (layer_params_per_rank, stage_params_per_rank,
                                  stage_tensor_count)
 from planner.hardware import PRECISIONS, Cluster
 from planner.plan_arrays import R_FULL, R_SELECTIVE, PlanArrays
+from planner.stages import heaviest_middle, rank_layers
 from planner.transformer import TransformerSpec
 
 CATEGORIES = ("compute", "tp", "cp", "dp")
@@ -83,19 +84,21 @@ def _per_layer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shape
 def _stages(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
             links: dict[str, Link]) -> dict[str, np.ndarray]:
     """Per-micro-batch time of the slowest pipeline rank by category, and the sum over ranks.
-    Ranks hold different numbers of blocks when they do not divide (planner.plan.layer_split);
+    Ranks hold different numbers of blocks when they do not divide (planner.stages.layer_split);
     the first holds the embedding, the last the head."""
     per = _per_layer(spec, cluster, P, sh, links)
     layer = {c: f + b for c, (f, b) in per.items()}
     L = spec.num_layers
     n_first, n_last = (rank_layers(L, P.pp, P.vpp, r) for r in (np.zeros(len(P)), P.pp - 1))
-    n_mid = np.where(P.pp > 2, rank_layers(L, P.pp, P.vpp, np.minimum(1, P.pp - 1)), 0)
+    mid_rank = heaviest_middle(P.pp)
+    n_mid = np.where(mid_rank > 0, rank_layers(L, P.pp, P.vpp, np.maximum(mid_rank, 0)), 0)
     ef, eb = embedding_times(spec, cluster.gpu, sh)
     hf, hb = head_times(spec, cluster.gpu, sh)
     tokens = sh.mbs * spec.seq_len / sh.cp
     ce_comm = 3 * links["tp"].all_reduce(4.0 * tokens)  # vocab-parallel max, sum, target logit
     one = P.pp == 1
-    emb, head = {"compute": ef + eb}, {"compute": hf + hb, "tp": ce_comm}
+    emb = {"compute": ef + eb, "tp": _embedding_comm(spec, P, sh, links["tp"])}
+    head = {"compute": hf + hb, "tp": ce_comm}
     first = {c: n_first * v + emb.get(c, 0) + np.where(one, head.get(c, 0), 0)
              for c, v in layer.items()}
     last = {c: n_last * v + head.get(c, 0) for c, v in layer.items()}
@@ -113,14 +116,26 @@ def _stages(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
             "bwd_window": window}
 
 
+def _embedding_comm(spec: TransformerSpec, P: PlanArrays, sh: Shapes, link: Link) -> np.ndarray:
+    """The vocab-parallel embedding's collective per micro-batch (Shoeybi et al. 2019, section
+    3): each tp rank looks up the tokens its rows own and the partial outputs are summed, an
+    all-reduce forward (identity backward), or with sequence parallelism a reduce-scatter forward
+    and an all-gather backward (Korthikanti et al. 2022, section 4.2.2). Learned positions are
+    summed into the same collective (executor/parallel/vocab.py; Megatron-LM adds them first)."""
+    msg = sh.act_bytes * sh.mbs * spec.seq_len / sh.cp * spec.hidden_size
+    sp = link.reduce_scatter(msg) + link.all_gather(msg)
+    return np.where(P.tp > 1, np.where(sh.sp, sp, link.all_reduce(msg)), 0.0)
+
+
 def _stage_params(spec: TransformerSpec, P: PlanArrays, sh: Shapes) -> np.ndarray:
-    """Parameters of the most loaded pipeline rank."""
+    """Parameters of the most loaded pipeline rank (first, heaviest middle or last)."""
     L, one = spec.num_layers, P.pp == 1
     first = stage_params_per_rank(spec, sh.tp, rank_layers(L, P.pp, P.vpp, np.zeros(len(P))),
                                   True, one)
     last = stage_params_per_rank(spec, sh.tp, rank_layers(L, P.pp, P.vpp, P.pp - 1), one, True)
-    mid = stage_params_per_rank(spec, sh.tp, rank_layers(L, P.pp, P.vpp, np.minimum(1, P.pp - 1)),
-                                one, one)
+    mid_rank = heaviest_middle(P.pp)
+    mid = np.where(mid_rank > 0, stage_params_per_rank(
+        spec, sh.tp, rank_layers(L, P.pp, P.vpp, np.maximum(mid_rank, 0)), False, False), 0.0)
     return np.maximum(np.maximum(first, last), mid)
 
 

@@ -15,8 +15,9 @@ import numpy as np
 
 from planner.cost.comms import Link
 from planner.cost.compute import Shapes, layer_times
-from planner.cost.params import layer_params_per_rank, rank_layers, stage_params_per_rank
+from planner.cost.params import layer_params_per_rank, stage_params_per_rank
 from planner.hardware import Cluster
+from planner.stages import rank_layers
 from planner.plan_arrays import PlanArrays
 from planner.transformer import TransformerSpec
 

@@ -1,0 +1,88 @@
+"""Pipeline stages: which blocks each pipeline rank holds and which pipeline rank a global rank
+is. The one place this is decided; the cost model (params, memory, step time), `compare` and the
+executor's stage cutting (executor/parallel/pipeline.py) all call it, and
+tests/test_stages.py holds it against the executor's stage modules.
+
+The model's blocks are cut into pp x v consecutive chunks (v = virtual stages); pipeline rank r
+runs chunks r, r + pp, r + 2 pp, ... (Megatron-LM's interleaved placement, Narayanan et al. 2021,
+section 2.2.1). Chunk 0, on rank 0, holds the embedding; the last chunk, on rank pp - 1, the head.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from planner.plan import Plan
+
+
+def layer_split(num_layers: int, num_chunks: int) -> list[int]:
+    """Blocks per pipeline chunk, as even as possible; the leftover blocks go to chunks 1, 2, ...
+    so the first and last chunks (which also hold the embedding and the head) are the lighter
+    ones, as in Llama 3's 126 layers over 16 stages (Llama Team 2024, section 3.3.2)."""
+    base, extra = divmod(num_layers, num_chunks)
+    return [base + (1 if 1 <= i <= extra else 0) for i in range(num_chunks)]
+
+
+def rank_chunks(pp: int, vpp: int, pp_rank: int) -> list[int]:
+    """Chunk indices pipeline rank `pp_rank` runs, in order."""
+    return [pp_rank + i * pp for i in range(vpp)]
+
+
+def chunk_layer_ids(num_layers: int, pp: int, vpp: int, chunk: int) -> range:
+    """Global block indices of one chunk (consecutive, sized by `layer_split`)."""
+    sizes = layer_split(num_layers, pp * vpp)
+    start = sum(sizes[:chunk])
+    return range(start, start + sizes[chunk])
+
+
+def rank_layer_ids(num_layers: int, pp: int, vpp: int, pp_rank: int) -> list[int]:
+    """Global block indices held by pipeline rank `pp_rank` (all its chunks)."""
+    return [i for c in rank_chunks(pp, vpp, pp_rank)
+            for i in chunk_layer_ids(num_layers, pp, vpp, c)]
+
+
+def rank_layers(num_layers: int, pp: np.ndarray, vpp: np.ndarray,
+                pp_rank: np.ndarray) -> np.ndarray:
+    """How many blocks pipeline rank `pp_rank` holds: `len(rank_layer_ids(...))` in closed form
+    over arrays of plans. Chunk c gets one extra block when 1 <= c <= extra, and rank r's chunks
+    are r + k pp for k < v."""
+    chunks = pp * vpp
+    base, extra = num_layers // chunks, num_layers % chunks
+    pp_rank = np.asarray(pp_rank)
+    at_zero = np.minimum(vpp - 1, extra // pp)  # chunks pp, 2 pp, ... <= extra
+    others = np.where(extra >= pp_rank, np.minimum(vpp, (extra - pp_rank) // pp + 1), 0)
+    return vpp * base + np.where(pp_rank == 0, at_zero, others)
+
+
+def holds_embedding(pp_rank: np.ndarray) -> np.ndarray:
+    """Whether pipeline rank `pp_rank` holds the embedding (chunk 0)."""
+    return np.asarray(pp_rank) == 0
+
+
+def holds_head(pp: np.ndarray, pp_rank: np.ndarray) -> np.ndarray:
+    """Whether pipeline rank `pp_rank` holds the final norm and LM head (the last chunk)."""
+    return np.asarray(pp_rank) == np.asarray(pp) - 1
+
+
+def heaviest_middle(pp: np.ndarray) -> np.ndarray:
+    """The pipeline rank that bounds every rank strictly between the first and the last, or -1
+    where there is none (pp <= 2). It is rank 1: over ranks 1..pp-2 the blocks held
+    (`rank_layers`: extra blocks go to the lowest chunks) and the micro-batches in flight (1F1B:
+    pp - s; interleaved: 2 (pp - s - 1) + (v - 1) pp + 1; GPipe: all) never grow with the rank,
+    and neither does anything else the cost model charges a middle rank for; tests/test_stages.py
+    checks it against every stage on random plans."""
+    pp = np.asarray(pp)
+    return np.where(pp > 2, 1, -1)
+
+
+def pipeline_rank(plan: Plan, rank: int) -> int:
+    """The pipeline rank (0..pp-1) that global `rank` runs: its coordinate along the pp
+    dimension of `Plan.mesh_dims()`, the layout torch's DeviceMesh and planner/topology share."""
+    if not 0 <= rank < plan.world_size:
+        raise ValueError(f"rank {rank} is outside the plan's world of {plan.world_size}")
+    stride = 1
+    for dim, size in reversed(plan.mesh_dims()):  # innermost first
+        if dim == "pp":
+            return (rank // stride) % size
+        stride *= size
+    raise AssertionError("pp is always a mesh dimension")
