@@ -110,6 +110,17 @@ def fit_link(raw: dict) -> dict[str, Any]:
             "bandwidth_GBps": 1.0 / statistics.median(slopes) / 1e9, "efficiency": [[1.0, 1.0]]}
 
 
+# Profile numbers `paraplan calibrate` does not measure, and what they are instead.
+UNMEASURED = {
+    "software.grad_bucket_bytes": (
+        "not measured: the code default of planner.hardware.Software (25 MiB, PyTorch "
+        "DistributedDataParallel's default bucket_cap_mb=25, which the executor's DDP keeps)"),
+    "software.framework_memory_bytes": (
+        "not measured: set to 0 by `paraplan calibrate` (CPU ranks hold no CUDA context or NCCL "
+        "buffers; gloo's and the allocator's own memory are not measured, so peaks read low)"),
+}
+
+
 def profile_dict(raw: dict, name: str) -> dict[str, Any]:
     """The Cluster profile (kernel_overhead_s still 0: see fit_kernel_overhead), with sources."""
     c, link = fit_compute(raw), fit_link(raw)
@@ -140,10 +151,10 @@ def profile_dict(raw: dict, name: str) -> dict[str, Any]:
                      "zero_impl": "fsdp2", "cp_impl": "all_gather", "activation_layout": "eager",
                      "framework_memory_bytes": 0,
                      "optimizer_tensor_overhead_s": c["optimizer_tensor_overhead_s"]},
-        "sources": {k: how for k in (
+        "sources": {**{k: how for k in (
             "gpus_per_node", "intra_node.bandwidth_GBps", "intra_node.latency_s",
-            "intra_node.call_latency_s", "intra_node.efficiency", "software.grad_bucket_bytes",
-            "software.framework_memory_bytes", "software.optimizer_tensor_overhead_s")},
+            "intra_node.call_latency_s", "intra_node.efficiency",
+            "software.optimizer_tensor_overhead_s")}, **UNMEASURED},
         "notes": ["Calibrated profile: compute, memory and link numbers are this machine's. "
                   "grad_overlap is false: on CPU the gloo threads share the cores with compute. "
                   "zero_impl, cp_impl and activation_layout are the executor's (FSDP2, "

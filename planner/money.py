@@ -17,6 +17,7 @@ from planner.hardware import Cluster, Software, load_cluster, preset_names
 from planner.plan import Plan
 from planner.schema import InputError
 from planner.search.search import search
+from planner.search.space import batch_sequences  # noqa: F401  (the one batch rule; re-exported)
 from planner.transformer import TransformerSpec
 
 SUFFIX = {"": 1.0, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12, "P": 1e15}
@@ -40,12 +41,6 @@ def parse_count(text: str, what: str, params: float | None = None) -> float:
     return value
 
 
-def batch_sequences(batch_tokens: float, seq_len: int) -> int:
-    """Global batch in sequences: tokens / seq_len rounded to the nearest power of two, so it
-    divides by every power-of-two data-parallel width and micro-batch."""
-    return 2 ** max(0, round(math.log2(max(1.0, batch_tokens / seq_len))))
-
-
 def clusters_for(gpus: list[str]) -> list[str]:
     """Cluster presets for GPU names: a preset name, its GPU's name, or a prefix of it
     ('h100' -> dgx_h100)."""
@@ -64,12 +59,24 @@ def clusters_for(gpus: list[str]) -> list[str]:
     return out
 
 
+# What a software field becomes under `--stack current`: the code default, not a measurement.
+CURRENT_STACK_SOURCE = ("--stack current: the default of planner.hardware.Software (a current "
+                        "stack: FlashAttention, overlapped gradient reduction, FSDP2, pooled "
+                        "NICs), not this profile's own value; not measured on this cluster")
+KEPT_SOFTWARE = ("framework_memory_bytes", "grad_bucket_bytes")
+
+
 def current_stack(cluster: Cluster) -> Cluster:
     """The cluster with the current-stack defaults of `Software` (FlashAttention, overlapped
-    gradient reduction, pooled NICs, FSDP2), keeping its measured memory and bucket figures."""
+    gradient reduction, pooled NICs, FSDP2), keeping its framework-memory and gradient-bucket
+    figures and their sources; every replaced field's source says it is a code default."""
     d = cluster.model_dump()
-    keep = {k: d["software"][k] for k in ("framework_memory_bytes", "grad_bucket_bytes")}
-    d["software"] = Software(**keep).model_dump()
+    d["software"] = Software(**{k: d["software"][k] for k in KEPT_SOFTWARE}).model_dump()
+    sources = {k: v for k, v in d["sources"].items()
+               if not k.startswith("software.") or k.split(".", 1)[1] in KEPT_SOFTWARE}
+    sources.update({f"software.{k}": CURRENT_STACK_SOURCE for k in d["software"]
+                    if k not in KEPT_SOFTWARE})
+    d["sources"] = sources
     return Cluster.model_validate(d)
 
 

@@ -6,10 +6,12 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 GPUS = "a100_80g,h100,h200,b200,mi300x"
+PROFILES = Path(__file__).resolve().parents[1] / "hardware_profiles" / "clusters"
 
 
 def paraplan(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -32,9 +34,16 @@ def test_table_across_five_gpu_types_and_sizes(five_gpus):
     seen = {(o["gpu"], o["num_gpus"]) for o in out["options"]}
     assert len({g for g, _ in seen}) == 5 and {n for _, n in seen} == {64, 128}
     for o in out["options"]:
-        assert o["fits"] and o["days"] > 0
-        assert o["gpu_hours"] == pytest.approx(o["days"] * 24 * o["num_gpus"])
-        assert o["cost_usd"] == pytest.approx(o["gpu_hours"] * o["rent_per_gpu_hour_usd"])
+        # Independent of the code's days -> hours -> dollars chain: steps to train times the
+        # predicted step time times the GPUs, and the rent read from the profile file itself.
+        steps = 1e12 / (o["plan"]["global_batch_size"] * 4096)  # Llama 2: 4,096-token context
+        hours = steps * o["step_time_s"] * o["num_gpus"] / 3600
+        rent = json.loads((PROFILES / f"{o['cluster']}.json").read_text())["prices"][
+            "rent_per_gpu_hour_usd"]
+        assert o["fits"] and o["days"] == pytest.approx(steps * o["step_time_s"] / 86400)
+        assert o["gpu_hours"] == pytest.approx(hours)
+        assert o["rent_per_gpu_hour_usd"] == rent
+        assert o["cost_usd"] == pytest.approx(hours * rent)
     assert out["cheapest"]["cost_usd"] == min(o["cost_usd"] for o in out["options"])
     assert set(out["smallest_fitting"]) == {"dgx_a100_80g", "dgx_h100", "hgx_h200", "dgx_b200",
                                            "mi300x_8"}

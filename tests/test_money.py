@@ -60,17 +60,27 @@ def llama3_405b_on_16k_h100():
     return spec, best_option(spec, load_cluster("dgx_h100", 2048), 2048, 15.6e12, 6.88)
 
 
+# The model's largest step-time error over the 25 validated runs (README "Accuracy",
+# docs/accuracy.md): |predicted - measured| / measured <= 19.4%. GPU-hours scale with step time.
+MAX_STEP_ERROR = 0.194
+
+
 def test_llama3_405b_compute_and_gpu_hours(llama3_405b_on_16k_h100):
-    """The Llama 3.1 model card (github.com/meta-llama/llama-models, MODEL_CARD.md) reports
-    30.84M H100 GPU-hours for 405B and 'about 3.8 x 10^25 FLOPs' for 15.6T tokens (paper,
-    section 3.3.1). The card's hours include restarts and checkpointing (the paper reports over
-    90% effective training time) and the long-context stage at lower MFU (Table 4: 38% vs
-    41-43%), none of which we model; our step-time error on validated hardware is about 6%
-    (docs/accuracy.md) and H100 is not validated. So ours should sit between 0.75x and 1.15x."""
+    """Bands from the sources, not from our result. The paper (section 3.3.1) counts 'about
+    3.8 x 10^25 FLOPs' for 15.6T tokens (6 N D) and Table 4 reports 400 TFLOP/s per GPU on
+    16,384 H100s at 8K context: 3.8e25 / 400e12 / 3600 = 26.4M GPU-hours of training. Ours must
+    be within the model's largest validated step-time error of that (H100 is not validated, so
+    the largest error, not the mean). The Llama 3.1 model card (github.com/meta-llama/
+    llama-models, MODEL_CARD.md) bills 30.84M H100 GPU-hours: training plus restarts and
+    checkpointing (the paper reports over 90% effective training time) and the long-context
+    stage at 380 TFLOP/s (Table 4), none of which we model, so ours must not exceed the card."""
     spec, opt = llama3_405b_on_16k_h100
-    assert 6 * total_params(spec) * 15.6e12 == pytest.approx(3.8e25, rel=0.01)
+    flops = 6 * total_params(spec) * 15.6e12
+    assert flops == pytest.approx(3.8e25, rel=0.01)
     assert opt.fits
-    assert 0.75 <= opt.gpu_hours / 30.84e6 <= 1.15, opt.gpu_hours
+    paper_hours = 3.8e25 / 400e12 / 3600
+    assert 1 - MAX_STEP_ERROR <= opt.gpu_hours / paper_hours <= 1 + MAX_STEP_ERROR, opt.gpu_hours
+    assert opt.gpu_hours <= 30.84e6
 
 
 def test_llama2_70b_on_a100_gpu_hours():

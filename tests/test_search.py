@@ -86,7 +86,14 @@ def test_search_never_crashes_on_valid_input(spec, cluster, nodes, gbs):
     """Any valid spec, cluster and batch: plans or reasons, never an exception."""
     c = load_cluster(cluster, nodes)
     res = search(spec, c, gbs)
-    assert res.fitting > 0 or res.pruned
+    # Every candidate is accounted for once: kept, or pruned for its first failing rule.
+    assert res.candidates == Space.build(c.num_gpus, spec.num_layers, gbs, "bf16").size
+    assert res.candidates == res.valid + sum(n for k, n in res.pruned.items() if k != NO_FIT)
+    assert res.pruned.get(NO_FIT, 0) == res.valid - res.fitting
+    assert all(n > 0 for n in res.pruned.values())
+    if res.fitting:  # the best plan is one predict accepts, and it fits
+        assert plan_problems(res.plan(0), spec, c) == []
+        assert predict(spec, c, res.plan(0))["fits"]
     fit = res.step_time_s[:res.fitting]
     assert np.isfinite(fit).all() and (fit > 0).all()
     assert (res.peak_bytes > 0).all()

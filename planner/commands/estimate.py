@@ -14,9 +14,10 @@ from planner.commands.common import console
 from planner.cost.flops import model_flops_per_step
 from planner.cost.params import total_params
 from planner.estimate import DEFAULT_GPUS, check_inputs, estimate
-from planner.money import Estimate, Option, batch_sequences, clusters_for, parse_count
+from planner.money import Estimate, Option, clusters_for, parse_count
 from planner.report import estimate_html
 from planner.schema import InputError, read_json
+from planner.search.space import DEFAULT_BATCH_TOKENS, batch_sequences
 from planner.transformer import load_transformer
 
 
@@ -37,8 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-gpus", type=int, default=16384,
                    help="largest cluster to consider for --deadline-days and the smallest-fit "
                         "sweep (default 16384)")
-    p.add_argument("--global-batch-tokens", default="4M",
-                   help="tokens per step (default 4M), rounded to a power-of-two sequence count")
+    p.add_argument("--global-batch-tokens", default=None,
+                   help="tokens per step (default 4M = 4 x 2^20, as `paraplan search`), over the "
+                        "sequence length rounded to a power of two")
     p.add_argument("--price", action="append", default=[], metavar="GPU=USD",
                    help="override the rent per GPU-hour, e.g. --price h100=2.5 (repeatable)")
     p.add_argument("--prices", help='JSON file {"h100": 2.5, ...} of rent per GPU-hour')
@@ -83,8 +85,9 @@ def run(args: argparse.Namespace) -> int:
     spec = load_transformer(args.transformer)
     n_params = total_params(spec)
     tokens = parse_count(args.tokens, "--tokens", params=n_params)
-    gbs = batch_sequences(parse_count(args.global_batch_tokens, "--global-batch-tokens"),
-                          spec.seq_len)
+    batch_tokens = (DEFAULT_BATCH_TOKENS if args.global_batch_tokens is None else
+                    parse_count(args.global_batch_tokens, "--global-batch-tokens"))
+    gbs = batch_sequences(batch_tokens, spec.seq_len)
     names = clusters_for([g for g in args.gpus.split(",") if g.strip()])
     sizes = None
     if args.num_gpus:

@@ -8,8 +8,8 @@ from typing import Any
 
 from rich.table import Table
 
-from planner.commands.common import (add_model_args, console, gib, load_model_args, load_plan,
-                                     plan_short, seconds)
+from planner.commands.common import (add_model_args, console, gib, load_model_args,
+                                     load_plan_with_meta, plan_short, seconds)
 from planner.cost.evaluate import predict
 
 
@@ -26,13 +26,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     spec, cluster = load_model_args(args)
-    plan = load_plan(args.plan)
+    plan, meta = load_plan_with_meta(args.plan)
+    for note in mismatches(meta, spec.model_dump(), cluster.name):
+        console(True).print(f"[yellow]note[/]: {note}")
     result = predict(spec, cluster, plan)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         show(result, plan)
     return 0
+
+
+def mismatches(meta: dict, spec: dict, cluster: str) -> list[str]:
+    """Where a plan file records a different transformer or cluster than the one asked for."""
+    out = []
+    recorded = meta.get("transformer")
+    if isinstance(recorded, dict) and recorded != spec:
+        out.append(f"the plan was searched for transformer {recorded.get('name')!r}; "
+                   f"predicting {spec['name']!r} (-t)")
+    if "cluster" in meta and meta["cluster"] != cluster:
+        out.append(f"the plan was searched for cluster {meta['cluster']!r}; predicting "
+                   f"{cluster!r} (-c)")
+    return out
 
 
 def show(r: dict[str, Any], plan) -> None:

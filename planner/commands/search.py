@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -13,11 +14,10 @@ from planner.commands.common import add_model_args, console, gib, load_model_arg
 from planner.hardware import Cluster
 from planner.schema import InputError, write_json_atomic
 from planner.search.search import SearchResult, search
+from planner.search.space import DEFAULT_BATCH_TOKENS, batch_sequences
 from planner.transformer import TransformerSpec
 
 DEFAULT_TRANSFORMER, DEFAULT_CLUSTER = "llama3-8b", "dgx_h100"
-# Default batch: about 4M tokens, as Llama 3 405B's first training stage (Llama Team 2024, 3.4.1).
-DEFAULT_BATCH_TOKENS = 4 * 2**20
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "predicted step time (tie-break: memory).")
     add_model_args(p, DEFAULT_TRANSFORMER, DEFAULT_CLUSTER)
     p.add_argument("--global-batch-size", "-b", type=int, default=None,
-                   help="sequences per step (default: about 4M tokens, rounded to the GPUs)")
+                   help="sequences per step (default: 4M tokens over the sequence length, "
+                        "rounded to a power of two, as `paraplan estimate`)")
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp8", "fp32"])
     p.add_argument("--top", type=int, default=10, help="plans to show (default 10)")
     p.add_argument("--out", default="best_plan.json",
@@ -38,32 +39,59 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def default_batch(spec: TransformerSpec, cluster: Cluster) -> int:
-    """About DEFAULT_BATCH_TOKENS, rounded to a multiple of the GPU count."""
-    seqs = max(1, round(DEFAULT_BATCH_TOKENS / spec.seq_len))
-    n = cluster.num_gpus
-    return max(n, round(seqs / n) * n)
+def default_batch(spec: TransformerSpec) -> int:
+    """DEFAULT_BATCH_TOKENS by the one rule `paraplan estimate` uses too (batch_sequences)."""
+    return batch_sequences(DEFAULT_BATCH_TOKENS, spec.seq_len)
+
+
+def plan_file(res: SearchResult, spec: TransformerSpec, cluster: Cluster) -> dict:
+    """best_plan.json: the flat plan keys, plus the transformer and cluster it was searched for
+    (planner.commands.common.PLAN_META_KEYS), so `paraplan run --plan` trains the same model."""
+    return {**res.plan(0).to_json_dict(), "transformer": spec.model_dump(),
+            "cluster": cluster.name}
+
+
+def write_best(res: SearchResult, spec: TransformerSpec, cluster: Cluster,
+               out: str) -> tuple[str | None, str]:
+    """Write (or, when nothing fits, remove) the best-plan file; the path written and one line
+    saying what happened to the file ('' when --out is '-')."""
+    if out == "-":
+        return None, ""
+    path = Path(out)
+    existed = path.exists()
+    if res.fitting:
+        written = str(write_json_atomic(path, plan_file(res, spec, cluster)))
+        how = ", replacing the earlier file" if existed else ""
+        return written, (f"best plan written to {written}{how} (try `paraplan predict --plan "
+                         f"{written}`)")
+    if existed:
+        path.unlink()
+        return None, f"removed {path}: it held an earlier search's plan and no plan fits this one"
+    return None, f"wrote no {path}: no plan fits"
 
 
 def run(args: argparse.Namespace) -> int:
     spec, cluster = load_model_args(args)
-    gbs = args.global_batch_size or default_batch(spec, cluster)
+    gbs = args.global_batch_size or default_batch(spec)
     if gbs < 1:
         raise InputError(f"--global-batch-size must be >= 1, got {gbs}")
     if cluster.gpu.peak_flops(args.precision) is None:
         raise InputError(f"--precision {args.precision} is not supported by {cluster.gpu.name}")
+    if args.out != "-" and Path(args.out).is_dir():
+        raise InputError(f"--out {args.out} is a directory; give a file, e.g. best_plan.json")
     out = console(args.json)
     out.print(f"searching plans for [bold]{spec.name}[/] on [bold]{cluster.name}[/] x "
               f"{cluster.num_nodes} nodes ({cluster.num_gpus} GPUs), global batch {gbs} "
               f"({gbs * spec.seq_len / 1e6:.2f}M tokens), {args.precision}")
     res = _search_with_progress(spec, cluster, gbs, args.precision, args.quiet or args.json)
-    best_path = None
-    if res.fitting and args.out != "-":
-        best_path = str(write_json_atomic(args.out, res.plan(0).to_json_dict()))
+    best_path, file_note = write_best(res, spec, cluster, args.out)
     if args.json:
-        print(json.dumps(to_json(res, args.top, best_path), indent=2))
+        print(json.dumps({"global_batch_size": gbs, **to_json(res, args.top, best_path),
+                          "best_plan_note": file_note}, indent=2))
     else:
-        show(res, args.top, cluster, best_path)
+        show(res, args.top, cluster)
+    if file_note:
+        out.print(file_note)
     return 0 if res.fitting else 1
 
 
@@ -98,7 +126,7 @@ def _table(title: str, res: SearchResult, rows) -> Table:
     return t
 
 
-def show(res: SearchResult, top: int, cluster: Cluster, best_path: str | None) -> None:
+def show(res: SearchResult, top: int, cluster: Cluster) -> None:
     out = console()
     rate = res.candidates / res.seconds if res.seconds else 0
     out.print(f"{res.candidates:,} candidates in {res.seconds:.2f} s ({rate / 1e6:.2f}M/s): "
@@ -109,9 +137,6 @@ def show(res: SearchResult, top: int, cluster: Cluster, best_path: str | None) -
                          res, [(k + 1, k) for k in range(min(top, res.fitting))]))
         out.print(_table("Pareto front (step time vs. memory)", res,
                          [(int(i) + 1, i) for i in res.pareto]))
-        if best_path:
-            out.print(f"best plan written to [bold]{best_path}[/] "
-                      "(try `paraplan predict --plan` on it)")
     else:
         explain_no_fit(res, cluster)
     t = Table(title="pruned candidates", title_justify="left")

@@ -19,9 +19,18 @@ from planner.topology import Topology
 from planner.transformer import TransformerSpec
 from planner.validity import CHECKS, invalid_masks
 
-# Valid but pointless duplicates of another candidate, so not emitted.
-REDUNDANT = {"zero_without_dp": "ZeRO stage > 0 with dp*cp = 1 (same as stage 0)",
-             "gpipe_without_pp": "schedule gpipe with pp = 1 (same as 1f1b)"}
+# Valid but pointless duplicates of another candidate, so not emitted: summary, and why.
+REDUNDANT = {
+    "zero_without_dp": ("ZeRO stage > 0 with dp*cp = 1 (same as stage 0)",
+                        "nothing to shard over: one data-parallel replica"),
+    "gpipe_without_pp": ("schedule gpipe with pp = 1 (same as 1f1b)",
+                         "one stage: both schedules run the micro-batches back to back"),
+    "zero1_under_fsdp2": (
+        "ZeRO stage 1 under FSDP2 (same plan as stage 2)",
+        "software.zero_impl fsdp2 shards weights, gradients and optimizer state at stage 1 "
+        "as at stage 2 (fully_shard, reshard_after_forward=False: executor/parallel/data.py); "
+        "stage 2 is kept"),
+}
 NO_FIT = "does not fit in GPU memory"
 
 
@@ -60,17 +69,18 @@ def _prune(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, counts: dict[
     masks = invalid_masks(spec, cluster, P)
     masks["zero_without_dp"] = (P.zero > 0) & (P.dp * P.cp == 1)
     masks["gpipe_without_pp"] = (P.schedule == S_GPIPE) & (P.pp == 1)
+    masks["zero1_under_fsdp2"] = (P.zero == 1) & (cluster.software.zero_impl == "fsdp2")
     bad = np.zeros(len(P), dtype=bool)
-    summaries = {c.key: (c.summary, c) for c in CHECKS}
-    summaries.update({k: (text, None) for k, text in REDUNDANT.items()})
+    checks = {c.key: c for c in CHECKS}
     for key, mask in masks.items():
         first = mask & ~bad
         n = int(first.sum())
         if n:
-            summary, check = summaries[key]
+            summary = checks[key].summary if key in checks else REDUNDANT[key][0]
             counts[summary] = counts.get(summary, 0) + n
-            if summary not in examples and check is not None:
-                examples[summary] = check.message(spec, cluster, P, int(np.argmax(first)))
+            if summary not in examples:
+                examples[summary] = (checks[key].message(spec, cluster, P, int(np.argmax(first)))
+                                     if key in checks else REDUNDANT[key][1])
         bad |= mask
     return ~bad
 

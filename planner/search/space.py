@@ -4,10 +4,11 @@ arrays, one block of layouts at a time.
 Domains (for a spec, a cluster of N GPUs and a global batch B):
   (tp, cp, dp, pp)     every ordered factorization of N into four factors
   micro_batch_size     every divisor of B
-  schedule, virtual    1f1b and gpipe with 1 stage per rank; interleaved_1f1b with v = 2..16
-                       (other pairings are not plans, so not generated); stages may hold
-                       unequal numbers of layers (planner.plan.layer_split)
-  zero_stage           0..3
+  schedule, virtual    1f1b and gpipe with 1 stage per rank; interleaved_1f1b with
+                       v = 2..max_virtual(num_layers) (other pairings are not plans, so not
+                       generated); stages may hold unequal numbers of layers
+  zero_stage           0..3 (the search prunes stage 1 where the stack runs ZeRO as FSDP2: the
+                       same plan as stage 2, see planner/search/search.py)
   recompute            none, selective, full
   sequence_parallel    off, on
 The rank order stays the default (`tp-cp-dp-pp`); precision is the user's choice.
@@ -15,6 +16,7 @@ The rank order stays the default (`tp-cp-dp-pp`); precision is the user's choice
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -25,7 +27,27 @@ from planner.plan import DEFAULT_ORDER, ORDERS, RECOMPUTE, SCHEDULES
 from planner.plan_arrays import PlanArrays
 
 
-MAX_VIRTUAL = 16  # interleaving deeper than this has not paid off in published runs
+# Default global batch: 4 x 2^20 tokens, Llama 3 405B's initial batch (Llama Team 2024,
+# arXiv 2407.21783, section 3.4.1: 4M tokens in sequences of 4,096, i.e. 1,024 x 4,096).
+DEFAULT_BATCH_TOKENS = 4 * 2**20
+
+
+def batch_sequences(batch_tokens: float, seq_len: int) -> int:
+    """The one rule for a global batch given in tokens (`paraplan search`'s and `paraplan
+    estimate`'s defaults, and `--global-batch-tokens`): batch_tokens / seq_len sequences,
+    rounded to the nearest power of two (in log2; at least 1). The result depends on the model
+    only, never on the cluster, so every cluster is planned for the same batch, and it divides
+    by every power-of-two data-parallel width and micro-batch."""
+    return 2 ** max(0, round(math.log2(max(1.0, batch_tokens / seq_len))))
+
+
+def max_virtual(num_layers: int) -> int:
+    """Most virtual stages (model chunks per rank) a plan can have. Megatron-LM derives them as
+    (num_layers // pipeline_model_parallel_size) // num_layers_per_virtual_pipeline_stage
+    (megatron/training/arguments.py, validate_args), so every chunk holds at least one layer:
+    v <= num_layers / pp. Interleaving needs pp >= 2, hence v <= num_layers // 2. (Per-plan,
+    planner.validity rejects pp * v > num_layers.)"""
+    return max(1, num_layers // 2)
 
 
 def divisors(n: int) -> list[int]:
@@ -57,7 +79,7 @@ class Space:
     @staticmethod
     def build(num_gpus: int, num_layers: int, global_batch: int, precision: str) -> "Space":
         return Space(layouts=layouts(num_gpus), mbs=np.array(divisors(global_batch)),
-                     vpp=np.arange(1, min(num_layers, MAX_VIRTUAL) + 1), precision=precision)
+                     vpp=np.arange(1, max_virtual(num_layers) + 1), precision=precision)
 
     @property
     def schedules(self) -> tuple[np.ndarray, np.ndarray]:
