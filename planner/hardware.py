@@ -70,7 +70,8 @@ class GPU(FrozenModel):
     """Fraction of the micro-benchmark curve that GEMMs sustain inside a training step (real
     shapes, clocks under sustained load, library versions)."""
     fp8_gemm_scale: float = Field(default=1.0, gt=0, le=1)
-    """fp8 GEMMs reach this times the bf16 fraction of their (fp8) peak (measured MAMF ratio)."""
+    """fp8 GEMMs reach this times the bf16 fraction of their (fp8) peak (measured MAMF ratio).
+    Required in a profile with an fp8 peak; the default only fills GPUs without fp8."""
     attention_efficiency: float = Field(gt=0, le=1)
     """Fraction of peak a fused (flash) attention kernel reaches on the FLOPs it executes."""
     kernel_overhead_s: float = Field(ge=0)
@@ -89,6 +90,16 @@ class GPU(FrozenModel):
     @classmethod
     def _hbm_curve(cls, v: list[tuple[float, float]]) -> list[tuple[float, float]]:
         return _check_curve(v, "hbm_efficiency")
+
+    @model_validator(mode="after")
+    def _fp8_scale_stated(self) -> "GPU":
+        # 1.0 (fp8 as close to its peak as bf16) is an assumption no GPU has measured (the
+        # measured MAMF ratios in ../shared/hardware/efficiencies.json are 0.88-0.98), so a GPU
+        # that can run fp8 must state its figure rather than inherit the default unseen.
+        if self.peak_tflops.fp8 is not None and "fp8_gemm_scale" not in self.model_fields_set:
+            raise ValueError("a GPU with a peak_tflops.fp8 needs fp8_gemm_scale (fp8 GEMM "
+                             "efficiency / bf16 GEMM efficiency, e.g. the measured MAMF ratio)")
+        return self
 
     def peak_flops(self, precision: str) -> float | None:
         """Peak FLOP/s for a plan precision, None if the GPU lacks it."""

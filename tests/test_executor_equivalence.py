@@ -1,6 +1,7 @@
 """Tier 2: every plan shape the search emits for 2 and 4 processes, run with the executor on CPU
 (gloo), matches a single-process reference: the losses of 3 steps and the final parameters, to
-1e-5 relative. Plus recompute on/off, tied embeddings across stages and tensor parallelism, and
+1e-5 relative; a few bf16 (autocast) plans match a bf16 single-process reference to bf16's
+precision. Plus recompute on/off, tied embeddings across stages and tensor parallelism, and
 the executor's process groups against the planner's topology, and the activation bytes each rank
 saves against the planner's eager-PyTorch count."""
 
@@ -12,9 +13,11 @@ import torch
 
 from tests.conftest import with_software
 
+from executor.data import TokenSource
 from executor.local import run_plans
+from executor.parallelize import build_model, loss_fn
 from executor.shapes import emitted_shapes, one_node, shape
-from executor.train import TrainConfig, train_reference
+from executor.train import TrainConfig, make_optimizer, train_reference
 from planner.compare import stage_index
 from planner.cost.memory import stage_memory
 from planner.cost.step_time import shapes
@@ -165,3 +168,85 @@ def test_model_state_bytes_match_planner(results, world, key, spec):
                                   ("optimizer_bytes", "optimizer_bytes")):
             got, expect = mem[got_key], want[want_key]
             assert abs(got - expect) <= 0.01 * expect, (rank, stage, got_key, got, expect)
+
+
+# --- bf16 (torch.autocast) -----------------------------------------------------------------------
+# A small set on 2 ranks, one plan per way of splitting the work, against one process in bf16.
+BF16 = {"micro_batch_size": 1, "global_batch_size": GBS, "precision": "bf16"}
+FSDP_BF16_BUG = pytest.mark.xfail(strict=True, reason=(
+    "executor/train.py run_step enters torch.autocast once per step around all micro-batches; "
+    "with FSDP2 (zero_stage >= 1) and more than one micro-batch per rank the autocast weight "
+    "cache serves stale casts and the run drifts ~10x further than any other plan (params 1.8% "
+    "vs <= 0.16%); cache_enabled=False there brings it to DDP's figures"))
+BF16_JOBS = [
+    ("dp2", "tiny", {"dp": 2, "tp": 1, "pp": 1, **BF16}),
+    ("tp2-sp", "tiny", {"dp": 1, "tp": 2, "pp": 1, "sequence_parallel": True, **BF16}),
+    ("pp2", "tiny", {"dp": 1, "tp": 1, "pp": 2, **BF16}),
+    ("gpt-pp2-tied", "tiny-gpt", {"dp": 1, "tp": 1, "pp": 2, **BF16}),
+    ("dp2-zero3", "tiny", {"dp": 2, "tp": 1, "pp": 1, "zero_stage": 3, **BF16}),
+]
+# bf16 keeps 8 significand bits (unit roundoff 2^-8 = 3.9e-3, about 2-3 significant digits).
+# Sharding changes which partial sums are rounded to bf16, so runs differ at that level: the
+# loss, a mean over 8 x seq tokens, to ~1e-5 relative (measured <= 1.1e-5), and the weights,
+# where AdamW turns a rounded near-zero gradient into a full lr-sized step, to ~2e-3 of their
+# norm after 3 steps (measured <= 1.6e-3; bf16 vs. fp32 of one process is 1.7e-3). Limits:
+# 1e-4 on the loss, 5e-3 on the weights: ~3x the measured spread, below the 1.8% and 2e-4 that
+# the FSDP defect above produces.
+BF16_LOSS_RTOL, BF16_PARAM_RTOL = 1e-4, 5e-3
+
+
+def _bf16_reference(name: str) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """train_reference with forward and backward under autocast, entered afresh each step.
+    (Wrapping train_reference in one autocast would not do: autocast caches the bf16 copy of
+    every weight until it exits, so steps 2 and 3 would run on step 1's weights.)"""
+    spec, cfg = load_transformer(name), TrainConfig(steps=STEPS, warmup=0)
+    plan = Plan(dp=1, tp=1, pp=1, micro_batch_size=GBS, global_batch_size=GBS, precision="bf16")
+    model = build_model(spec, plan, cfg.seed)
+    opt = make_optimizer(model.parameters(), cfg)
+    source = TokenSource(spec.vocab_size, spec.seq_len, cfg.data, cfg.seed)
+    losses = []
+    for step in range(1, STEPS + 1):
+        full = source.batch(step, GBS)
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = loss_fn(model(full[:, :-1]), full[:, 1:])
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses, {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _relative_distance(got: dict, ref: dict[str, torch.Tensor]) -> float:
+    got = dict(got)
+    if "output.weight" in got and "output.weight" not in ref:  # tied copy, checked in fp32
+        got.pop("output.weight")
+    assert set(got) == set(ref)
+    diff = sum(float(((torch.as_tensor(got[n]) - t) ** 2).sum()) for n, t in ref.items())
+    return float(np.sqrt(diff / sum(float((t ** 2).sum()) for t in ref.values())))
+
+
+@pytest.fixture(scope="module")
+def bf16_results():
+    cfg = TrainConfig(steps=STEPS, warmup=0)
+    return run_plans(2, [(k, load_transformer(s), Plan(**p)) for k, s, p in BF16_JOBS], cfg,
+                     want_params=True)
+
+
+@pytest.fixture(scope="module")
+def bf16_references():
+    return {name: _bf16_reference(name) for name in ("tiny", "tiny-gpt")}
+
+
+@pytest.mark.parametrize("key,spec", [
+    pytest.param(k, s, marks=FSDP_BF16_BUG) if p.get("zero_stage") else (k, s)
+    for k, s, p in BF16_JOBS])
+def test_bf16_matches_single_process_bf16(bf16_results, bf16_references, references, key, spec):
+    ref_losses, ref_params = bf16_references[spec]
+    got = bf16_results[key]
+    # Both sides really ran in bf16: the fp32 runs agree to 1e-5, these differ from them by more
+    # than 10x that (measured 1.6e-3 to 1.9e-3).
+    assert _relative_distance(ref_params, references[spec][1]) > 1e-4
+    assert _relative_distance(got["params"], references[spec][1]) > 1e-4
+    np.testing.assert_allclose(got["losses"], ref_losses, rtol=BF16_LOSS_RTOL)
+    assert _relative_distance(got["params"], ref_params) <= BF16_PARAM_RTOL

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Iterator
 
 import pytest
 from pydantic import ValidationError
@@ -27,32 +28,81 @@ def test_required_presets_exist_and_validate():
         assert c.gpus_per_node == 8 and c.inter_node is not None
 
 
-def _numeric_paths(obj, prefix=""):
+Leaf = tuple[str, object]
+
+
+def _is_curve(v: object) -> bool:
+    return isinstance(v, (list, tuple)) and bool(v) and all(isinstance(p, (list, tuple))
+                                                            for p in v)
+
+
+def _fields(obj: object, prefix: str = "") -> Iterator[Leaf]:
+    """(dotted path, value) of every non-object field of a profile dump; a curve is one field."""
     if isinstance(obj, dict):
         for k, v in obj.items():
-            if k in ("sources", "notes"):
-                continue
-            yield from _numeric_paths(v, f"{prefix}{k}.")
-    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
-        yield prefix.rstrip(".")
-    elif isinstance(obj, list) and obj and isinstance(obj[0], list):
-        yield prefix.rstrip(".")  # a curve: one source for the whole list
+            if k not in ("sources", "notes"):
+                yield from _fields(v, f"{prefix}{k}.")
+    else:
+        yield prefix.rstrip("."), obj
+
+
+def _needs_source(value: object) -> bool:
+    """Numbers, booleans and curves are claims about the hardware or the stack; strings are
+    names and choices; null is no number (no such hardware path, or an unused option)."""
+    return isinstance(value, (bool, int, float)) or _is_curve(value)
+
+
+def _source_problems(dump: dict, sources: dict[str, str], skip: set[str]) -> list[str]:
+    fields = dict(_fields(dump))
+    problems = [f"{p}: no source" for p, v in fields.items()
+                if p not in skip and _needs_source(v) and not sources.get(p, "").strip()]
+    problems += [f"sources['{k}'] names no field" for k in sources if k not in fields]
+    return problems
+
+
+def _profile_sources_problems(kind: str, name: str) -> list[str]:
+    """Every number and boolean of the loaded profile, code defaults included (the validated
+    model is walked, not the file), needs a non-empty source under its exact key path. The only
+    rules: a curve ([x, efficiency] points) is one series with one source; a cluster's
+    `num_nodes` is the scale the user picks (--num-nodes), not a fact; a cluster's GPU is checked
+    against that GPU's own `sources`. Every `sources` key must name a field (no block keys)."""
+    if kind == "gpus":
+        gpu = load_gpu(name)
+        return _source_problems(gpu.model_dump(), gpu.sources, set())
+    c = load_cluster(name)
+    dump = c.model_dump()
+    dump.pop("gpu")
+    return (_source_problems(dump, c.sources, {"num_nodes"})
+            + [f"gpu.{p}" for p in _source_problems(c.gpu.model_dump(), c.gpu.sources, set())])
 
 
 @pytest.mark.parametrize("kind,name", [("gpus", n) for n in preset_names("gpus")]
                          + [("clusters", n) for n in preset_names("clusters")])
 def test_every_profile_number_has_a_source(kind, name):
-    from planner.hardware import _profiles_dir
-    data = json.loads((_profiles_dir(kind) / f"{name}.json").read_text())
-    sources = data["sources"]
-    missing = []
-    for path in _numeric_paths(data):
-        if path in ("num_nodes",):
-            continue
-        parts = path.split(".")
-        if not any(".".join(parts[:i]) in sources for i in range(1, len(parts) + 1)):
-            missing.append(path)
-    assert not missing, f"{name}: numbers without a source: {missing}"
+    problems = _profile_sources_problems(kind, name)
+    assert not problems, f"{name}: {problems}"
+
+
+def test_source_check_catches_what_it_should():
+    """Block keys, defaults that the file does not write, booleans and empty strings fail."""
+    gpu = load_gpu("h100_sxm").model_dump()
+    sources = dict(gpu["sources"])
+    assert _source_problems(gpu, sources, set()) == []
+    block = {k: v for k, v in sources.items() if not k.startswith("peak_tflops.")}
+    assert "peak_tflops.bf16: no source" in _source_problems(
+        gpu, {**block, "peak_tflops": "x"}, set())
+    assert "sources['peak_tflops'] names no field" in _source_problems(
+        gpu, {**sources, "peak_tflops": "x"}, set())
+    assert _source_problems(gpu, {**sources, "fp8_gemm_scale": " "}, set()) == [
+        "fp8_gemm_scale: no source"]
+    c = load_cluster("dgx_h100").model_dump()
+    c.pop("gpu")
+    cs = {k: v for k, v in c["sources"].items() if k != "software.flash_attention"}
+    assert _source_problems(c, cs, {"num_nodes"}) == ["software.flash_attention: no source"]
+    c["intra_node"]["call_latency_s"] = 0.0  # as the code default would fill it in
+    assert _source_problems(c, {**cs, "software.flash_attention": "x",
+                                "intra_node.call_latency_s": ""}, {"num_nodes"}) == [
+        "intra_node.call_latency_s: no source"]
 
 
 def test_num_nodes_scales_the_cluster():
@@ -92,6 +142,17 @@ def test_gpu_curve_is_checked():
     data["gemm_efficiency"] = [[10, 0.5], [1, 0.9]]
     with pytest.raises(ValidationError, match="strictly increasing"):
         GPU.model_validate(data)
+
+
+def test_fp8_gpu_must_state_fp8_gemm_scale():
+    """The code default (1.0) may fill only GPUs without fp8; one with an fp8 peak says its own."""
+    data = load_gpu("mi300x").model_dump()
+    data.pop("fp8_gemm_scale")
+    with pytest.raises(ValidationError, match="needs fp8_gemm_scale"):
+        GPU.model_validate(data)
+    a100 = load_gpu("a100_80g").model_dump()
+    a100.pop("fp8_gemm_scale")
+    assert GPU.model_validate(a100).peak_tflops.fp8 is None
 
 
 def test_models_are_frozen_and_strict():

@@ -1,9 +1,13 @@
 """Predicted vs. published: measured training runs (model, cluster, plan, seconds per step) and
 the error of the cost model on them.
 
-`published_runs.json` is a copy of `../shared/validation/runs.json` (25 Megatron-LM runs on
-A100 clusters, Narayanan et al. 2021 and Korthikanti et al. 2022, with their sources and how each
-published figure became seconds per step); a test keeps the copy identical to the shared file.
+`published_runs.json` is a copy of `../shared/validation/runs.json` (25 Megatron-LM and
+DeepSpeed runs on A100 clusters, Narayanan et al. 2021 and Korthikanti et al. 2022, with their
+sources and how each published figure became seconds per step); a test keeps the copy identical
+to the shared file.
+`held_out_runs.json` holds the 6 Narayanan et al. 2021 Table 2 PTD-P rows that the shared README
+derives but leaves out (virtual stages not stated); they are never used to fit anything. The
+shared `runs_current.json` and `runs_moe.json` are not packaged (later work).
 """
 
 from __future__ import annotations
@@ -34,6 +38,11 @@ class PublishedRun(BaseModel):
     """Identifier."""
     source: str = ""
     """Citation."""
+    framework: str = ""
+    """The training software the run was measured on, as the shared validation files name it
+    (`megatron-lm-2021`, `deepspeed`, `megatron-core`, `torchtitan`, `fsdp`, or `other:<name>`;
+    ../shared/validation/README.md, "Every run's `framework`"); "" where a file does not say.
+    Recorded only: predictions do not use it yet."""
     transformer: TransformerSpec
     """Model shape."""
     cluster: str = Field(min_length=1)
