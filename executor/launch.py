@@ -1,6 +1,7 @@
 """`paraplan run`: start one process per rank with torchrun, stream rank 0's progress, and write
 the Measurement atomically. If any rank fails, torchrun stops the others at once; we report the
-first failing rank and its error, and no result file is written."""
+first failing rank and its error, and no result file is written. The wall clock bounds the whole
+run (--max-seconds), silent hangs included."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -19,6 +20,12 @@ from planner.measurement import Measurement
 from planner.plan import Plan
 from planner.schema import InputError, write_json_atomic
 from planner.transformer import TransformerSpec
+
+
+# Allocations of 64 KiB and more go through mmap, so memory freed between steps leaves the
+# resident set and VmHWM tracks what a step holds (DESIGN.md, "Peak memory on CPU"). Here, not
+# in executor/memory.py, so the launcher sets it without importing torch.
+MMAP_THRESHOLD_BYTES = 65536
 
 
 class RunError(RuntimeError):
@@ -40,14 +47,16 @@ def launch(plan: Plan, spec: TransformerSpec, out: str | Path | None, *, steps: 
            "work_dir": str(work), "result_path": str(work / "measurement.json")}
     (work / "job.json").write_text(json.dumps(job))
     threads = threads or max(1, (os.cpu_count() or 1) // world)
+    # Each rank sets its threads and allocator in executor.memory.configure_process, as the
+    # forked harness's ranks do (executor/local.py); the environment makes the same mmap
+    # threshold hold from a rank's first allocation on, which only a fresh process can have.
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1",
-           # Small allocations through mmap so freed memory leaves the RSS (peak RSS is read).
-           "MALLOC_MMAP_THRESHOLD_": "65536", **(extra_env or {})}
+           "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD_BYTES), **(extra_env or {})}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc-per-node={world}", "--monitor-interval=0.2", "-m", "executor.worker",
            str(work / "job.json")]
     log = work / "log.txt"
-    code = _run(cmd, env, log, max_seconds, echo)
+    code = run_bounded(cmd, env, log, max_seconds, echo)
     if code != 0:
         raise RunError(_failure(work, log, code, max_seconds))
     result = Measurement.model_validate_json((work / "measurement.json").read_text())
@@ -57,30 +66,46 @@ def launch(plan: Plan, spec: TransformerSpec, out: str | Path | None, *, steps: 
     return result
 
 
-def _run(cmd: list[str], env: dict, log: Path, max_seconds: int,
+def run_bounded(cmd: list[str], env: dict, log: Path, max_seconds: int,
          echo: Callable[[str], None] | None) -> int:
-    """Run torchrun in its own process group, echoing rank 0's step lines; -1 on time-out."""
-    start = time.monotonic()
+    """Run torchrun in its own process group, -1 if it is still running after max_seconds. A
+    thread copies its output to the log (echoing rank 0's step lines), so the clock bounds the
+    run even when it prints nothing."""
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, start_new_session=True)
+        reader = threading.Thread(target=_copy, args=(proc.stdout, f, echo), daemon=True)
+        reader.start()
         try:
-            for line in proc.stdout:
-                f.write(line)
-                if echo and line.startswith("step "):
-                    echo(line.rstrip())
-                if time.monotonic() - start > max_seconds:
-                    raise TimeoutError
-            return proc.wait()
-        except (TimeoutError, KeyboardInterrupt) as err:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-            if isinstance(err, KeyboardInterrupt):
-                raise
-            return -1
+            code = proc.wait(timeout=max_seconds)
+        except subprocess.TimeoutExpired:
+            _stop(proc)
+            code = -1
+        except KeyboardInterrupt:
+            _stop(proc)
+            raise
+        finally:
+            reader.join(timeout=10)
+    return code
+
+
+def _copy(stream, log, echo: Callable[[str], None] | None) -> None:
+    for line in stream:
+        log.write(line)
+        if echo and line.startswith("step "):
+            echo(line.rstrip())
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """End torchrun and every rank (its process group): politely, then for sure."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
 
 
 def _failure(work: Path, log: Path, code: int, max_seconds: int) -> str:
@@ -97,9 +122,38 @@ def _failure(work: Path, log: Path, code: int, max_seconds: int) -> str:
     return f"torchrun exited with status {code}; last lines of {log}:\n{tail}"
 
 
-def check_runnable(plan: Plan) -> None:
-    """What the executor cannot run, before starting any process (the GPU count is checked by
-    the ranks themselves, so this process need not import torch)."""
+# More CPU ranks than this many per core measure the scheduler, not the plan (DESIGN.md: 2 to 8
+# processes on 2 cores behave); a GPU search's plan (hundreds of ranks) must not fork them all.
+RANKS_PER_CORE = 4
+MIN_RANK_LIMIT = 8
+
+
+def cpu_rank_limit(cores: int) -> int:
+    """The most CPU ranks `paraplan run` starts without --allow-oversubscribe."""
+    return max(MIN_RANK_LIMIT, RANKS_PER_CORE * cores)
+
+
+def visible_gpus() -> int:
+    """GPUs torch will give the ranks; 0 without importing torch where no GPU driver is."""
+    if not (Path("/dev/nvidiactl").exists() or Path("/dev/kfd").exists()):
+        return 0
+    import torch
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check_runnable(plan: Plan, allow_oversubscribe: bool = False) -> None:
+    """What the executor cannot run, before starting any process: precisions it lacks, more
+    ranks than GPUs (the worker checks again), and more CPU ranks than the cores can serve."""
     if plan.precision in ("fp16", "fp8"):
         raise InputError(f"precision {plan.precision} is not implemented in the executor "
                          "(fp16 needs loss scaling, fp8 Transformer Engine); use bf16 or fp32")
+    world, shape = plan.world_size, f"dp {plan.dp} x tp {plan.tp} x pp {plan.pp} x cp {plan.cp}"
+    gpus = visible_gpus()
+    if gpus and world > gpus:
+        raise InputError(f"plan needs {world} GPUs ({shape}), this machine has {gpus}; "
+                         "multi-node runs are not supported")
+    cores = os.cpu_count() or 1
+    if not gpus and world > cpu_rank_limit(cores) and not allow_oversubscribe:
+        raise InputError(f"plan needs {world} processes ({shape}); this CPU machine runs at most "
+                         f"{cpu_rank_limit(cores)} (max({MIN_RANK_LIMIT}, {RANKS_PER_CORE} per "
+                         f"core x {cores} cores)); pass --allow-oversubscribe to start them anyway")

@@ -4,12 +4,15 @@ process's resident-set high-water mark. On GPU the allocator's own peak is added
 
 from __future__ import annotations
 
+import ctypes
 import os
 from pathlib import Path
 
 import torch
 from torch.distributed._functional_collectives import AsyncCollectiveTensor
 from torch.distributed.tensor import DTensor
+
+from executor.launch import MMAP_THRESHOLD_BYTES
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -128,3 +131,19 @@ def peak_rss_bytes() -> int | None:
 
 def threads() -> int:
     return int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads()))
+
+
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
+
+
+def configure_process(num_threads: int) -> None:
+    """What every rank sets before its process group, in both launch harnesses (torchrun,
+    executor/worker.py; the forked world, executor/local.py), so they time the same thing:
+    the thread count, and the allocator's mmap threshold (mallopt: a forked child cannot take
+    MALLOC_MMAP_THRESHOLD_ from its environment, which glibc reads at process start only)."""
+    os.environ["OMP_NUM_THREADS"] = str(num_threads)
+    torch.set_num_threads(num_threads)
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+    except (OSError, AttributeError):  # not glibc: the allocator's own behaviour stands
+        pass

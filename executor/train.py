@@ -12,6 +12,7 @@ import contextlib
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -19,7 +20,8 @@ from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.parallel import loss_parallel
 
 from executor.data import TokenSource, local_batch
-from executor.memory import SavedTensorMeter, optimizer_bytes, tensor_bytes
+from executor.memory import (SavedTensorMeter, optimizer_bytes, peak_rss_bytes, reset_peak_rss,
+                             tensor_bytes)
 from executor.parallel import data as dpar
 from executor.parallel.grad_norm import clip_grad_norm_
 from executor.parallelize import ParallelModel, build_model, loss_fn
@@ -47,7 +49,11 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
 def autocast(plan: Plan, device: torch.device):
     """bf16 mixed precision via torch.autocast (fp32 master weights); fp32 plans run as is."""
     if plan.precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+        # No weight-cast cache: the step enters autocast once around all its micro-batches, and
+        # with FSDP2 (which swaps the unsharded parameters in and out per micro-batch) the cache
+        # served stale bf16 copies: ZeRO runs drifted 1.8% from the one-process reference, 10x
+        # any other plan (tests/test_executor_equivalence.py, bf16 cases).
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
     return contextlib.nullcontext()
 
 
@@ -128,10 +134,23 @@ def _accumulate(pm: ParallelModel, x: torch.Tensor, y: torch.Tensor) -> torch.Te
 
 
 def maybe_fail(step: int) -> None:
-    """Test hook: PARAPLAN_FAIL_RANK / PARAPLAN_FAIL_STEP make one rank raise at one step."""
-    if (os.environ.get("PARAPLAN_FAIL_STEP") == str(step)
-            and os.environ.get("PARAPLAN_FAIL_RANK") == str(dist.get_rank())):
+    """Test hook: PARAPLAN_FAIL_RANK / PARAPLAN_FAIL_STEP make one rank raise at one step (with
+    PARAPLAN_FAIL_PLAN, only in the forked harness's job of that key: executor/local.py)."""
+    env = os.environ
+    only = env.get("PARAPLAN_FAIL_PLAN")
+    if (env.get("PARAPLAN_FAIL_STEP") == str(step)
+            and env.get("PARAPLAN_FAIL_RANK") == str(dist.get_rank())
+            and (only is None or only == env.get("PARAPLAN_PLAN_KEY"))):
         raise RuntimeError(f"injected failure at step {step}")
+
+
+def maybe_stall(step: int) -> None:
+    """Test hook: PARAPLAN_STALL_RANK / PARAPLAN_STALL_STEP / PARAPLAN_STALL_S make one rank
+    sleep, silently, inside the timed part of one step (a hang; a known slow step)."""
+    env = os.environ
+    if (env.get("PARAPLAN_STALL_STEP") == str(step)
+            and env.get("PARAPLAN_STALL_RANK") == str(dist.get_rank())):
+        time.sleep(float(env.get("PARAPLAN_STALL_S", "1")))
 
 
 def memory_step(first: int, last: int, warmup: int) -> int:
@@ -155,6 +174,7 @@ def train_steps(pm: ParallelModel, opt, source: TokenSource, cfg: TrainConfig, f
         x, y = local_batch(source.batch(step, plan.global_batch_size), plan, dp_rank, cp_rank)
         x, y = x.to(pm.device), y.to(pm.device)
         t0 = time.perf_counter()
+        maybe_stall(step)
         losses.append(run_step(pm, opt, x, y, cfg, stats if step == measure_at else None))
         if torch.cuda.is_available():
             torch.cuda.synchronize()
@@ -165,6 +185,46 @@ def train_steps(pm: ParallelModel, opt, source: TokenSource, cfg: TrainConfig, f
         stats.extra["optimizer_bytes"] = optimizer_bytes(opt)
         stats.extra["params_bytes"] = tensor_bytes(pm.parameters())
     return losses, times, stats
+
+
+def train_plan(pm: ParallelModel, opt, source: TokenSource, cfg: TrainConfig, first: int = 1,
+               on_step: Callable[[int, float, float], None] | None = None,
+               ) -> tuple[list[float], list[float], dict]:
+    """The timed loop of both launch harnesses, so their figures come from one code path:
+    `paraplan run` (torchrun, executor/worker.py) and the forked world of validate-local,
+    calibrate and the tests (executor/local.py). Steps first..first+cfg.steps-1, one per call;
+    the resident-set (and GPU allocator) peak restarts at the first timed step; bytes are
+    counted on memory_step's step. Returns the losses, every step's wall seconds (warm-up
+    included: see timed_steps) and this rank's memory (RankMemory's fields but `rank`)."""
+    last = first + cfg.steps - 1
+    counted = memory_step(first, last, cfg.warmup)
+    losses: list[float] = []
+    times: list[float] = []
+    stats = StepStats()
+    for step in range(first, last + 1):
+        if step == first + cfg.warmup:
+            reset_peak_rss()
+            if pm.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+        loss, dt, got = train_steps(pm, opt, source, cfg, step, step, measure_at=counted)
+        if step == counted:
+            stats = got
+        losses += loss
+        times += dt
+        if on_step:
+            on_step(step, loss[0], dt[0])
+    cuda = pm.device.type == "cuda"
+    return losses, times, {
+        "params_bytes": stats.extra["params_bytes"], "grads_bytes": stats.grads_bytes,
+        "optimizer_bytes": stats.extra["optimizer_bytes"], "activations_bytes": stats.meter_peak,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "device_peak_bytes": torch.cuda.max_memory_allocated() if cuda else None}
+
+
+def timed_steps(per_rank: list[list[float]], warmup: int) -> list[float]:
+    """The step times both harnesses report: per timed step (warm-up dropped), the slowest
+    rank's, since a step ends for everyone when its last rank is done."""
+    return [max(ts[i] for ts in per_rank) for i in range(warmup, len(per_rank[0]))]
 
 
 def gather_params(pm: ParallelModel) -> dict[str, torch.Tensor]:

@@ -20,10 +20,10 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from executor import checkpoint
 from executor.data import TokenSource
-from executor.memory import peak_rss_bytes, reset_peak_rss, threads
+from executor.memory import configure_process, threads
 from executor.mesh import build_mesh
 from executor.parallelize import parallelize
-from executor.train import TrainConfig, make_optimizer, memory_step, train_steps
+from executor.train import TrainConfig, make_optimizer, timed_steps, train_plan
 from planner.measurement import Environment, Measurement, RankMemory
 from planner.plan import Plan
 from planner.schema import write_json_atomic
@@ -45,7 +45,7 @@ def _setup(job: dict) -> tuple[torch.device, str]:
             raise RuntimeError(f"plan needs {world} GPUs (dp*tp*pp*cp), this machine has "
                                f"{torch.cuda.device_count()}; multi-node runs are not supported")
         torch.cuda.set_device(device)
-    torch.set_num_threads(threads())
+    configure_process(threads())  # launch.py put the thread count in OMP_NUM_THREADS
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=job["timeout_s"]))
     return device, backend
 
@@ -60,44 +60,29 @@ def run(job: dict) -> None:
     pm = parallelize(spec, plan, build_mesh(plan, device.type), device, seed=cfg.seed)
     opt = make_optimizer(pm.parameters(), cfg)
     source = TokenSource(spec.vocab_size, spec.seq_len, cfg.data, cfg.seed)
-    losses: list[float] = []
+    history: list[float] = []
     first = 1
     if job.get("resume"):
-        done, losses = checkpoint.load(pm, opt, job["resume"])
+        done, history = checkpoint.load(pm, opt, job["resume"])
         first = done + 1
-    last = first + cfg.steps - 1
-    times, rank = [], dist.get_rank()
-    counted = memory_step(first, last, cfg.warmup)
-    for step in range(first, last + 1):
-        if step == first + cfg.warmup:
-            reset_peak_rss()
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-        # One step per call; bytes are counted on one untimed step (executor.train.memory_step).
-        loss, dt, step_stats = train_steps(pm, opt, source, cfg, step, step, measure_at=counted)
-        if step == counted:
-            stats = step_stats
-        losses += loss
-        if step >= first + cfg.warmup:
-            times += dt
+    last, rank = first + cfg.steps - 1, dist.get_rank()
+
+    def on_step(step: int, loss: float, seconds: float) -> None:
+        history.append(loss)
         if rank == 0:
-            print(f"step {step}/{last}  loss {loss[0]:.5f}  {dt[0]:.3f} s", flush=True)
+            print(f"step {step}/{last}  loss {loss:.5f}  {seconds:.3f} s", flush=True)
         if job.get("save_every") and step % job["save_every"] == 0:
-            checkpoint.save(pm, opt, step, losses, job["checkpoint_dir"])
-    mem = RankMemory(
-        rank=rank, params_bytes=stats.extra["params_bytes"], grads_bytes=stats.grads_bytes,
-        optimizer_bytes=stats.extra["optimizer_bytes"], activations_bytes=stats.meter_peak,
-        peak_rss_bytes=peak_rss_bytes(),
-        device_peak_bytes=torch.cuda.max_memory_allocated() if device.type == "cuda" else None)
+            checkpoint.save(pm, opt, step, history, job["checkpoint_dir"])
+    _, times, mem = train_plan(pm, opt, source, cfg, first, on_step)
     gathered: list = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, (mem.model_dump(), times))
+    dist.all_gather_object(gathered, (RankMemory(rank=rank, **mem).model_dump(), times))
     if rank == 0:
-        slowest = [max(ts[i] for _, ts in gathered) for i in range(len(times))]
+        slowest = timed_steps([ts for _, ts in gathered], cfg.warmup)
         step_time = Measurement.median(slowest)
         m = Measurement(
             plan=plan, transformer=spec, world_size=dist.get_world_size(),
             warmup_steps=cfg.warmup, first_step=1,
-            losses=losses, step_times_s=slowest, step_time_s=step_time,
+            losses=history, step_times_s=slowest, step_time_s=step_time,
             tokens_per_s=plan.global_batch_size * spec.seq_len / step_time,
             memory=[RankMemory(**m) for m, _ in gathered], data=source.name,
             environment=_environment(backend, device), started_at=started, finished_at=_now())

@@ -47,21 +47,40 @@ def test_run_writes_a_measurement(tmp_path):
 
 
 def _compare_with_prediction(tmp_path) -> None:
-    """`paraplan compare PREDICTED MEASURED`, and MEASURED with --cluster, on the run above."""
+    """`paraplan compare` on the run above: among prediction files of other plans it takes its
+    own plan's; with --cluster it predicts on the cluster named (two that predict differently);
+    the step error is against the measured median and the weights' bytes are exact."""
     (tmp_path / "two.json").write_text(one_node(2).model_dump_json())
+    (tmp_path / "two_a100.json").write_text(one_node(2, "dgx_a100_80g").model_dump_json())
 
     def cli(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "planner.cli", *args], cwd=tmp_path,
                               capture_output=True, text=True, timeout=120)
-    pred = cli("predict", "-t", "tiny", "-c", "two.json", "--plan", json.dumps(DP2), "--json")
-    assert pred.returncode == 0, pred.stderr
-    (tmp_path / "pred.json").write_text(pred.stdout)
-    for args in (("pred.json", "m.json"), ("m.json", "-c", "two.json")):
+
+    def predicted(plan: dict, cluster: str) -> float:
+        r = cli("predict", "-t", "tiny", "-c", cluster, "--plan", json.dumps(plan), "--json")
+        assert r.returncode == 0, r.stderr
+        (tmp_path / f"pred_{len(list(tmp_path.glob('pred_*')))}.json").write_text(r.stdout)
+        return json.loads(r.stdout)["step_time_s"]
+
+    def row(*args: str) -> dict:
         r = cli("compare", *args, "--out", "cmp.json", "--html", "cmp.html")
         assert r.returncode == 0, r.stdout + r.stderr
-        row = json.loads((tmp_path / "cmp.json").read_text())["rows"][0]
-        assert row["predicted"]["step_time_s"] == json.loads(pred.stdout)["step_time_s"]
-        assert row["memory_errors"]["weights"] == 0.0 and row["memory_errors"]["optimizer"] < 1e-3
+        rows = json.loads((tmp_path / "cmp.json").read_text())["rows"]
+        assert len(rows) == 1 and rows[0]["plan"] == Plan(**DP2).to_json_dict()
+        assert rows[0]["memory_errors"]["weights"] == 0.0
+        assert rows[0]["memory_errors"]["optimizer"] < 1e-3
+        return rows[0]
+    measured = Measurement.model_validate_json((tmp_path / "m.json").read_text()).step_time_s
+    other, mine = predicted(ZERO3, "two.json"), predicted(DP2, "two.json")  # pred_0, pred_1
+    assert other != mine
+    got = row("pred_0.json", "pred_1.json", "m.json")["step_error"]
+    assert got == pytest.approx(mine / measured - 1, rel=1e-9)
+    a100 = predicted(DP2, "two_a100.json")
+    assert a100 != pytest.approx(mine, rel=1e-3)
+    for cluster, expected in (("two.json", mine), ("two_a100.json", a100)):
+        got = row("m.json", "-c", cluster)["step_error"]
+        assert got == pytest.approx(expected / measured - 1, rel=1e-9), cluster
     r = cli("compare", "m.json")
     assert r.returncode == 2 and "no prediction file has its plan" in r.stderr
 

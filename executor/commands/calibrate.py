@@ -7,36 +7,66 @@ import os
 from pathlib import Path
 
 
+MEASURE_FLAGS = {"backend": "--backend", "world_size": "--world-size", "threads": "--threads",
+                 "quick": "--quick", "name": "--name"}
+REFIT_FLAGS = {"profile": "--profile", "folds": "--folds"}
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("calibrate", help="measure this machine into a hardware profile",
-                       description="Micro-benchmarks with the executor's own stack (GEMMs, "
-                                   "memory-bound ops, attention, optimizer, collectives and "
-                                   "point-to-point in a training-like loop, probe training "
-                                   "steps), fitted to a Cluster profile.")
-    p.add_argument("--backend", choices=["gloo", "nccl"], default="gloo")
-    p.add_argument("--world-size", type=int, default=2, help="ranks on this machine (default 2)")
-    p.add_argument("--threads", type=int, help="threads per rank (default cores / world size)")
-    p.add_argument("--quick", action="store_true", help="fewer sizes, shorter timings (~1 min)")
-    p.add_argument("--name", help="profile name (default cpu_<world>x<threads>)")
-    p.add_argument("--out", required=True, help="profile path, e.g. hardware_profiles/local.json")
-    p.add_argument("--from-runs", nargs="+", metavar="RUN",
-                   help="instead of measuring: refit --profile's efficiency and overhead fields to "
-                        "measured runs (`paraplan run --out` files, or a validate-local / compare "
-                        "predicted_vs_measured.json) and write the result to --out")
-    p.add_argument("--profile", help="with --from-runs: the profile to refit (default: the one "
-                                     "inside a validate-local predicted_vs_measured.json)")
-    p.add_argument("--folds", type=int, default=5,
-                   help="with --from-runs: cross-validation folds for the held-out error "
-                        "(default 5; 0 to skip)")
+    """Two modes, each with its own flags (measure this machine; refit to measured runs), as
+    argument groups and a two-line usage, so --help says which flag belongs to which."""
+    p = sub.add_parser(
+        "calibrate", help="measure this machine into a hardware profile, or refit one to runs",
+        usage="paraplan calibrate [--world-size N] [--threads T] [--quick] [--name NAME] "
+              "[--backend {gloo,nccl}] --out F\n"
+              "       paraplan calibrate --from-runs RUN [RUN ...] [--profile P] [--folds K] "
+              "--out F",
+        description="Measure: micro-benchmarks with the executor's own stack (GEMMs, "
+                    "memory-bound ops, attention, optimizer, collectives and point-to-point in a "
+                    "training-like loop, probe training steps), fitted to a Cluster profile. "
+                    "Refit (--from-runs): fit an existing profile's efficiency, overhead and "
+                    "link fields to measured runs. Each mode refuses the other's flags.")
+    p.add_argument("--out", required=True, metavar="F",
+                   help="profile to write, e.g. hardware_profiles/local.json (both modes)")
+    m = p.add_argument_group("measure this machine (the default)")
+    m.add_argument("--backend", choices=["gloo", "nccl"], help="default gloo")
+    m.add_argument("--world-size", type=int, metavar="N", help="ranks on this machine (default 2)")
+    m.add_argument("--threads", type=int, metavar="T",
+                   help="threads per rank (default cores / world size)")
+    m.add_argument("--quick", action="store_true", help="fewer sizes, shorter timings (~1 min)")
+    m.add_argument("--name", help="profile name (default cpu_<world>x<threads>)")
+    r = p.add_argument_group("refit a profile to measured runs (--from-runs)")
+    r.add_argument("--from-runs", nargs="+", metavar="RUN",
+                   help="`paraplan run --out` files, or validate-local / compare "
+                        "predicted_vs_measured.json files")
+    r.add_argument("--profile", metavar="P", help="the profile to refit (default: the one inside a "
+                                     "validate-local predicted_vs_measured.json)")
+    r.add_argument("--folds", type=int, metavar="K",
+                   help="cross-validation folds for the held-out error (default 5; 0 to skip)")
     p.set_defaults(func=run)
+
+
+def _refuse_other_mode(args: argparse.Namespace) -> None:
+    """A flag of the mode not running would be ignored without a word: refuse it instead."""
+    from planner.schema import InputError
+    other = MEASURE_FLAGS if args.from_runs else REFIT_FLAGS
+    given = [flag for dest, flag in other.items()
+             if getattr(args, dest) is not None and getattr(args, dest) is not False]
+    if given:
+        why = ("only for measuring this machine, not with --from-runs" if args.from_runs else
+               "only with --from-runs (refitting a profile), not when measuring this machine")
+        raise InputError(f"{', '.join(given)}: {why}")
 
 
 def run(args: argparse.Namespace) -> int:
     from planner.commands.common import console
     from planner.schema import InputError
+    _refuse_other_mode(args)
     if args.from_runs:
         from planner.commands.refit import refit_command
-        return refit_command(args.from_runs, args.profile, args.out, args.folds)
+        return refit_command(args.from_runs, args.profile, args.out,
+                             5 if args.folds is None else args.folds)
+    args.world_size = 2 if args.world_size is None else args.world_size
     if args.world_size not in (2, 4, 6, 8):
         raise InputError(f"--world-size must be 2, 4, 6 or 8 (ranks are measured in pairs), "
                          f"got {args.world_size}")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from planner.transformer import TransformerSpec
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="train a plan for real with torch.distributed and measure it",
@@ -13,8 +15,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "GPUs), train the plan on synthetic or file data, and write a "
                                    "Measurement JSON (step times, tokens/s, memory per rank).")
     p.add_argument("--plan", "-p", required=True, help="plan JSON file or inline JSON")
-    p.add_argument("--transformer", "-t", default="tiny",
-                   help="preset, spec JSON or HF config.json (default tiny)")
+    p.add_argument("--transformer", "-t",
+                   help="preset, spec JSON or HF config.json (default: the transformer the plan "
+                        "file records, as `paraplan search` writes it; else tiny)")
     p.add_argument("--steps", type=int, default=5, help="steps to run, warm-up included")
     p.add_argument("--warmup", type=int, default=2, help="untimed first steps (default 2)")
     p.add_argument("--seed", type=int, default=0)
@@ -27,23 +30,51 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=int, default=120,
                    help="seconds a collective may wait before the run fails (default 120)")
     p.add_argument("--max-seconds", type=int, default=1800,
-                   help="stop the whole run after this long (default 1800)")
+                   help="wall-clock seconds before the whole run (every rank) is stopped, "
+                        "silent hangs included (default 1800)")
     p.add_argument("--threads", type=int, help="CPU threads per rank (default cores / ranks)")
+    p.add_argument("--allow-oversubscribe", action="store_true",
+                   help="start more CPU ranks than max(8, 4 x cores) anyway")
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from planner.commands.common import console, load_plan, plan_short
-    from planner.schema import InputError
+def choose_transformer(arg: str | None, meta: dict,
+                       plan_ref: str) -> tuple[TransformerSpec, str, str | None]:
+    """The model to train, where it came from, and a warning when `-t` overrides a different
+    model the plan file records: `-t` if given, else the plan file's transformer (`paraplan
+    search` records it), else tiny."""
+    from planner.schema import InputError, validate_as
     from planner.transformer import load_transformer
+    where = "plan" if plan_ref.lstrip().startswith("{") else f"plan {plan_ref}"
+    recorded = None
+    if "transformer" in meta:
+        if not isinstance(meta["transformer"], dict):
+            raise InputError(f"{where}: 'transformer' must be a TransformerSpec object (as "
+                             f"`paraplan search` writes it), got "
+                             f"{type(meta['transformer']).__name__}")
+        recorded = validate_as(TransformerSpec, meta["transformer"], f"{where}: transformer")
+    if arg:
+        spec = load_transformer(arg)
+        note = (f"note: the plan was searched for {recorded.name}; running {spec.name} from -t "
+                f"{arg} instead" if recorded and recorded != spec else None)
+        return spec, f"-t {arg}", note
+    if recorded:
+        return recorded, "recorded in the plan file", None
+    return load_transformer("tiny"), "the default: the plan records no transformer, no -t", None
+
+
+def run(args: argparse.Namespace) -> int:
+    from planner.commands.common import console, load_plan_with_meta, plan_short
+    from planner.schema import InputError
     from planner.validity import spec_problems
-    plan = load_plan(args.plan)
-    spec = load_transformer(args.transformer)
+    plan, meta = load_plan_with_meta(args.plan)
+    spec, source, note = choose_transformer(args.transformer, meta, args.plan)
     problems = spec_problems(plan, spec)
     if problems:
-        raise InputError("plan cannot run this model: " + "; ".join(problems))
+        raise InputError(f"plan cannot run {spec.name}: " + "; ".join(problems))
     for name, value, low in (("--steps", args.steps, 1), ("--warmup", args.warmup, 0),
-                             ("--timeout", args.timeout, 1), ("--save-every", args.save_every, 0)):
+                             ("--timeout", args.timeout, 1), ("--save-every", args.save_every, 0),
+                             ("--max-seconds", args.max_seconds, 1)):
         if value < low:
             raise InputError(f"{name} must be >= {low}, got {value}")
     if args.warmup >= args.steps:
@@ -51,10 +82,12 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and not Path(args.resume).is_dir():
         raise InputError(f"--resume {args.resume}: not a directory")
     from executor.launch import RunError, check_runnable, launch
-    check_runnable(plan)
+    check_runnable(plan, args.allow_oversubscribe)
     out = console()
+    if note:
+        out.print(note)
     procs = f"{plan.world_size} process{'es' if plan.world_size > 1 else ''}"
-    out.print(f"running {spec.name} on {procs} for {args.steps} steps: "
+    out.print(f"running {spec.name} ({source}) on {procs} for {args.steps} steps: "
               f"{plan_short(plan)}, global batch {plan.global_batch_size}, {plan.precision}")
     try:
         m = launch(plan, spec, args.out, steps=args.steps, warmup=args.warmup, seed=args.seed,

@@ -23,6 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="untimed steps (default 3; memory is counted on the last of them)")
     p.add_argument("--threads", type=int, help="threads per rank (default cores / world size)")
     p.add_argument("--limit", type=int, help="run only the N best-ranked plans")
+    p.add_argument("--timeout", type=int, default=120,
+                   help="seconds a collective may wait before its plan fails (default 120, as "
+                        "`paraplan run`)")
     p.add_argument("--out-dir", default="validate-local")
     p.set_defaults(func=run)
 
@@ -30,9 +33,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from planner.commands.common import console
     from planner.commands.compare import show
+    from planner.report.compare_html import label
     from planner.hardware import load_cluster
     from planner.schema import InputError
     from planner.transformer import load_transformer
+    if args.timeout < 1:
+        raise InputError(f"--timeout must be >= 1, got {args.timeout}")
     if args.warmup >= args.steps:
         raise InputError(f"--warmup {args.warmup} leaves no timed step of --steps {args.steps}")
     spec = load_transformer(args.transformer)
@@ -51,7 +57,13 @@ def run(args: argparse.Namespace) -> int:
         cluster, _ = calibrate(args.world_size, threads, False, path.stem, path, echo=out.print)
     from executor.validate_local import validate_local
     data = validate_local(spec, cluster, args.global_batch_size, args.steps, args.warmup,
-                          threads, out_dir, args.limit, out.print)
-    show(data)
-    out.print(f"written: {out_dir / 'predicted_vs_measured.json'}, {out_dir / 'report.html'}")
-    return 0
+                          threads, out_dir, args.limit, out.print, args.timeout)
+    if data["rows"]:
+        show(data)
+    for f in data["failed"]:
+        out.print(f"[red]failed:[/] {label(f['plan'])}: {f['error']}")
+    written = [out_dir / "predicted_vs_measured.json"] + (
+        [out_dir / "report.html"] if data["rows"] else [])
+    out.print(f"{len(data['rows'])} of {data['plans_total']} plans ran, {len(data['failed'])} "
+              f"failed; written: {', '.join(map(str, written))}")
+    return 1 if data["failed"] else 0

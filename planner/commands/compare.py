@@ -106,7 +106,10 @@ def show(data: dict) -> None:
                   f"{1e3 * r['measured']['step_time_s']:.1f}", f"{100 * r['step_error']:+.1f}%",
                   f"{100 * worst:.1f}%")
     out.print(t)
-    s = data["summary"]
+    s = data.get("summary")
+    if not s:
+        out.print("no plan ran to completion: nothing to summarise")
+        return
     out.print(f"{s['plans']} plans: step time mean error {s['step_mape_pct']:.1f}%, max "
               f"{s['step_max_error_pct']:.1f}%, {100 * s['within_15_pct']:.0f}% within 15% "
               f"(target: all); rank correlation {s['rank_correlation']:.3f} (target >= 0.9); "
