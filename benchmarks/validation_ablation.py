@@ -18,7 +18,7 @@ from planner.validation import compare, load_runs, summary
 def adjust(software: dict | None = None, fraction: float | None = None) -> Callable:
     def f(c: Cluster) -> Cluster:
         d = c.model_dump()
-        d["software"].update(software or {})
+        d["stack"].update(software or {})
         if fraction is not None:
             d["gpu"]["gemm_sustained_fraction"] = fraction
         return Cluster.model_validate(d)

@@ -24,7 +24,7 @@ def with_fit(profile: dict, k: float, slowdown: float, gpus: int | None = None) 
     data["gpu"]["kernel_overhead_s"] = k
     slowdown = max(slowdown, 1.0)
     data["gpu"]["gemm_sustained_fraction"] = 1.0 / slowdown
-    data["software"]["elementwise_traffic"] = slowdown
+    data["stack"]["elementwise_traffic"] = slowdown
     if gpus:
         data["gpus_per_node"] = gpus
     return validate_as(Cluster, data, "calibrated profile")
@@ -60,13 +60,14 @@ def fit_overheads(profile: dict, world: int, threads: int) -> list[dict]:
 
         def predict_one(x: list[float]) -> list[float]:
             trial = json.loads(json.dumps(profile))
-            trial["software"][key] = x[0]
+            trial["stack"][key] = x[0]
             cl = validate_as(Cluster, trial, "calibrated profile")
             return [predict(PROBE, cl, plan)["step_time_s"]]
         value = fit_linear(predict_one, [0.0], [measured], [1e-3])[0]
-        profile["software"][key] = value
-        profile["sources"][f"software.{key}"] = profile["sources"][
-            "software.optimizer_tensor_overhead_s"] + f"; fitted to the probe plan {plan.model_dump_json()}"
+        profile["stack"][key] = value
+        src = profile["stack"]["sources"]
+        src[key] = src["optimizer_tensor_overhead_s"] + \
+            f"; fitted to the probe plan {plan.model_dump_json()}"
         out.append({"overhead": key, "plan": plan.to_json_dict(), "measured_s": measured,
                     "fitted_s": value, "predicted_s": predict_one([value])[0]})
     return out
@@ -89,9 +90,9 @@ def calibrate(world: int, threads: int, quick: bool, name: str, out: Path,
     note = ("fitted to the probe steps (measured / predicted s): " + ", ".join(
         f"{m:.4f}/{p:.4f}" for m, p in zip(measured, fitted)))
     profile["gpu"]["notes"].append("kernel_overhead_s and gemm_sustained_fraction " + note)
-    profile["notes"].append("software.elementwise_traffic " + note)
-    for key in ("software.elementwise_traffic",):
-        profile["sources"][key] = profile["sources"]["software.optimizer_tensor_overhead_s"]
+    profile["stack"]["notes"].append("elementwise_traffic " + note)
+    src = profile["stack"]["sources"]
+    src["elementwise_traffic"] = src["optimizer_tensor_overhead_s"] + "; " + note
     profile["gpu"]["sources"]["gemm_sustained_fraction"] = profile["gpu"]["sources"][
         "kernel_overhead_s"]
     echo("calibrate: distributed probe steps (framework overheads) ...")

@@ -8,8 +8,8 @@ What is fitted (every rank measured at once, averaged over ranks):
 - the link: `latency_s` per ring step from point-to-point sends, `call_latency_s` per
   collective call and `bandwidth_GBps` from collectives of every kind and group size
   (t = call + steps x latency + volume / bandwidth, least squares per op).
-- `software.optimizer_tensor_overhead_s`: AdamW + clipping time per parameter tensor.
-- `kernel_overhead_s` and `software.elementwise_traffic`: the per-kernel time and the
+- `stack.optimizer_tensor_overhead_s`: AdamW + clipping time per parameter tensor.
+- `kernel_overhead_s` and `stack.elementwise_traffic`: the per-kernel time and the
   element-wise traffic multiplier that make the cost model reproduce the probe training steps
   at several micro-batch sizes (least squares: the first sets the intercept, the second the
   slope per token).
@@ -110,15 +110,49 @@ def fit_link(raw: dict) -> dict[str, Any]:
             "bandwidth_GBps": 1.0 / statistics.median(slopes) / 1e9, "efficiency": [[1.0, 1.0]]}
 
 
-# Profile numbers `paraplan calibrate` does not measure, and what they are instead.
+# Stack numbers `paraplan calibrate` does not measure, and what they are instead.
 UNMEASURED = {
-    "software.grad_bucket_bytes": (
-        "not measured: the code default of planner.hardware.Software (25 MiB, PyTorch "
-        "DistributedDataParallel's default bucket_cap_mb=25, which the executor's DDP keeps)"),
-    "software.framework_memory_bytes": (
+    "grad_bucket_bytes": (
+        "not measured: 25 MiB, PyTorch DistributedDataParallel's default bucket_cap_mb=25, which "
+        "the executor's DDP keeps"),
+    "framework_memory_bytes": (
         "not measured: set to 0 by `paraplan calibrate` (CPU ranks hold no CUDA context or NCCL "
         "buffers; gloo's and the allocator's own memory are not measured, so peaks read low)"),
 }
+EXECUTOR = ("the executor's own behaviour (executor/parallel/*, executor/train.py), which these "
+            "ranks run: ")
+# The calibrated stack's behaviours: what the executor does, not measured numbers.
+EXECUTOR_STACK = {
+    "attention_kernel": ("sdpa", "torch.nn.functional.scaled_dot_product_attention "
+                                 "(executor/transformer.py), timed by calibrate"),
+    "tp_comm_overlap": (False, "DTensor tensor parallelism runs its collectives between ops"),
+    "grad_overlap": (False, "on CPU the gloo threads share the cores with compute, so nothing "
+                            "overlaps"),
+    "param_gather_overlap": (False, "FSDP2 on shared cores: no overlap, as grad_overlap"),
+    "pool_nics": (True, "one machine, no NICs: unused"),
+    "zero_impl": ("fsdp2", "ZeRO runs as FSDP2 fully_shard (executor/parallel/data.py)"),
+    "cp_impl": ("all_gather", "context parallelism all-gathers K/V (executor/transformer.py)"),
+    "activation_layout": ("eager", "plain PyTorch ops (planner/cost/eager_activations.py)"),
+    "async_checkpoint": (False, "torch.distributed.checkpoint.save, synchronous "
+                                "(executor/checkpoint.py)"),
+}
+
+
+def stack_dict(name: str, optimizer_tensor_overhead_s: float, how: str) -> dict[str, Any]:
+    """The calibrated profile's own stack: the executor's behaviours, the measured optimizer
+    overhead; the other overheads and the element-wise traffic are fitted afterwards
+    (executor/calibration_run.py) and start at 0 / 1."""
+    fields = {k: v for k, (v, _) in EXECUTOR_STACK.items()}
+    sources = {k: EXECUTOR + why for k, (_, why) in EXECUTOR_STACK.items()}
+    fitted_later = {"elementwise_traffic": 1.0, "dp_step_overhead_s": 0.0,
+                    "fsdp_unit_overhead_s": 0.0, "tp_block_overhead_s": 0.0,
+                    "sp_block_overhead_s": 0.0, "pp_microbatch_overhead_s": 0.0}
+    sources.update({k: how + "; fitted to probe steps" for k in fitted_later})
+    return {"name": f"{name}-stack", "description": "paraplan's executor (PyTorch, gloo) on "
+            "this machine, as calibrated", **fields, **fitted_later,
+            "grad_bucket_bytes": 25 * 2**20, "framework_memory_bytes": 0,
+            "optimizer_tensor_overhead_s": optimizer_tensor_overhead_s,
+            "sources": {**sources, "optimizer_tensor_overhead_s": how, **UNMEASURED}}
 
 
 def profile_dict(raw: dict, name: str) -> dict[str, Any]:
@@ -147,18 +181,13 @@ def profile_dict(raw: dict, name: str) -> dict[str, Any]:
                        "call_latency_s": link["call_latency_s"],
                        "efficiency": link["efficiency"]},
         "inter_node": None,
-        "software": {"flash_attention": True, "grad_overlap": False, "pool_nics": True,
-                     "zero_impl": "fsdp2", "cp_impl": "all_gather", "activation_layout": "eager",
-                     "framework_memory_bytes": 0,
-                     "optimizer_tensor_overhead_s": c["optimizer_tensor_overhead_s"]},
-        "sources": {**{k: how for k in (
+        "stack": stack_dict(name, c["optimizer_tensor_overhead_s"], how),
+        "sources": {k: how for k in (
             "gpus_per_node", "intra_node.bandwidth_GBps", "intra_node.latency_s",
-            "intra_node.call_latency_s", "intra_node.efficiency",
-            "software.optimizer_tensor_overhead_s")}, **UNMEASURED},
-        "notes": ["Calibrated profile: compute, memory and link numbers are this machine's. "
-                  "grad_overlap is false: on CPU the gloo threads share the cores with compute. "
-                  "zero_impl, cp_impl and activation_layout are the executor's (FSDP2, "
-                  "all-gather context parallelism, eager PyTorch ops)."]}
+            "intra_node.call_latency_s", "intra_node.efficiency")},
+        "notes": ["Calibrated profile: compute, memory and link numbers are this machine's; its "
+                  "`stack` is the executor's own (FSDP2, all-gather context parallelism, eager "
+                  "PyTorch ops, no overlap on shared cores)."]}
 
 
 def fit_linear(predict: Callable[[list[float]], list[float]], start: list[float],

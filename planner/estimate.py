@@ -8,7 +8,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Callable
 
 from planner.hardware import load_cluster
-from planner.money import Estimate, Option, best_option, current_stack
+from planner.money import Estimate, Option, best_option
+from planner.stack import Stack, load_stack
 from planner.schema import InputError
 from planner.transformer import TransformerSpec
 
@@ -47,11 +48,14 @@ def check_inputs(cluster_names: list[str], sizes: list[int] | None, precision: s
 
 def estimate(spec: TransformerSpec, cluster_names: list[str], tokens: float, global_batch: int,
              sizes: list[int] | None = None, deadline_days: float | None = None,
-             rents: dict[str, float] | None = None, stack: str = "profile",
+             rents: dict[str, float] | None = None, stack: "str | Stack | None" = None,
              precision: str = "bf16", progress: Callable[[str], None] | None = None,
              workers: int | None = None, max_gpus: int = MAX_GPUS) -> Estimate:
     """Options for every GPU type (one process per GPU type, up to `workers` at once)."""
     check_inputs(cluster_names, sizes, precision)
+    # Resolved once, so a bad name or file fails before any work; None: each profile's own
+    # stack, else the default (planner.hardware.load_cluster).
+    stack = load_stack(stack) if stack is not None else None
     jobs = [(spec, name, tokens, global_batch, sizes, deadline_days, (rents or {}).get(name),
              stack, precision, max_gpus) for name in cluster_names]
     workers = min(len(jobs), workers or os.cpu_count() or 1)
@@ -77,11 +81,10 @@ def estimate(spec: TransformerSpec, cluster_names: list[str], tokens: float, glo
 
 def _one_gpu(spec: TransformerSpec, name: str, tokens: float, global_batch: int,
              sizes: list[int] | None, deadline_days: float | None, rent: float | None,
-             stack: str, precision: str, max_gpus: int) -> tuple[list[Option], Option | None]:
+             stack: Stack | None, precision: str,
+             max_gpus: int) -> tuple[list[Option], Option | None]:
     """The smallest fitting cluster and the options at the wanted sizes for one GPU type."""
-    base = load_cluster(name)
-    if stack == "current":
-        base = current_stack(base)
+    base = load_cluster(name, stack=stack)
     if rent is None and base.prices is not None:
         rent = base.prices.rent_per_gpu_hour_usd
 

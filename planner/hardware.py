@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from planner.schema import FrozenModel, InputError, read_json, validate_as
+from planner.stack import DEFAULT_STACK, Stack, load_stack
 
 Precision = Literal["bf16", "fp16", "fp8", "fp32"]
 PRECISIONS: tuple[str, ...] = ("bf16", "fp16", "fp8", "fp32")
@@ -155,62 +156,6 @@ class InterNodeLink(_Tier):
     """Per-NIC bandwidth per direction, 1e9 bytes/s (a 200 Gb/s NIC is 25 GB/s)."""
 
 
-class Software(FrozenModel):
-    """What the training stack does, where it changes time or memory (not hardware numbers)."""
-
-    flash_attention: bool = True
-    """Fused attention (FlashAttention): no s x s score matrix in HBM, causal blocks skipped.
-    False models an unfused softmax as in Megatron-LM 2021."""
-    grad_overlap: bool = True
-    """Data-parallel gradient reduction overlaps the last micro-batch's backward (PyTorch DDP
-    buckets, Megatron overlap-grad-reduce)."""
-    grad_bucket_bytes: int = Field(default=25 * 2**20, gt=0)
-    """Gradient bucket size; the last bucket's reduction cannot overlap."""
-    pool_nics: bool = True
-    """Collectives across nodes spread a node's traffic over all its NICs (NCCL rings with one
-    channel per NIC). False: each GPU gets only its own NIC's share of the node's bandwidth."""
-    zero_impl: Literal["fsdp2", "deepspeed"] = "fsdp2"
-    """How ZeRO runs. `fsdp2` (PyTorch FSDP2, as the executor): every stage >= 1 keeps weights,
-    gradients and optimizer state sharded at rest and gathers weights per block for the step
-    (stages 1-2 keep them gathered through the step, stage 3 re-gathers for backward with the
-    next block prefetched); gradients reduce-scatter per block, and re-gather for the recomputed
-    forward is not needed. `deepspeed` (ZeRO as in 2021, Rajbhandari et al. 2020 semantics):
-    stage 1 shards optimizer state, 2 also gradients, 3 also weights, gathered one tensor at a
-    time, and gathered again for the recomputed forward."""
-    cp_impl: Literal["ring", "all_gather"] = "ring"
-    """Context parallelism: `ring` passes K/V chunks between neighbours behind the attention
-    compute (Megatron-LM); `all_gather` gathers K/V before attention and reduce-scatters their
-    gradients after, exposed (Llama 3; the executor)."""
-    elementwise_traffic: float = Field(default=1.0, gt=0)
-    """Multiplier on the modelled element-wise HBM traffic of a block (norms, residuals,
-    activation): 1 for fused kernels (Megatron-LM, Transformer Engine); eager PyTorch makes
-    several passes per op (rotary embedding, head reshapes, separate casts)."""
-    activation_layout: Literal["fused", "eager"] = "fused"
-    """Which tensors a block saves for backward: 'fused' counts Megatron-LM's kernels
-    (Korthikanti et al. 2022, section 4); 'eager' counts this project's executor in plain
-    PyTorch ops (planner/cost/eager_activations.py), as calibrated CPU profiles use."""
-    dp_step_overhead_s: float = Field(default=0.0, ge=0)
-    """Framework time per step of data-parallel gradient sync beyond its collectives (hooks,
-    bucket copies); calibrated on CPU, 0 in the GPU presets."""
-    fsdp_unit_overhead_s: float = Field(default=0.0, ge=0)
-    """Framework time per FSDP unit per gather or reduce-scatter beyond the collective (copy-in
-    and copy-out, hooks); calibrated on CPU, 0 in the GPU presets."""
-    tp_block_overhead_s: float = Field(default=0.0, ge=0)
-    """Framework time per tensor-parallel block per micro-batch (DTensor dispatch) beyond its
-    kernels and collectives; calibrated on CPU, 0 in the GPU presets."""
-    sp_block_overhead_s: float = Field(default=0.0, ge=0)
-    """Additional framework time per block per micro-batch with sequence parallelism."""
-    pp_microbatch_overhead_s: float = Field(default=0.0, ge=0)
-    """Framework time per micro-batch per pipeline chunk on the critical path (schedule
-    bookkeeping, send/receive setup); calibrated on CPU, 0 in the GPU presets."""
-    optimizer_tensor_overhead_s: float = Field(default=0.0, ge=0)
-    """Fixed time per parameter tensor per step in the optimizer and gradient clipping (a
-    per-tensor loop; ~0 with fused multi-tensor kernels)."""
-    framework_memory_bytes: int = Field(ge=0)
-    """Fixed per-GPU memory outside the model: runtime context, communication buffers, allocator
-    fragmentation."""
-
-
 class Prices(FrozenModel):
     """List prices in USD with the date each was stated. Prices move fast: check the dates."""
 
@@ -243,8 +188,10 @@ class Cluster(FrozenModel):
     """Fabric inside a node."""
     inter_node: InterNodeLink | None = None
     """Network between nodes; null for a single-node machine."""
-    software: Software
-    """Training-stack behaviour assumed by the cost model."""
+    stack: Stack | None = None
+    """The training stack the cost model plans for (planner/stack.py). Hardware profiles hold
+    none; `load_cluster` binds one (`--stack`, else the profile's own, as a calibrated CPU
+    profile has, else `megatron-core`)."""
     prices: Prices | None = None
     """What the GPUs cost to rent or buy, with dates (sources in `sources`)."""
     sources: dict[str, str] = Field(default_factory=dict)
@@ -308,9 +255,11 @@ def load_gpu(ref: str) -> GPU:
     return validate_as(GPU, read_json(path, f"GPU profile {path}"), f"GPU profile {path}")
 
 
-def load_cluster(ref: str, num_nodes: int | None = None) -> Cluster:
+def load_cluster(ref: str, num_nodes: int | None = None,
+                 stack: "str | Stack | None" = None) -> Cluster:
     """A cluster from a preset name (`dgx_a100_80g`) or a JSON path; `gpu` may name a GPU preset.
-    `num_nodes` overrides the file's node count."""
+    `num_nodes` overrides the file's node count. The cluster comes bound to `stack` (a name,
+    alias, path or Stack), else to the profile's own stack, else to `megatron-core`."""
     path = _resolve(ref, "clusters", "cluster")
     what = f"cluster profile {path}"
     data = read_json(path, what)
@@ -325,4 +274,48 @@ def load_cluster(ref: str, num_nodes: int | None = None) -> Cluster:
         if num_nodes < 1:
             raise InputError(f"--num-nodes must be >= 1, got {num_nodes}")
         data = {**data, "num_nodes": num_nodes}
-    return validate_as(Cluster, data, what)
+    if "software" in data:
+        data = split_legacy_software(data)
+    cluster = validate_as(Cluster, data, what)
+    if stack is not None:
+        return cluster.model_copy(update={"stack": load_stack(stack)})
+    if cluster.stack is None:
+        return cluster.model_copy(update={"stack": load_stack(DEFAULT_STACK)})
+    return cluster
+
+
+# The fields a `software` block of a profile written before stacks existed may lack, and what
+# they meant then (the cost model of that time had none of these behaviours).
+_LEGACY_DEFAULTS = {"tp_comm_overlap": False, "param_gather_overlap": False,
+                    "async_checkpoint": False, "cp_impl": "ring", "activation_layout": "fused",
+                    "grad_bucket_bytes": 25 * 2**20, "elementwise_traffic": 1.0,
+                    "dp_step_overhead_s": 0.0, "fsdp_unit_overhead_s": 0.0,
+                    "tp_block_overhead_s": 0.0, "sp_block_overhead_s": 0.0,
+                    "pp_microbatch_overhead_s": 0.0, "optimizer_tensor_overhead_s": 0.0,
+                    "grad_overlap": True, "pool_nics": True, "zero_impl": "fsdp2"}
+
+
+def split_legacy_software(data: dict) -> dict:
+    """A profile written before stacks (a `software` block inside the cluster, as calibrated CPU
+    profiles and refits were) as a cluster holding its own stack: the block's fields, its
+    `software.*` sources, `flash_attention` read as the attention kernel, and the fields the
+    block predates at what they meant then."""
+    data = dict(data)
+    sw = dict(data.pop("software"))
+    sources = dict(data.get("sources", {}))
+    stack_sources = {k.split(".", 1)[1]: sources.pop(k) for k in list(sources)
+                     if k.startswith("software.")}
+    flash = sw.pop("flash_attention", True)
+    sw["attention_kernel"] = "flash_attention_2" if flash else "unfused_softmax"
+    for k, v in _LEGACY_DEFAULTS.items():
+        if k not in sw:
+            sw[k] = v
+            stack_sources.setdefault(k, "not in this profile's software block (written before "
+                                        "stacks); what the cost model of that time assumed")
+    if "flash_attention" in stack_sources:
+        stack_sources["attention_kernel"] = stack_sources.pop("flash_attention")
+    sw.setdefault("framework_memory_bytes", 0)
+    data["stack"] = {"name": f"{data.get('name', 'profile')}-stack", **sw,
+                     "sources": stack_sources}
+    data["sources"] = sources
+    return data

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from planner.cost.evaluate import predict
-from planner.hardware import Cluster, Software, load_cluster, preset_names
+from planner.hardware import Cluster, load_cluster, preset_names
 from planner.plan import Plan
 from planner.schema import InputError
 from planner.search.search import search
@@ -57,27 +57,6 @@ def clusters_for(gpus: list[str]) -> list[str]:
                              + f"; accepted: {accepted} (or a cluster preset name)")
         out.append(hits[0])
     return out
-
-
-# What a software field becomes under `--stack current`: the code default, not a measurement.
-CURRENT_STACK_SOURCE = ("--stack current: the default of planner.hardware.Software (a current "
-                        "stack: FlashAttention, overlapped gradient reduction, FSDP2, pooled "
-                        "NICs), not this profile's own value; not measured on this cluster")
-KEPT_SOFTWARE = ("framework_memory_bytes", "grad_bucket_bytes")
-
-
-def current_stack(cluster: Cluster) -> Cluster:
-    """The cluster with the current-stack defaults of `Software` (FlashAttention, overlapped
-    gradient reduction, pooled NICs, FSDP2), keeping its framework-memory and gradient-bucket
-    figures and their sources; every replaced field's source says it is a code default."""
-    d = cluster.model_dump()
-    d["software"] = Software(**{k: d["software"][k] for k in KEPT_SOFTWARE}).model_dump()
-    sources = {k: v for k, v in d["sources"].items()
-               if not k.startswith("software.") or k.split(".", 1)[1] in KEPT_SOFTWARE}
-    sources.update({f"software.{k}": CURRENT_STACK_SOURCE for k in d["software"]
-                    if k not in KEPT_SOFTWARE})
-    d["sources"] = sources
-    return Cluster.model_validate(d)
 
 
 @dataclass

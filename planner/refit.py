@@ -56,13 +56,13 @@ class Field:
 FIELDS: tuple[Field, ...] = (
     Field("gpu.kernel_overhead_s"),
     Field("gpu.gemm_sustained_fraction", inverse=True, low=1e-3, high=1.0),
-    Field("software.elementwise_traffic", low=1e-3),
-    Field("software.optimizer_tensor_overhead_s"),
-    Field("software.dp_step_overhead_s"),
-    Field("software.fsdp_unit_overhead_s"),
-    Field("software.tp_block_overhead_s"),
-    Field("software.sp_block_overhead_s"),
-    Field("software.pp_microbatch_overhead_s"),
+    Field("stack.elementwise_traffic", low=1e-3),
+    Field("stack.optimizer_tensor_overhead_s"),
+    Field("stack.dp_step_overhead_s"),
+    Field("stack.fsdp_unit_overhead_s"),
+    Field("stack.tp_block_overhead_s"),
+    Field("stack.sp_block_overhead_s"),
+    Field("stack.pp_microbatch_overhead_s"),
     Field("intra_node.latency_s"),
     Field("intra_node.call_latency_s"),
     Field("intra_node.bandwidth_GBps", inverse=True, low=1e-6),
@@ -270,6 +270,8 @@ def _annotate(fitted: dict, moved: list[Field], runs: list[Run], report: dict) -
                 f"({', '.join(files)}) on {today}; was {was:.6g}")
         if f.path.startswith("gpu."):
             fitted["gpu"]["sources"][f.path.removeprefix("gpu.")] = text
+        elif f.path.startswith("stack."):
+            fitted["stack"]["sources"][f.path.removeprefix("stack.")] = text
         else:
             fitted["sources"][f.path] = text
     b, a = report["before"], report["after"]

@@ -11,7 +11,7 @@ communicate at once (every dp group reduces gradients together), so an uplink is
 ring of that kind that leaves the node: a dp group with one GPU per node gets one NIC's share
 (uplink / 8 on a DGX), a group with all 8 GPUs of a node on it pools the whole uplink. That is the
 "bounded by the NICs it shares" rule of DESIGN.md, counted rather than assumed. Where the
-profile's `software.pool_nics` is false, every GPU is held to its own NIC share instead.
+stack's `pool_nics` is false, every GPU is held to its own NIC share instead.
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ class Topology:
         inter = self.cluster.inter_node
         assert inter is not None, "crossing nodes needs an inter-node network"
         up = next(e for e in self._inter_path if e["tier"] == "inter_node")
-        if not self.cluster.software.pool_nics:
+        if not self.cluster.stack.pool_nics:
             # Each GPU's traffic leaves through its own share of the NICs.
             flows_per_uplink = max(flows_per_uplink, self.cluster.gpus_per_node)
         bw_inter = up["bandwidth_GBps"] / max(1, flows_per_uplink)

@@ -15,12 +15,13 @@ def gpt3_175b() -> TransformerSpec:
 
 @pytest.fixture(scope="session")
 def selene_1024() -> Cluster:
-    """128 DGX A100 80GB nodes: the 1,024-GPU cluster of Narayanan et al. 2021."""
-    return load_cluster("dgx_a100_80g", num_nodes=128)
+    """128 DGX A100 80GB nodes: the 1,024-GPU cluster of Narayanan et al. 2021, with that
+    paper's stack."""
+    return load_cluster("dgx_a100_80g", num_nodes=128, stack="megatron-lm-2021")
 
 
-def with_software(cluster: Cluster, **changes) -> Cluster:
-    """The cluster with some `software` fields changed (validated)."""
+def with_stack(cluster: Cluster, **changes) -> Cluster:
+    """The cluster with some fields of its bound stack changed (validated)."""
     data = cluster.model_dump()
-    data["software"].update(changes)
+    data["stack"].update(changes)
     return Cluster.model_validate(data)

@@ -184,7 +184,7 @@ def test_quick_calibration_reproduces_what_it_measured(tmp_path):
         "dp_step_overhead_s", "fsdp_unit_overhead_s", "tp_block_overhead_s",
         "sp_block_overhead_s", "pp_microbatch_overhead_s"]
     for p in raw["overhead_probes"]:
-        value = getattr(cluster.software, p["overhead"])
+        value = getattr(cluster.stack, p["overhead"])
         predicted = predict(PROBE, cluster, Plan(**p["plan"]))["step_time_s"]
         if value > 0:
             assert predicted == pytest.approx(p["measured_s"], rel=1e-3), p["overhead"]

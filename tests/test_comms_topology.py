@@ -8,7 +8,7 @@ import pytest
 from planner.cost.comms import Link
 from planner.hardware import load_cluster
 from planner.topology import Topology, rank_groups
-from tests.conftest import with_software
+from tests.conftest import with_stack
 
 
 def _link(cluster, n, tier="intra_node"):
@@ -81,15 +81,15 @@ def test_rank_groups_follow_megatron_order():
 ])
 def test_group_links_on_dgx_a100(layout, kind, tier, bw):
     """With NCCL pooling a node's NICs (as current NCCL does)."""
-    cluster = with_software(load_cluster("dgx_a100_80g", num_nodes=128), pool_nics=True)
+    cluster = load_cluster("dgx_a100_80g", num_nodes=128, stack="megatron-core")
     g = Topology(cluster).links(*layout)[kind]
     assert (g.tier, g.bandwidth_GBps) == (tier, bw)
 
 
 def test_unpooled_nics_hold_every_gpu_to_its_own_nic():
-    """The default A100 profile (2021 stack, docs/accuracy.md): 8 GPUs of a node in one dp group
-    still get one 25 GB/s NIC each; intra-node groups are unaffected."""
-    topo = Topology(load_cluster("dgx_a100_80g", num_nodes=128))
+    """The 2021 stack on A100 (megatron-lm-2021, docs/accuracy.md): 8 GPUs of a node in one dp
+    group still get one 25 GB/s NIC each; intra-node groups are unaffected."""
+    topo = Topology(load_cluster("dgx_a100_80g", num_nodes=128, stack="megatron-lm-2021"))
     assert topo.links(1, 1, 1024, 1, "tp-cp-dp-pp")["dp"].bandwidth_GBps == 25.0
     assert topo.links(8, 1, 128, 1, "tp-cp-dp-pp")["tp"].bandwidth_GBps == 300.0
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import with_software
+from tests.conftest import with_stack
 
 from executor.data import TokenSource
 from executor.local import run_plans
@@ -135,7 +135,7 @@ def _stage_memory(spec_name: str, plan: Plan, cluster, stage: int) -> dict[str, 
     """The planner's bytes by component for one pipeline stage of `plan`."""
     P = PlanArrays.from_plans([plan])
     mem = stage_memory(load_transformer(spec_name), cluster, P, shapes(cluster, P),
-                       cluster.software.flash_attention, np.array([stage]), stage == 0,
+                       cluster.stack.flash_attention, np.array([stage]), stage == 0,
                        stage == plan.pp - 1)
     return {k: float(v[0]) for k, v in mem.items()}
 
@@ -146,7 +146,7 @@ def test_saved_activations_match_eager_model(results, world, key, spec):
     run) against planner/cost/eager_activations.py for its pipeline stage, to 2% or 8 KiB
     (the model leaves out small loss and checkpoint tensors; every block tensor is counted)."""
     plan = Plan(**next(p for k, _, p in JOBS[world] if k == key))
-    cluster = with_software(one_node(world), activation_layout="eager")
+    cluster = with_stack(one_node(world), activation_layout="eager")
     for rank, mem in enumerate(results[world][key]["memory"]):
         stage = stage_index(plan, rank)
         want = _stage_memory(spec, plan, cluster, stage)["activations_bytes"]

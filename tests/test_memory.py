@@ -106,7 +106,7 @@ def test_no_fitting_plan_has_a_stage_over_capacity(gpt3_175b):
     for s in range(int(P.pp.max())):
         has = P.pp > s
         stage = np.full(len(P), s)
-        mem = stage_memory(gpt3_175b, cluster, P, sh, cluster.software.flash_attention, stage,
+        mem = stage_memory(gpt3_175b, cluster, P, sh, cluster.stack.flash_attention, stage,
                            s == 0, P.pp - 1 == s)["peak_bytes"]
         over = has & (mem > cluster.gpu.memory_bytes)
         assert not over.any(), [(plans[i].model_dump(), s, mem[i] / 2**30)

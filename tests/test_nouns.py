@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from planner.hardware import GPU, load_cluster, load_gpu, preset_names
 from planner.plan import Plan
 from planner.schema import InputError, write_json_atomic
+from planner.stack import load_stack, stack_names
 from planner.transformer import TransformerSpec, load_transformer, spec_from_hf_config
 from planner.validity import plan_problems
 
@@ -69,15 +70,20 @@ def _profile_sources_problems(kind: str, name: str) -> list[str]:
     if kind == "gpus":
         gpu = load_gpu(name)
         return _source_problems(gpu.model_dump(), gpu.sources, set())
+    if kind == "stacks":
+        st = load_stack(name)
+        return _source_problems(st.model_dump(), st.sources, set())
     c = load_cluster(name)
     dump = c.model_dump()
     dump.pop("gpu")
+    dump.pop("stack")  # the bound stack is checked as a stack
     return (_source_problems(dump, c.sources, {"num_nodes"})
             + [f"gpu.{p}" for p in _source_problems(c.gpu.model_dump(), c.gpu.sources, set())])
 
 
 @pytest.mark.parametrize("kind,name", [("gpus", n) for n in preset_names("gpus")]
-                         + [("clusters", n) for n in preset_names("clusters")])
+                         + [("clusters", n) for n in preset_names("clusters")]
+                         + [("stacks", n) for n in stack_names()])
 def test_every_profile_number_has_a_source(kind, name):
     problems = _profile_sources_problems(kind, name)
     assert not problems, f"{name}: {problems}"
@@ -95,13 +101,16 @@ def test_source_check_catches_what_it_should():
         gpu, {**sources, "peak_tflops": "x"}, set())
     assert _source_problems(gpu, {**sources, "fp8_gemm_scale": " "}, set()) == [
         "fp8_gemm_scale: no source"]
+    st = load_stack("megatron-core").model_dump()
+    ss = {k: v for k, v in st["sources"].items() if k != "grad_overlap"}
+    assert _source_problems(st, ss, set()) == ["grad_overlap: no source"]  # a boolean
     c = load_cluster("dgx_h100").model_dump()
     c.pop("gpu")
-    cs = {k: v for k, v in c["sources"].items() if k != "software.flash_attention"}
-    assert _source_problems(c, cs, {"num_nodes"}) == ["software.flash_attention: no source"]
+    c.pop("stack")
+    cs = dict(c["sources"])
+    assert _source_problems(c, cs, {"num_nodes"}) == []
     c["intra_node"]["call_latency_s"] = 0.0  # as the code default would fill it in
-    assert _source_problems(c, {**cs, "software.flash_attention": "x",
-                                "intra_node.call_latency_s": ""}, {"num_nodes"}) == [
+    assert _source_problems(c, {**cs, "intra_node.call_latency_s": ""}, {"num_nodes"}) == [
         "intra_node.call_latency_s: no source"]
 
 

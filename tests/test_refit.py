@@ -18,7 +18,7 @@ from planner.search.search import search
 from planner.transformer import load_transformer
 
 TRUTH = {"gpu.kernel_overhead_s": 2e-4, "gpu.gemm_sustained_fraction": 0.6,
-         "software.tp_block_overhead_s": 3e-3, "software.fsdp_unit_overhead_s": 1e-3,
+         "stack.tp_block_overhead_s": 3e-3, "stack.fsdp_unit_overhead_s": 1e-3,
          "intra_node.call_latency_s": 1.5e-3}
 
 
@@ -54,8 +54,8 @@ def test_fit_recovers_the_profile_that_made_the_runs(world):
     cluster = Cluster.model_validate(fitted)
     got = {"gpu.kernel_overhead_s": cluster.gpu.kernel_overhead_s,
            "gpu.gemm_sustained_fraction": cluster.gpu.gemm_sustained_fraction,
-           "software.tp_block_overhead_s": cluster.software.tp_block_overhead_s,
-           "software.fsdp_unit_overhead_s": cluster.software.fsdp_unit_overhead_s,
+           "stack.tp_block_overhead_s": cluster.stack.tp_block_overhead_s,
+           "stack.fsdp_unit_overhead_s": cluster.stack.fsdp_unit_overhead_s,
            "intra_node.call_latency_s": cluster.intra_node.call_latency_s}
     for k, v in TRUTH.items():
         assert got[k] == pytest.approx(v, rel=0.02), k
@@ -72,7 +72,7 @@ def test_report_has_before_after_and_held_out_errors(world):
     assert report["cross_validated"]["mean_abs_pct"] < 1  # noise-free: held-out runs fit too
     assert "refitted by `paraplan calibrate --from-runs`" in fitted["gpu"]["sources"][
         "kernel_overhead_s"]
-    assert "software.tp_block_overhead_s" in fitted["sources"]
+    assert "refitted" in fitted["stack"]["sources"]["tp_block_overhead_s"]
     Cluster.model_validate(fitted)
 
 
@@ -109,8 +109,8 @@ def test_a_field_moves_at_most_max_factor(world):
     """A field with a value stays within MAX_FACTOR of it, however the runs pull."""
     from planner.refit import MAX_FACTOR
     _, runs, start = world
-    far = _with(start, {"software.tp_block_overhead_s": TRUTH["software.tp_block_overhead_s"]
+    far = _with(start, {"stack.tp_block_overhead_s": TRUTH["stack.tp_block_overhead_s"]
                         / 10})
     fitted, _ = fit(far, runs)
-    got = Cluster.model_validate(fitted).software.tp_block_overhead_s
-    assert got == pytest.approx(TRUTH["software.tp_block_overhead_s"] / 10 * MAX_FACTOR)
+    got = Cluster.model_validate(fitted).stack.tp_block_overhead_s
+    assert got == pytest.approx(TRUTH["stack.tp_block_overhead_s"] / 10 * MAX_FACTOR)

@@ -12,7 +12,6 @@ from planner.cli import main
 from planner.commands.common import load_plan_with_meta
 from planner.cost.evaluate import predict
 from planner.hardware import Cluster, load_cluster
-from planner.money import current_stack
 from planner.plan import Plan
 from planner.search.search import REDUNDANT, search
 from planner.search.space import Space, batch_sequences
@@ -28,7 +27,7 @@ def test_fsdp2_search_emits_one_of_zero_stages_1_and_2():
     says why; under DeepSpeed they differ and both stay."""
     spec = load_transformer("llama2-7b")
     h100 = load_cluster("dgx_h100")
-    assert h100.software.zero_impl == "fsdp2"
+    assert h100.stack.zero_impl == "fsdp2"
     twins = [Plan(dp=4, tp=1, pp=2, micro_batch_size=1, global_batch_size=64, zero_stage=z)
              for z in (1, 2)]
     a, b = (predict(spec, h100, p) for p in twins)
@@ -38,7 +37,7 @@ def test_fsdp2_search_emits_one_of_zero_stages_1_and_2():
     assert 1 not in zeros and 2 in zeros
     assert res.pruned[ZERO1] == zeros.count(2)
     assert "stage 2 is kept" in res.examples[ZERO1]
-    a100 = search(spec, load_cluster("dgx_a100_80g"), 64)  # deepspeed: stage 1 is its own plan
+    a100 = search(spec, load_cluster("dgx_a100_80g", stack="deepspeed"), 64)  # stage 1 its own plan
     assert ZERO1 not in a100.pruned
     assert any(a100.plan(i).zero_stage == 1 for i in range(a100.valid))
 
@@ -102,18 +101,6 @@ def test_search_and_estimate_default_to_the_same_batch(tmp_path, monkeypatch, ca
     assert batch_sequences(4 * 2**20, 2**23) == 1
 
 
-def test_current_stack_sources_say_code_default():
-    a100 = load_cluster("dgx_a100_80g")
-    cur = current_stack(a100)
-    assert cur.software.flash_attention and not a100.software.flash_attention
-    for key in ("flash_attention", "grad_overlap", "zero_impl", "pool_nics"):
-        src = cur.sources[f"software.{key}"]
-        assert src != a100.sources.get(f"software.{key}")
-        assert src.startswith("--stack current: the default of planner.hardware.Software")
-    for key in ("framework_memory_bytes", "grad_bucket_bytes"):  # kept values keep their sources
-        assert cur.sources[f"software.{key}"] == a100.sources[f"software.{key}"]
-
-
 def _raw() -> dict:
     """A minimal raw calibration (the shape executor/calibrate.py writes)."""
     gemm = [{"dtype": d, "m": n, "k": n, "n": n, "seconds": n ** 3 * 2e-11}
@@ -134,6 +121,7 @@ def test_calibrated_profile_does_not_claim_unmeasured_numbers():
     must say so, not 'measured by paraplan calibrate'."""
     prof = profile_dict(_raw(), "cpu")
     Cluster.model_validate(prof)
-    for key in ("software.grad_bucket_bytes", "software.framework_memory_bytes"):
-        assert prof["sources"][key].startswith("not measured"), prof["sources"][key]
+    for key in ("grad_bucket_bytes", "framework_memory_bytes"):
+        src = prof["stack"]["sources"][key]
+        assert src.startswith("not measured"), src
     assert prof["sources"]["intra_node.bandwidth_GBps"].startswith("measured by")

@@ -106,7 +106,7 @@ def test_rank_one_bounds_every_middle_rank(layers, pp, vpp, m_mult, sched, recom
                 zero_stage=zero)
     P = PlanArrays.from_plans([plan])
     sh = shapes(CLUSTER, P)
-    flash = CLUSTER.software.flash_attention
+    flash = CLUSTER.stack.flash_attention
     per = [stage_memory(spec, CLUSTER, P, sh, flash, np.array([s]), s == 0, s == pp - 1)
            for s in range(pp)]
     mid = int(heaviest_middle(np.array([pp]))[0])

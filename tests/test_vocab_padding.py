@@ -113,7 +113,7 @@ def test_padded_table_bytes_match_planner(runs):
         for rank, mem in enumerate(got[key]["memory"]):
             s = pipeline_rank(plan, rank)
             want = stage_memory(_spec(name), cluster, P, shapes(cluster, P),
-                                cluster.software.flash_attention, np.array([s]), s == 0,
+                                cluster.stack.flash_attention, np.array([s]), s == 0,
                                 s == plan.pp - 1)
             assert mem["params_bytes"] == int(want["weights_bytes"][0]), (key, rank)
             assert mem["grads_bytes"] == int(want["gradients_bytes"][0]), (key, rank)

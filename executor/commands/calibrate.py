@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     g, link = cluster.gpu, cluster.intra_node
     out.print(f"fp32 peak {g.peak_tflops.fp32 * 1e3:.1f} GFLOP/s, memory "
               f"{g.hbm_bandwidth_GBps:.1f} GB/s, kernel overhead {g.kernel_overhead_s * 1e6:.1f} us, "
-              f"optimizer {cluster.software.optimizer_tensor_overhead_s * 1e6:.0f} us/tensor; link "
+              f"optimizer {cluster.stack.optimizer_tensor_overhead_s * 1e6:.0f} us/tensor; link "
               f"{link.bandwidth_GBps:.2f} GB/s, {link.latency_s * 1e6:.0f} us/step + "
               f"{link.call_latency_s * 1e6:.0f} us/call")
     out.print(f"profile written to [bold]{args.out}[/] (raw measurements: {raw_path})")

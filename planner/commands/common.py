@@ -12,6 +12,7 @@ from rich.console import Console
 from planner.hardware import Cluster, load_cluster
 from planner.plan import Plan
 from planner.schema import InputError, read_json, validate_as
+from planner.stack import DEFAULT_STACK, stack_names
 from planner.transformer import TransformerSpec, load_transformer
 
 GiB = 2**30
@@ -34,11 +35,22 @@ def add_model_args(p: argparse.ArgumentParser, transformer: str | None,
                                                                  if cluster else ""))
     p.add_argument("--num-nodes", "-n", type=int, default=None,
                    help="scale the cluster to this many nodes (default: the profile's)")
+    add_stack_arg(p)
+
+
+def add_stack_arg(p: argparse.ArgumentParser) -> None:
+    """--stack NAME|FILE: the training framework the plan is for."""
+    names = ", ".join(f"{n} ({', '.join(a)})" if a else n for n, a in stack_names().items())
+    p.add_argument("--stack", "-s", default=None, metavar="NAME|FILE",
+                   help=f"training stack: {names}, or a stack JSON (default: the cluster "
+                        f"profile's own stack if it has one, as calibrated CPU profiles do, "
+                        f"else {DEFAULT_STACK})")
 
 
 def load_model_args(args: argparse.Namespace) -> tuple[TransformerSpec, Cluster]:
-    """The spec and cluster named on the command line."""
-    return load_transformer(args.transformer), load_cluster(args.cluster, args.num_nodes)
+    """The spec and cluster named on the command line, the cluster bound to `--stack`."""
+    return load_transformer(args.transformer), load_cluster(args.cluster, args.num_nodes,
+                                                            getattr(args, "stack", None))
 
 
 # Keys a plan file may carry beside the flat plan contract keys: what the plan was searched for

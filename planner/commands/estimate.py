@@ -10,7 +10,8 @@ from pathlib import Path
 
 from rich.table import Table
 
-from planner.commands.common import console
+from planner.commands.common import add_stack_arg, console
+from planner.stack import DEFAULT_STACK
 from planner.cost.flops import model_flops_per_step
 from planner.cost.params import total_params
 from planner.estimate import DEFAULT_GPUS, check_inputs, estimate
@@ -44,10 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--price", action="append", default=[], metavar="GPU=USD",
                    help="override the rent per GPU-hour, e.g. --price h100=2.5 (repeatable)")
     p.add_argument("--prices", help='JSON file {"h100": 2.5, ...} of rent per GPU-hour')
-    p.add_argument("--stack", choices=["profile", "current"], default="profile",
-                   help="software stack: each profile's own (default; the A100 profiles are the "
-                        "validated 2021-22 Megatron stack) or 'current' (FlashAttention, "
-                        "overlapped reduction, FSDP2, pooled NICs) for every GPU")
+    add_stack_arg(p)
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp8", "fp32"])
     p.add_argument("--html", default="estimate.html", help="report path ('-' for none)")
     p.add_argument("--json", action="store_true", help="print the options as JSON")
@@ -106,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     flops = float(model_flops_per_step(spec, [1])[0]) / spec.seq_len * tokens
     intro = (f"{spec.name} ({n_params / 1e9:.2f}B parameters), {tokens / 1e12:.3g}T tokens "
              f"({flops:.3g} model FLOPs), global batch {gbs} x {spec.seq_len} = "
-             f"{gbs * spec.seq_len / 1e6:.2f}M tokens, {args.precision}, {args.stack} stack")
+             f"{gbs * spec.seq_len / 1e6:.2f}M tokens, {args.precision}, {args.stack or DEFAULT_STACK} stack")
     out.print(intro)
     quiet = args.quiet or args.json or not sys.stderr.isatty()
     est = estimate(spec, names, tokens, gbs, sizes, args.deadline_days, rents, args.stack,

@@ -1,4 +1,4 @@
-"""`paraplan presets`: the built-in transformers, GPUs and clusters."""
+"""`paraplan presets`: the built-in transformers, GPUs, clusters and stacks."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from rich.table import Table
 from planner.commands.common import console, gib
 from planner.cost.params import total_params
 from planner.hardware import load_cluster, load_gpu, preset_names
+from planner.stack import DEFAULT_STACK, load_stack, stack_names
 from planner.transformer import load_transformer, transformer_preset_names
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("presets", help="list built-in transformers, GPUs and clusters")
+    p = sub.add_parser("presets", help="list built-in transformers, GPUs, clusters and stacks")
     p.set_defaults(func=run)
 
 
@@ -48,7 +49,20 @@ def run(args: argparse.Namespace) -> int:
                   f"{inter.nics_per_node * inter.nic_bandwidth_GBps:g}" if inter else "-",
                   _rent(cl))
     out.print(c)
+    st = Table(title=f"stacks (--stack; default {DEFAULT_STACK})", title_justify="left")
+    for col in ("name", "aliases", "attention", "TP overlap", "DP overlap", "ZeRO as",
+                "async save"):
+        st.add_column(col)
+    for name, aliases in stack_names().items():
+        k = load_stack(name)
+        st.add_row(name, ", ".join(aliases) or "-", k.attention_kernel, _yes(k.tp_comm_overlap),
+                   _yes(k.grad_overlap), k.zero_impl, _yes(k.async_checkpoint))
+    out.print(st)
     return 0
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
 
 
 def _rent(cluster) -> str:

@@ -99,7 +99,7 @@ def _elementwise(spec: TransformerSpec, gpu: GPU, sh: Shapes, tokens: np.ndarray
 def layer_times(spec: TransformerSpec, gpu: GPU, sh: Shapes, flash: bool,
                 elementwise_traffic: float = 1.0) -> LayerTimes:
     """One block, one micro-batch, one GPU. `elementwise_traffic` scales the element-wise
-    kernels' bytes (profile software.elementwise_traffic)."""
+    kernels' bytes (the stack's elementwise_traffic)."""
     h, kv, f, t = spec.hidden_size, spec.kv_dim, spec.ffn_hidden_size, sh.tp
     tokens = sh.mbs * spec.seq_len / sh.cp
     up = 2 * f if spec.mlp == "swiglu" else f

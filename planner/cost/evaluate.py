@@ -32,7 +32,7 @@ def evaluate(spec: TransformerSpec, cluster: Cluster, topo: Topology,
     links, _ = link_arrays(topo, P)
     sh = shapes(cluster, P)
     out = step_breakdown(spec, cluster, P, sh, links)
-    mem = memory_breakdown(spec, cluster, P, sh, cluster.software.flash_attention)
+    mem = memory_breakdown(spec, cluster, P, sh, cluster.stack.flash_attention)
     out.update({f"memory.{k}": v for k, v in mem.items()})
     step = out["step_time_s"]
     n = cluster.num_gpus
@@ -49,7 +49,7 @@ def evaluate(spec: TransformerSpec, cluster: Cluster, topo: Topology,
 def peak_memory(spec: TransformerSpec, cluster: Cluster, P: PlanArrays) -> np.ndarray:
     """Peak bytes per GPU only (the search's cheap first pass, same function as evaluate's)."""
     sh = shapes(cluster, P)
-    return memory_breakdown(spec, cluster, P, sh, cluster.software.flash_attention)["peak_bytes"]
+    return memory_breakdown(spec, cluster, P, sh, cluster.stack.flash_attention)["peak_bytes"]
 
 
 def predict(spec: TransformerSpec, cluster: Cluster, plan: Plan,
@@ -62,7 +62,7 @@ def predict(spec: TransformerSpec, cluster: Cluster, plan: Plan,
     P = PlanArrays.from_plans([plan])
     r = {k: v[0] for k, v in evaluate(spec, cluster, topo, P).items()}
     _, layouts = link_arrays(topo, P)
-    sh, flash = shapes(cluster, P), cluster.software.flash_attention
+    sh, flash = shapes(cluster, P), cluster.stack.flash_attention
 
     def whole(comp: dict[str, np.ndarray]) -> dict[str, int]:
         return {k: int(round(float(v[0]))) for k, v in comp.items()}
@@ -76,6 +76,7 @@ def predict(spec: TransformerSpec, cluster: Cluster, plan: Plan,
     return {
         "transformer": spec.name,
         "cluster": cluster.name,
+        "stack": cluster.stack.name,
         "num_gpus": cluster.num_gpus,
         "plan": plan.to_json_dict(),
         "step_time_s": float(r["step_time_s"]),

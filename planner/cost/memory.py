@@ -55,7 +55,7 @@ def layer_activation_bytes(spec: TransformerSpec, sh: Shapes, recompute: np.ndar
 def zero3_gather_unit(spec: TransformerSpec, cluster: Cluster, sh: Shapes) -> np.ndarray:
     """Parameters gathered at once per rank under ZeRO-3: a whole block (FSDP2) or the largest
     weight matrix (DeepSpeed's per-tensor gathers)."""
-    if cluster.software.zero_impl == "fsdp2":
+    if cluster.stack.zero_impl == "fsdp2":
         return layer_params_per_rank(spec, sh.tp)
     h, f = spec.hidden_size, spec.ffn_hidden_size
     largest = max(h * (h + 2 * spec.kv_dim), h * f * (2 if spec.mlp == "swiglu" else 1))
@@ -94,7 +94,7 @@ def zero_buffers(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Sha
     wb = np.where(P.precision == 3, 4.0, 2.0)
     unit = zero3_gather_unit(spec, cluster, sh)
     active = (P.zero >= 1) & (P.dp * P.cp > 1)
-    if cluster.software.zero_impl == "fsdp2":
+    if cluster.stack.zero_impl == "fsdp2":
         # Gradients accumulate unsharded until the last micro-batch (pipelining and the
         # executor skip reduce-scatter in between); with one micro-batch, one block's at a time.
         grads = np.where((P.micro_batches > 1) | (P.pp > 1), params, unit) * wb
@@ -113,7 +113,7 @@ def _activations(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Sha
     n_act = _in_flight(P, stage)
     heads = np.where(P.schedule == S_GPIPE, P.micro_batches, 1)  # micro-batches past the loss
     logits = tokens * padded_vocab(spec, sh.tp) / sh.tp
-    if cluster.software.activation_layout == "eager":
+    if cluster.stack.activation_layout == "eager":
         stored, full = eager_block_bytes(spec, sh, P.recompute)
         saved = (n_act * layers * stored + np.where(first, n_act * eager_first_bytes(spec, sh), 0.0)
                  + np.where(last, heads * eager_last_bytes(spec, sh), 0.0))
@@ -134,15 +134,15 @@ def stage_memory(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Sha
     `first`, the head if `last`), plus `peak_bytes`."""
     layers = rank_layers(spec.num_layers, P.pp, P.vpp, stage)
     params = stage_params_per_rank(spec, sh.tp, layers, first, last)
-    state = model_state_bytes(P, params, cluster.software.zero_impl)
+    state = model_state_bytes(P, params, cluster.stack.zero_impl)
     act, transient = _activations(spec, cluster, P, sh, flash, stage, layers, first, last)
     e, tokens = sh.act_bytes, sh.mbs * spec.seq_len / sh.cp
     bufs = (zero_buffers(spec, cluster, P, sh, params)
-            + np.where((P.dp * P.cp > 1) & (P.zero == 0), 2.0 * cluster.software.grad_bucket_bytes,
+            + np.where((P.dp * P.cp > 1) & (P.zero == 0), 2.0 * cluster.stack.grad_bucket_bytes,
                        0.0)
             + np.where(P.pp > 1, 2 * e * tokens * spec.hidden_size / sh.tp, 0.0))  # p2p buffers
     comp = {**state, "activations_bytes": act, "transient_bytes": transient, "buffers_bytes": bufs,
-            "framework_bytes": np.full(len(P), float(cluster.software.framework_memory_bytes))}
+            "framework_bytes": np.full(len(P), float(cluster.stack.framework_memory_bytes))}
     comp["peak_bytes"] = sum(comp.values())
     return comp
 

@@ -41,14 +41,14 @@ def shapes(cluster: Cluster, P: PlanArrays) -> Shapes:
 def _per_layer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
                links: dict[str, Link]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """category -> (forward, backward incl. recompute) seconds of one block, one micro-batch."""
-    flash = cluster.software.flash_attention
-    lt = layer_times(spec, cluster.gpu, sh, flash, cluster.software.elementwise_traffic)
+    flash = cluster.stack.flash_attention
+    lt = layer_times(spec, cluster.gpu, sh, flash, cluster.stack.elementwise_traffic)
     full, sel = P.recompute == R_FULL, P.recompute == R_SELECTIVE
     recompute = np.where(full, lt.fwd, np.where(sel, lt.attn_fwd, 0.0))
     tokens = sh.mbs * spec.seq_len / sh.cp
     # TP: two all-reduces (or all-gather + reduce-scatter with SP, same volume) per direction
     # (Shoeybi et al. 2019, Fig. 4; Korthikanti et al. 2022, Fig. 5); full recompute repeats them.
-    sw = cluster.software
+    sw = cluster.stack
     ar = 2 * links["tp"].all_reduce(sh.act_bytes * tokens * spec.hidden_size)
     # Framework time of a tensor-parallel block (calibrated; 0 on GPU presets), split like its
     # compute: a third forward, two thirds backward.
@@ -144,7 +144,7 @@ def _dp_exposed(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shap
     """Gradient reduction (and ZeRO-1/2 parameter all-gather) not hidden behind backward."""
     params = _stage_params(spec, P, sh)
     g = params * np.where(P.precision == 3, 4.0, 2.0)
-    link, sw = links["dpcp"], cluster.software
+    link, sw = links["dpcp"], cluster.stack
     if sw.zero_impl == "fsdp2":
         fsdp = fsdp2_exposed(spec, cluster, P, sh, link, window)
     else:
@@ -177,7 +177,7 @@ def _optimizer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shape
     small = (links["tp"].all_reduce(scalar) + np.where(sharded, links["dpcp"].all_reduce(
         scalar), 0.0) + 2 * links["pp"].all_reduce(scalar) + links["dpcp"].all_reduce(scalar))
     return (memory_time(cluster.gpu, params * per_param)
-            + tensors * cluster.software.optimizer_tensor_overhead_s + small)
+            + tensors * cluster.stack.optimizer_tensor_overhead_s + small)
 
 
 def step_breakdown(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
@@ -188,7 +188,7 @@ def step_breakdown(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: S
     msg = sh.act_bytes * sh.mbs * spec.seq_len / sh.cp * spec.hidden_size / sh.tp
     slots = m * v + P.pp - 1  # chunk slots on the critical path
     pp_comm = np.where(P.pp > 1, (2 * links["pp"].p2p(msg)
-                                  + cluster.software.pp_microbatch_overhead_s) * slots, 0.0)
+                                  + cluster.stack.pp_microbatch_overhead_s) * slots, 0.0)
     out = {
         "compute_s": m * st["max_compute"],
         "tp_comm_s": m * st["max_tp"],

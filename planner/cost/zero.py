@@ -5,7 +5,7 @@ before its first forward of the step; stage 3 frees them after each forward and 
 for each micro-batch's backward; gradients are reduce-scattered per unit once, after the last
 micro-batch (torch.distributed.pipelining and the executor defer the sync), so a unit's weights
 stay gathered from its backward to the end of the step. Where the stack overlaps communication
-with compute (software.grad_overlap), each unit's gather hides behind the previous unit's compute
+with compute (stack.grad_overlap), each unit's gather hides behind the previous unit's compute
 and the reduce-scatters behind the last backward; otherwise every call is exposed.
 """
 
@@ -33,12 +33,12 @@ def fsdp2_exposed(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Sh
     ag_root, rs_root = link.all_gather(root), link.reduce_scatter(root)
     gathers = np.where(P.zero >= 3, 1 + P.micro_batches, 1)  # per block per step
     calls = gathers * (layers + 1) + layers + 1
-    framework = calls * cluster.software.fsdp_unit_overhead_s  # calibrated; 0 on GPU presets
-    if not cluster.software.grad_overlap:
+    framework = calls * cluster.stack.fsdp_unit_overhead_s  # calibrated; 0 on GPU presets
+    if not cluster.stack.grad_overlap:
         return (gathers * (layers * ag_block + ag_root) + layers * rs_block + rs_root
                 + framework)
-    lt = layer_times(spec, cluster.gpu, sh, cluster.software.flash_attention,
-                     cluster.software.elementwise_traffic)
+    lt = layer_times(spec, cluster.gpu, sh, cluster.stack.flash_attention,
+                     cluster.stack.elementwise_traffic)
     first = ag_root + layers * np.maximum(0.0, ag_block - lt.fwd)  # prefetch behind forward
     again = np.where(P.zero >= 3, P.micro_batches * layers * np.maximum(0.0, ag_block - lt.bwd),
                      0.0)

@@ -27,7 +27,7 @@ REDUNDANT = {
                          "one stage: both schedules run the micro-batches back to back"),
     "zero1_under_fsdp2": (
         "ZeRO stage 1 under FSDP2 (same plan as stage 2)",
-        "software.zero_impl fsdp2 shards weights, gradients and optimizer state at stage 1 "
+        "stack.zero_impl fsdp2 shards weights, gradients and optimizer state at stage 1 "
         "as at stage 2 (fully_shard, reshard_after_forward=False: executor/parallel/data.py); "
         "stage 2 is kept"),
 }
@@ -69,7 +69,7 @@ def _prune(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, counts: dict[
     masks = invalid_masks(spec, cluster, P)
     masks["zero_without_dp"] = (P.zero > 0) & (P.dp * P.cp == 1)
     masks["gpipe_without_pp"] = (P.schedule == S_GPIPE) & (P.pp == 1)
-    masks["zero1_under_fsdp2"] = (P.zero == 1) & (cluster.software.zero_impl == "fsdp2")
+    masks["zero1_under_fsdp2"] = (P.zero == 1) & (cluster.stack.zero_impl == "fsdp2")
     bad = np.zeros(len(P), dtype=bool)
     checks = {c.key: c for c in CHECKS}
     for key, mask in masks.items():

@@ -23,6 +23,7 @@ from planner.cost.evaluate import predict
 from planner.hardware import Cluster, load_cluster
 from planner.plan import Plan
 from planner.schema import InputError, read_json, validate_as
+from planner.stack import DEFAULT_STACK, Stack, stack_for_framework
 from planner.transformer import TransformerSpec
 
 GiB = 2**30
@@ -41,8 +42,9 @@ class PublishedRun(BaseModel):
     framework: str = ""
     """The training software the run was measured on, as the shared validation files name it
     (`megatron-lm-2021`, `deepspeed`, `megatron-core`, `torchtitan`, `fsdp`, or `other:<name>`;
-    ../shared/validation/README.md, "Every run's `framework`"); "" where a file does not say.
-    Recorded only: predictions do not use it yet."""
+    ../shared/validation/README.md, "Every run's `framework`"); it names the stack the run is
+    predicted with (planner.stack.stack_for_framework); "" where a file does not say, which is
+    predicted with the default stack."""
     transformer: TransformerSpec
     """Model shape."""
     cluster: str = Field(min_length=1)
@@ -91,13 +93,18 @@ class Comparison:
         return self.prediction["memory"]["peak_bytes"] / GiB / self.run.measured_peak_memory_gib - 1
 
 
-def compare(runs: list[PublishedRun],
-            adjust: Callable[[Cluster], Cluster] | None = None) -> list[Comparison]:
-    """Predict every run with the default profile of its cluster (`adjust` rewrites the profile,
-    for ablations)."""
+def run_stack(run: PublishedRun) -> str:
+    """The stack a run is predicted with: the one its `framework` names."""
+    return stack_for_framework(run.framework) if run.framework else DEFAULT_STACK
+
+
+def compare(runs: list[PublishedRun], adjust: Callable[[Cluster], Cluster] | None = None,
+            stack: "str | Stack | None" = None) -> list[Comparison]:
+    """Predict every run with the default profile of its cluster and the stack its framework
+    names (or `stack` for all; `adjust` rewrites the bound profile, for ablations)."""
     out = []
     for run in runs:
-        cluster = load_cluster(run.cluster, run.num_nodes)
+        cluster = load_cluster(run.cluster, run.num_nodes, stack or run_stack(run))
         if adjust:
             cluster = adjust(cluster)
         out.append(Comparison(run, predict(run.transformer, cluster, run.plan)))

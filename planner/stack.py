@@ -1,0 +1,163 @@
+"""`Stack`: the training framework's behaviour, the fourth noun (DESIGN.md). Hardware lives in
+`Cluster` (planner/hardware.py); what the software does with it lives here, one JSON file per
+framework in hardware_profiles/stacks/ with a source for every field.
+
+Built-in names (fixed; other tools depend on them): `megatron-lm-2021`, `megatron-core` (aliases
+`nemo`, `megatron-bridge`), `torchtitan`, `fsdp` (aliases `llm-foundry`, `composer`,
+`hf-accelerate`), `deepspeed` (alias `megatron-deepspeed`). The default is `megatron-core`.
+A calibrated CPU profile carries a stack of its own (its `stack` block), measured with it.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from planner.schema import FrozenModel, InputError, read_json, validate_as
+
+DEFAULT_STACK = "megatron-core"
+ATTENTION_KERNELS = ("unfused_softmax", "flash_attention_2", "flash_attention_3", "cudnn", "sdpa")
+
+
+class Stack(FrozenModel):
+    """What the training stack does, where it changes time or memory (no hardware numbers)."""
+
+    name: str = Field(min_length=1)
+    """The stack's name, e.g. `megatron-core`."""
+    aliases: list[str] = Field(default_factory=list)
+    """Other names users give the same framework (NeMo runs Megatron-Core)."""
+    description: str = ""
+    """The framework and version this file describes."""
+    attention_kernel: Literal["unfused_softmax", "flash_attention_2", "flash_attention_3",
+                              "cudnn", "sdpa"]
+    """Attention implementation. `unfused_softmax`: the s x s scores through HBM (Megatron-LM
+    2021's fused scale-mask-softmax); the others are fused (no s x s matrix in HBM, causal
+    blocks skipped), timed at the GPU profile's `attention_efficiency`; `sdpa` is torch's
+    scaled_dot_product_attention as the executor calls it (calibrated CPU stacks)."""
+    tp_comm_overlap: bool
+    """Tensor-parallel collectives overlap the block's GEMMs (Megatron-Core `tp_comm_overlap`
+    with userbuffers; torchtitan async TP): exposed TP time is what the GEMMs cannot hide."""
+    grad_overlap: bool
+    """Data-parallel gradient reduction overlaps the last micro-batch's backward (PyTorch DDP
+    buckets, Megatron overlap-grad-reduce, FSDP reduce-scatter per unit)."""
+    param_gather_overlap: bool
+    """With a sharded optimizer (ZeRO-1/2, Megatron's distributed optimizer), the parameter
+    all-gather after the step overlaps the next forward (Megatron `overlap_param_gather`)."""
+    grad_bucket_bytes: int = Field(gt=0)
+    """Gradient bucket size; the last bucket's reduction cannot overlap."""
+    pool_nics: bool
+    """Collectives across nodes spread a node's traffic over all its NICs (NCCL rings with one
+    channel per NIC). False: each GPU gets only its own NIC's share of the node's bandwidth."""
+    zero_impl: Literal["fsdp2", "deepspeed"]
+    """How ZeRO runs. `fsdp2` (PyTorch FSDP2, as the executor): every stage >= 1 keeps weights,
+    gradients and optimizer state sharded at rest and gathers weights per block for the step
+    (stages 1-2 keep them gathered through the step, stage 3 re-gathers for backward with the
+    next block prefetched); gradients reduce-scatter per block. `deepspeed` (ZeRO as in 2021,
+    Rajbhandari et al. 2020 semantics, also Megatron's distributed optimizer at stage 1):
+    stage 1 shards optimizer state, 2 also gradients, 3 also weights, gathered one tensor at a
+    time, and gathered again for the recomputed forward."""
+    cp_impl: Literal["ring", "all_gather"]
+    """Context parallelism: `ring` passes K/V chunks between neighbours behind the attention
+    compute (Megatron-LM); `all_gather` gathers K/V before attention and reduce-scatters their
+    gradients after, exposed (Llama 3; the executor)."""
+    elementwise_traffic: float = Field(gt=0)
+    """Multiplier on the modelled element-wise HBM traffic of a block (norms, residuals,
+    activation): 1 for fused kernels (Megatron-LM, Transformer Engine); eager PyTorch makes
+    several passes per op (rotary embedding, head reshapes, separate casts)."""
+    activation_layout: Literal["fused", "eager"]
+    """Which tensors a block saves for backward: 'fused' counts Megatron-LM's kernels
+    (Korthikanti et al. 2022, section 4); 'eager' counts this project's executor in plain
+    PyTorch ops (planner/cost/eager_activations.py), as calibrated CPU profiles use."""
+    dp_step_overhead_s: float = Field(ge=0)
+    """Framework time per step of data-parallel gradient sync beyond its collectives (hooks,
+    bucket copies); calibrated on CPU."""
+    fsdp_unit_overhead_s: float = Field(ge=0)
+    """Framework time per FSDP unit per gather or reduce-scatter beyond the collective (copy-in
+    and copy-out, hooks); calibrated on CPU."""
+    tp_block_overhead_s: float = Field(ge=0)
+    """Framework time per tensor-parallel block per micro-batch (DTensor dispatch) beyond its
+    kernels and collectives; calibrated on CPU."""
+    sp_block_overhead_s: float = Field(ge=0)
+    """Additional framework time per block per micro-batch with sequence parallelism."""
+    pp_microbatch_overhead_s: float = Field(ge=0)
+    """Framework time per micro-batch per pipeline chunk on the critical path (schedule
+    bookkeeping, send/receive setup); calibrated on CPU."""
+    optimizer_tensor_overhead_s: float = Field(ge=0)
+    """Fixed time per parameter tensor per step in the optimizer and gradient clipping (a
+    per-tensor loop; ~0 with fused multi-tensor kernels)."""
+    framework_memory_bytes: int = Field(ge=0)
+    """Fixed per-GPU memory outside the model: runtime context, communication buffers, allocator
+    fragmentation."""
+    async_checkpoint: bool
+    """Checkpoints are saved asynchronously: training stalls only for the snapshot to host
+    memory and the write to storage runs behind the next steps (Megatron-Core async save,
+    torch.distributed.checkpoint.async_save)."""
+    sources: dict[str, str] = Field(default_factory=dict)
+    """Field name -> where the behaviour or number comes from."""
+    notes: list[str] = Field(default_factory=list)
+    """Caveats."""
+
+    @property
+    def flash_attention(self) -> bool:
+        """Whether attention is fused (no s x s scores in HBM)."""
+        return self.attention_kernel != "unfused_softmax"
+
+
+def _stacks_dir() -> Path:
+    return Path(str(resources.files("hardware_profiles"))) / "stacks"
+
+
+def _files() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(_stacks_dir().glob("*.json"))}
+
+
+def stack_names() -> dict[str, list[str]]:
+    """Built-in stack name -> its aliases."""
+    out = {}
+    for name, path in _files().items():
+        data = read_json(path, f"stack {path}")
+        out[name] = list(data.get("aliases", [])) if isinstance(data, dict) else []
+    return out
+
+
+def _by_name(ref: str) -> Path | None:
+    key = ref.strip().lower()
+    names = stack_names()
+    for name, aliases in names.items():
+        if key == name or key in aliases:
+            return _files()[name]
+    return None
+
+
+def load_stack(ref: "str | Stack") -> Stack:
+    """A stack from a built-in name or alias (`megatron-core`, `nemo`, ...) or a JSON path."""
+    if isinstance(ref, Stack):
+        return ref
+    path = _by_name(ref)
+    if path is None:
+        p = Path(ref)
+        if p.suffix != ".json" and not p.exists():
+            known = ", ".join(f"{n} ({', '.join(a)})" if a else n
+                              for n, a in stack_names().items())
+            raise InputError(f"unknown stack '{ref}'; accepted: {known} (or a path to a "
+                             ".json stack file)")
+        if not p.is_file():
+            raise InputError(f"stack: file not found: {ref}")
+        path = p
+    return validate_as(Stack, read_json(path, f"stack {path}"), f"stack {path}")
+
+
+def stack_for_framework(framework: str) -> str:
+    """The built-in stack a validation run's `framework` names: a stack name or alias, or
+    `other:<fork>` for a fork, planned on its closest stack (`other:flagscale`, a Megatron-LM
+    fork: megatron-core)."""
+    key = framework.strip().lower()
+    if key.startswith("other:"):
+        return DEFAULT_STACK
+    if _by_name(key) is None:
+        raise InputError(f"framework '{framework}' names no stack; accepted: "
+                         f"{', '.join(stack_names())} or other:<fork>")
+    return key
