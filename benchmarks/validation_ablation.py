@@ -15,10 +15,10 @@ from planner.hardware import Cluster
 from planner.validation import compare, load_runs, summary
 
 
-def adjust(software: dict | None = None, fraction: float | None = None) -> Callable:
+def adjust(stack: dict | None = None, fraction: float | None = None) -> Callable:
     def f(c: Cluster) -> Cluster:
         d = c.model_dump()
-        d["stack"].update(software or {})
+        d["stack"].update(stack or {})
         if fraction is not None:
             d["gpu"]["gemm_sustained_fraction"] = fraction
         return Cluster.model_validate(d)
@@ -27,12 +27,12 @@ def adjust(software: dict | None = None, fraction: float | None = None) -> Calla
 
 VARIANTS = [
     ("default profiles", adjust()),
-    ("attention fused (FlashAttention)", adjust({"flash_attention": True})),
+    ("attention fused (FlashAttention)", adjust({"attention_kernel": "flash_attention_2"})),
     ("gradient all-reduce overlapped", adjust({"grad_overlap": True})),
     ("NICs pooled across a node", adjust({"pool_nics": True})),
     ("ZeRO-3 as FSDP2 (no re-gather)", adjust({"zero_impl": "fsdp2"})),
     ("GEMMs at the MAMF curve (fraction 1.0)", adjust(fraction=1.0)),
-    ("all of the above (first model)", adjust({"flash_attention": True, "grad_overlap": True,
+    ("all of the above (first model)", adjust({"attention_kernel": "flash_attention_2", "grad_overlap": True,
                                                "pool_nics": True, "zero_impl": "fsdp2"}, 1.0)),
 ]
 

@@ -16,6 +16,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import socket
 import statistics
 import tempfile
@@ -175,7 +176,53 @@ def bench_comm(world: int, quick: bool) -> dict:
     return out
 
 
-def _worker(rank: int, world: int, threads: int, quick: bool, init: str, out: str) -> None:
+def bench_checkpoint(directory: str, saves: int = 7) -> dict:
+    """The executor's own checkpoint save (executor/checkpoint.py timed_save: model and AdamW
+    state through torch.distributed.checkpoint, progress and `latest` files, barriers) of
+    PROBE cut to 1 and to 5 blocks, data-parallel over every rank, slowest rank per save: two
+    tensor counts, so the fixed and the per-tensor cost the bandwidth misses (DCP's planning,
+    metadata, serialisation per item) can be told apart."""
+    return {"directory": directory, "probes": [
+        _bench_save(PROBE.model_copy(update={"num_layers": n}), directory, saves)
+        for n in (1, 5)]}
+
+
+def _bench_save(spec: TransformerSpec, directory: str, saves: int) -> dict:
+    """Timed saves of `spec` (see bench_checkpoint); rank 0's bytes and tensor count."""
+    from executor.checkpoint import directory_bytes, saved_tensors, timed_save
+    from executor.data import TokenSource
+    from executor.memory import configure_process
+    from executor.mesh import build_mesh
+    from executor.parallelize import parallelize
+    from executor.train import train_steps
+    # The allocator settings of paraplan run's ranks (an mmap per allocation over 64 KiB): they
+    # slow DCP's serialisation buffers, so a save is timed as the run pays it. Last benchmark.
+    configure_process(torch.get_num_threads())
+    world = dist.get_world_size()
+    plan = Plan(dp=world, tp=1, pp=1, micro_batch_size=1, global_batch_size=world,
+                precision="fp32")
+    pm = parallelize(spec, plan, build_mesh(plan, "cpu"), torch.device("cpu"), seed=0)
+    cfg = TrainConfig(steps=1, warmup=0)
+    opt = make_optimizer(pm.parameters(), cfg)
+    train_steps(pm, opt, TokenSource(spec.vocab_size, spec.seq_len, None, 0), cfg, 1, 1)
+    root = Path(directory)
+    seconds, nbytes, tensors = [], 0, 0
+    for i in range(saves + 1):  # the first save (imports, plan caching) is not kept
+        dist.barrier()
+        path, sec = timed_save(pm, opt, i, [], root / f"probe_{i}")
+        dt = torch.tensor([sec], dtype=torch.float64)
+        dist.all_reduce(dt, op=dist.ReduceOp.MAX)
+        if i:
+            seconds.append(float(dt))
+        dist.barrier()
+        if dist.get_rank() == 0:
+            nbytes, tensors = directory_bytes(path), saved_tensors(path)
+            shutil.rmtree(path.parent)
+    return {"layers": spec.num_layers, "bytes": nbytes, "tensors": tensors, "seconds": seconds}
+
+
+def _worker(rank: int, world: int, threads: int, quick: bool, init: str, out: str,
+            checkpoint_dir: str) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world,
@@ -189,6 +236,8 @@ def _worker(rank: int, world: int, threads: int, quick: bool, init: str, out: st
     dist.barrier()
     say("collectives and point-to-point (in a training-like loop) ...")
     raw.update(bench_comm(world, quick))
+    say("checkpoint saves (torch.distributed.checkpoint) ...")
+    raw["checkpoint"] = bench_checkpoint(checkpoint_dir)
     everyone: list = [None] * world
     dist.all_gather_object(everyone, raw)
     if rank == 0:
@@ -196,19 +245,77 @@ def _worker(rank: int, world: int, threads: int, quick: bool, init: str, out: st
     dist.destroy_process_group()
 
 
-def measure(world: int, threads: int, quick: bool = False) -> dict:
-    """Raw measurements of every rank, plus the machine's description."""
+def measure(world: int, threads: int, quick: bool = False,
+            checkpoint_dir: str | Path | None = None) -> dict:
+    """Raw measurements of every rank, plus the machine's description; the checkpoint probe
+    saves under `checkpoint_dir` (default: a temporary directory)."""
     d = tempfile.mkdtemp(prefix="paraplan-calibrate-")
     out = os.path.join(d, "raw.json")
+    ckpt = tempfile.mkdtemp(prefix="paraplan-ckpt-", dir=checkpoint_dir)
     mp.set_forkserver_preload(["executor.calibrate"])  # see executor/local.py
-    mp.start_processes(_worker, args=(world, threads, quick, os.path.join(d, "init"), out),
-                       nprocs=world, start_method="forkserver")
+    try:
+        mp.start_processes(_worker, args=(world, threads, quick, os.path.join(d, "init"), out,
+                                          ckpt), nprocs=world, start_method="forkserver")
+    finally:
+        shutil.rmtree(ckpt, ignore_errors=True)
     raw = json.loads(Path(out).read_text())
     raw.update(world=world, threads=threads, quick=quick, backend="gloo",
                host=socket.gethostname(), cpu=platform.processor() or platform.machine(),
                cores=os.cpu_count(), torch=torch.__version__, probe_spec=PROBE.model_dump(),
                date=datetime.date.today().isoformat(), memory_bytes=_ram_bytes())
     return raw
+
+
+def _checkpoint_worker(rank: int, world: int, init: str, directory: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=120))
+    res = bench_checkpoint(directory)
+    if rank == 0:
+        Path(out).write_text(json.dumps(res))
+    dist.destroy_process_group()
+
+
+def measure_checkpoint_saves(world: int, directory: str | Path) -> dict:
+    """bench_checkpoint alone, in a fresh gloo world of `world` ranks (what calibrate runs)."""
+    d = tempfile.mkdtemp(prefix="paraplan-ckpt-", dir=directory)
+    out = os.path.join(d, "saves.json")
+    mp.start_processes(_checkpoint_worker, args=(world, os.path.join(d, "init"), d, out),
+                       nprocs=world, start_method="fork")
+    res = json.loads(Path(out).read_text())
+    shutil.rmtree(d, ignore_errors=True)
+    return res
+
+
+def measure_write_bandwidth(directory: str | Path, total_bytes: int = 256 * 2**20,
+                            files: int = 4) -> dict:
+    """Durable write bandwidth of the file system under `directory`: `files` files of
+    total_bytes / files each, written and fsync'd one after another (as DCP's FileSystemWriter
+    writes a rank's shard file and fsyncs it), best of two passes; the files are removed.
+    Returns bytes, seconds and write_GBps (1e9 bytes/s)."""
+    root = Path(tempfile.mkdtemp(prefix="paraplan-write-", dir=directory))
+    chunk = os.urandom(4 * 2**20)  # incompressible, so compressing file systems cannot cheat
+    per_file = max(len(chunk), total_bytes // files // len(chunk) * len(chunk))
+    best = float("inf")
+    try:
+        for attempt in range(2):
+            t0 = time.perf_counter()
+            for i in range(files):
+                with open(root / f"w{attempt}_{i}.bin", "wb") as f:
+                    for _ in range(per_file // len(chunk)):
+                        f.write(chunk)
+                    f.flush()
+                    os.fsync(f.fileno())
+            best = min(best, time.perf_counter() - t0)
+            for i in range(files):
+                (root / f"w{attempt}_{i}.bin").unlink()
+    finally:
+        for f in root.glob("*"):
+            f.unlink()
+        root.rmdir()
+    written = per_file * files
+    return {"directory": str(Path(directory).resolve()), "bytes": written, "seconds": best,
+            "write_GBps": written / best / 1e9}
 
 
 def _ram_bytes() -> int:

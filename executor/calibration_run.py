@@ -7,10 +7,10 @@ import statistics
 from pathlib import Path
 from typing import Callable
 
-from executor.calibrate import PROBE, measure
+from executor.calibrate import PROBE, measure, measure_write_bandwidth
 from executor.local import run_plans
 from executor.train import TrainConfig
-from planner.calibration import fit_linear, profile_dict
+from planner.calibration import fit_linear, profile_dict, storage_dict
 from planner.cost.evaluate import predict
 from planner.hardware import Cluster
 from planner.plan import Plan
@@ -75,7 +75,7 @@ def fit_overheads(profile: dict, world: int, threads: int) -> list[dict]:
 
 def calibrate(world: int, threads: int, quick: bool, name: str, out: Path,
               echo: Callable[[str], None] = print) -> tuple[Cluster, Path]:
-    raw = measure(world, threads, quick)
+    raw = measure(world, threads, quick, checkpoint_dir=out.resolve().parent)
     profile = profile_dict(raw, name)
     probes = [Plan(**p["plan"]) for p in raw["ranks"][0]["probe"]]
     measured = [sum(r["probe"][i]["seconds"] for r in raw["ranks"]) / len(raw["ranks"])
@@ -97,6 +97,12 @@ def calibrate(world: int, threads: int, quick: bool, name: str, out: Path,
         "kernel_overhead_s"]
     echo("calibrate: distributed probe steps (framework overheads) ...")
     raw["overhead_probes"] = fit_overheads(profile, world, threads)
+    echo("calibrate: checkpoint write bandwidth (write + fsync) ...")
+    # Measured where the profile is written (paraplan run checkpoints beside it by default).
+    raw["storage"] = measure_write_bandwidth(out.resolve().parent)
+    # rank 0's: the save times are the slowest rank's on every rank, bytes are rank 0's
+    profile["storage"] = storage_dict(raw["storage"], raw["ranks"][0]["checkpoint"], name,
+                                      f"on {raw['host']} on {raw['date']}")
     cluster = validate_as(Cluster, profile, "calibrated profile")
     raw_path = out.with_name(out.stem + ".raw.json")
     write_json_atomic(raw_path, raw)

@@ -5,6 +5,7 @@ newest complete checkpoint and is written last, so a crash mid-save leaves the p
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -24,6 +25,28 @@ def _container(pm: ParallelModel) -> nn.Module:
 def save(pm: ParallelModel, opt: torch.optim.Optimizer, step: int, losses: list[float],
          directory: str | Path) -> Path:
     """Collective: every rank writes its shards; rank 0 then points `latest` at them."""
+    return timed_save(pm, opt, step, losses, directory)[0]
+
+
+def directory_bytes(path: str | Path) -> int:
+    """Bytes of every file under `path` (what a checkpoint wrote)."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def saved_tensors(path: str | Path) -> int:
+    """Tensors (items) a checkpoint holds, from DCP's metadata."""
+    meta = dcp.FileSystemReader(str(path)).read_metadata()
+    return sum(1 for v in meta.state_dict_metadata.values() if hasattr(v, "size"))
+
+
+def timed_save(pm: ParallelModel, opt: torch.optim.Optimizer, step: int, losses: list[float],
+               directory: str | Path) -> tuple[Path, float]:
+    """save(), and the wall seconds this rank spent in it: the stall training sees (the state
+    dict, DCP's planning, the write with fsync (FileSystemWriter sync_files) and the barriers
+    that end the call), counted from a barrier: the skew of the ranks' arrival is the step's,
+    not the save's."""
+    dist.barrier()
+    t0 = time.perf_counter()
     root = Path(directory)
     path = root / f"step_{step:08d}"
     model_sd, optim_sd = get_state_dict(_container(pm), opt)
@@ -34,7 +57,7 @@ def save(pm: ParallelModel, opt: torch.optim.Optimizer, step: int, losses: list[
                                                    "plan": pm.plan.to_json_dict()})
         write_json_atomic(root / "latest.json", {"step": step, "path": path.name})
     dist.barrier()
-    return path
+    return path, time.perf_counter() - t0
 
 
 def load(pm: ParallelModel, opt: torch.optim.Optimizer, directory: str | Path) -> tuple[int,

@@ -66,25 +66,34 @@ def run(job: dict) -> None:
         done, history = checkpoint.load(pm, opt, job["resume"])
         first = done + 1
     last, rank = first + cfg.steps - 1, dist.get_rank()
+    stalls: list[float] = []  # this rank's seconds in each checkpoint save
+    saved: list[Path] = []
 
     def on_step(step: int, loss: float, seconds: float) -> None:
         history.append(loss)
         if rank == 0:
             print(f"step {step}/{last}  loss {loss:.5f}  {seconds:.3f} s", flush=True)
         if job.get("save_every") and step % job["save_every"] == 0:
-            checkpoint.save(pm, opt, step, history, job["checkpoint_dir"])
+            path, seconds = checkpoint.timed_save(pm, opt, step, history, job["checkpoint_dir"])
+            stalls.append(seconds)
+            saved.append(path)
     _, times, mem = train_plan(pm, opt, source, cfg, first, on_step)
     gathered: list = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, (RankMemory(rank=rank, **mem).model_dump(), times))
+    dist.all_gather_object(gathered, (RankMemory(rank=rank, **mem).model_dump(), times, stalls))
     if rank == 0:
-        slowest = timed_steps([ts for _, ts in gathered], cfg.warmup)
+        slowest = timed_steps([ts for _, ts, _ in gathered], cfg.warmup)
+        # a save ends for everyone when its slowest rank is done
+        stall = [max(s[i] for _, _, s in gathered) for i in range(len(stalls))] or None
         step_time = Measurement.median(slowest)
         m = Measurement(
             plan=plan, transformer=spec, world_size=dist.get_world_size(),
             warmup_steps=cfg.warmup, first_step=1,
             losses=history, step_times_s=slowest, step_time_s=step_time,
             tokens_per_s=plan.global_batch_size * spec.seq_len / step_time,
-            memory=[RankMemory(**m) for m, _ in gathered], data=source.name,
+            memory=[RankMemory(**m) for m, _, _ in gathered], data=source.name,
+            checkpoint_stall_s=stall,
+            checkpoint_bytes=checkpoint.directory_bytes(saved[-1]) if saved else None,
+            checkpoint_tensors=checkpoint.saved_tensors(saved[-1]) if saved else None,
             environment=_environment(backend, device), started_at=started, finished_at=_now())
         write_json_atomic(job["result_path"], m.model_dump())
     dist.destroy_process_group()

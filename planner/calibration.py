@@ -155,6 +155,39 @@ def stack_dict(name: str, optimizer_tensor_overhead_s: float, how: str) -> dict[
             "sources": {**sources, "optimizer_tensor_overhead_s": how, **UNMEASURED}}
 
 
+def checkpoint_costs(write: dict, saves: dict) -> tuple[float, float]:
+    """(fixed seconds, seconds per tensor) of a checkpoint save: the line through the two
+    probe saves (executor/calibrate.py bench_checkpoint; median of each) once their bytes at
+    the measured write bandwidth are taken off; both floored at 0."""
+    net = [(p["tensors"], statistics.median(p["seconds"]) - p["bytes"] / (write["write_GBps"] * 1e9))
+           for p in saves["probes"]]
+    (t1, s1), (t2, s2) = net
+    per = max(0.0, (s2 - s1) / (t2 - t1))
+    return max(0.0, s1 - per * t1), per
+
+
+def storage_dict(measured: dict, saves: dict, name: str, when: str) -> dict[str, Any]:
+    """An inline Storage profile (planner.reliability) from measure_write_bandwidth's result
+    (the checkpoint directory's durable write bandwidth on this machine) and the probe saves
+    (the fixed and per-tensor cost of a save)."""
+    fixed, per = checkpoint_costs(measured, saves)
+    fit = (f"fitted by `paraplan calibrate` {when}: a line through the median save time of the "
+           "calibration probe at " + " and ".join(
+               f"{p['tensors']} tensors ({p['bytes'] / 1e6:.2f} MB)" for p in saves["probes"])
+           + ", slowest rank, less the bytes at write_GBps (executor/calibrate.py "
+           "bench_checkpoint)")
+    how = (f"measured by `paraplan calibrate` {when}: {measured['bytes'] / 1e6:.0f} MB written "
+           f"and fsync'd in {measured['seconds']:.3f} s under {measured['directory']} "
+           "(executor/calibrate.py measure_write_bandwidth, best of 2)")
+    return {"name": f"{name}-storage", "description": f"local file system under "
+            f"{measured['directory']}", "write_GBps": measured["write_GBps"],
+            "latency_s": fixed, "per_tensor_s": per, "durable": False,
+            "sources": {"write_GBps": how, "latency_s": fit, "per_tensor_s": fit},
+
+            "notes": ["GB/s = 1e9 bytes per second per node (not Gb/s).",
+                      "One writer; paraplan run's ranks write their shard files at once."]}
+
+
 def profile_dict(raw: dict, name: str) -> dict[str, Any]:
     """The Cluster profile (kernel_overhead_s still 0: see fit_kernel_overhead), with sources."""
     c, link = fit_compute(raw), fit_link(raw)

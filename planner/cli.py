@@ -10,7 +10,7 @@ from importlib.metadata import entry_points
 
 from pydantic import ValidationError
 
-from planner.commands import compare, estimate, predict, presets, search, validate
+from planner.commands import compare, estimate, export, predict, presets, search, validate
 from planner.schema import InputError, describe_validation_error
 
 
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="paraplan", description="Plan, price and check parallel transformer "
                                              "training on GPU clusters.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for mod in (search, predict, estimate, validate, compare, presets):
+    for mod in (search, predict, estimate, validate, compare, presets, export):
         mod.add_parser(sub)
     for ep in entry_points(group="paraplan.commands"):  # e.g. executor's `run`
         try:

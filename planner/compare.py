@@ -35,8 +35,35 @@ def rank_memory(plan: Plan, predicted: dict[str, Any], rank: int) -> dict[str, i
     return predicted["memory_by_stage"][rank_stage(plan, rank)]
 
 
-def compare_one(plan: Plan, predicted: dict[str, Any], measured: dict[str, Any]) -> dict:
-    """One row: step-time error and, per memory component, the worst error over ranks."""
+def checkpoint_stall(measured: dict[str, Any], predicted_bytes: float | None,
+                     write_GBps: float, per_tensor_s: float = 0.0,
+                     fixed_s: float = 0.0) -> dict[str, Any]:
+    """Measured checkpoint stall (median over saves, slowest rank) against the synchronous
+    write the goodput model predicts, bytes / write bandwidth (planner.goodput
+    checkpoint_write_s; the executor saves synchronously), plus the storage's fixed
+    `latency_s` (`fixed_s`) and `per_tensor_s` times the tensors the run saved: from the bytes
+    the run wrote, and from the planner's bytes."""
+    stall = statistics.median(measured["checkpoint_stall_s"])
+    got = measured.get("checkpoint_bytes")
+    latency_s = fixed_s + per_tensor_s * (measured.get("checkpoint_tensors") or 0)
+    out: dict[str, Any] = {"measured_stall_s": stall, "write_GBps": write_GBps,
+                           "per_tensor_s": per_tensor_s, "latency_s": latency_s,
+                           "measured_bytes": got, "predicted_bytes": predicted_bytes}
+    if got:
+        out["bandwidth_only_stall_s"] = got / (write_GBps * 1e9)
+        out["predicted_stall_s"] = latency_s + out["bandwidth_only_stall_s"]
+        out["stall_error"] = out["predicted_stall_s"] / stall - 1
+    if predicted_bytes:
+        out["predicted_stall_from_plan_s"] = latency_s + predicted_bytes / (write_GBps * 1e9)
+        if got:
+            out["bytes_error"] = predicted_bytes / got - 1
+    return out
+
+
+def compare_one(plan: Plan, predicted: dict[str, Any], measured: dict[str, Any],
+                checkpoint: dict[str, Any] | None = None) -> dict:
+    """One row: step-time error and, per memory component, the worst error over ranks; with
+    `checkpoint` (checkpoint_stall's result), the measured vs. predicted checkpoint stall."""
     row = {"plan": plan.to_json_dict(),
            "predicted": {k: predicted[k] for k in ("step_time_s", "breakdown", "memory",
                                                   "memory_by_stage", "memory_per_stage")
@@ -51,6 +78,8 @@ def compare_one(plan: Plan, predicted: dict[str, Any], measured: dict[str, Any])
             worst = max(worst, abs(p / m[mkey] - 1) if m[mkey] else (0.0 if p == 0 else 1.0))
         errors[pkey.removesuffix("_bytes")] = worst
     row["memory_errors"] = errors
+    if checkpoint is not None:
+        row["checkpoint"] = checkpoint
     return row
 
 

@@ -8,7 +8,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Callable
 
 from planner.hardware import load_cluster
-from planner.money import Estimate, Option, best_option
+from planner.money import (Estimate, GoodputInputs, GoodputSettings, Option, best_option,
+                           goodput_inputs)
 from planner.stack import Stack, load_stack
 from planner.schema import InputError
 from planner.transformer import TransformerSpec
@@ -50,16 +51,21 @@ def estimate(spec: TransformerSpec, cluster_names: list[str], tokens: float, glo
              sizes: list[int] | None = None, deadline_days: float | None = None,
              rents: dict[str, float] | None = None, stack: "str | Stack | None" = None,
              precision: str = "bf16", progress: Callable[[str], None] | None = None,
-             workers: int | None = None, max_gpus: int = MAX_GPUS) -> Estimate:
-    """Options for every GPU type (one process per GPU type, up to `workers` at once)."""
+             workers: int | None = None, max_gpus: int = MAX_GPUS,
+             goodput: GoodputSettings | None = None) -> Estimate:
+    """Options for every GPU type (one process per GPU type, up to `workers` at once), each
+    with its goodput figures (`goodput` overrides the reliability and storage data)."""
     check_inputs(cluster_names, sizes, precision)
     # Resolved once, so a bad name or file fails before any work; None: each profile's own
     # stack, else the default (planner.hardware.load_cluster).
     stack = load_stack(stack) if stack is not None else None
+    # Reliability and storage resolved here too, so a bad override fails before any search.
+    losses = {name: goodput_inputs(load_cluster(name, stack=stack), goodput)
+              for name in cluster_names}
     jobs = [(spec, name, tokens, global_batch, sizes, deadline_days, (rents or {}).get(name),
-             stack, precision, max_gpus) for name in cluster_names]
+             stack, precision, max_gpus, losses[name]) for name in cluster_names]
     workers = min(len(jobs), workers or os.cpu_count() or 1)
-    est = Estimate(options=[])
+    est = Estimate(options=[], losses=losses)
     if workers <= 1:
         results = [_one_gpu(*job) for job in jobs]
         if progress:
@@ -81,15 +87,16 @@ def estimate(spec: TransformerSpec, cluster_names: list[str], tokens: float, glo
 
 def _one_gpu(spec: TransformerSpec, name: str, tokens: float, global_batch: int,
              sizes: list[int] | None, deadline_days: float | None, rent: float | None,
-             stack: Stack | None, precision: str,
-             max_gpus: int) -> tuple[list[Option], Option | None]:
+             stack: Stack | None, precision: str, max_gpus: int,
+             losses: GoodputInputs | None = None) -> tuple[list[Option], Option | None]:
     """The smallest fitting cluster and the options at the wanted sizes for one GPU type."""
     base = load_cluster(name, stack=stack)
     if rent is None and base.prices is not None:
         rent = base.prices.rent_per_gpu_hour_usd
 
     def run(nodes: int) -> Option:
-        return best_option(spec, base.with_num_nodes(nodes), global_batch, tokens, rent, precision)
+        return best_option(spec, base.with_num_nodes(nodes), global_batch, tokens, rent, precision,
+                           losses)
 
     tried: dict[int, Option] = {}
     smallest = None

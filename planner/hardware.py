@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from planner.schema import FrozenModel, InputError, read_json, validate_as
+from planner.reliability import Storage
 from planner.stack import DEFAULT_STACK, Stack, load_stack
 
 Precision = Literal["bf16", "fp16", "fp8", "fp32"]
@@ -77,6 +78,18 @@ class GPU(FrozenModel):
     """Fraction of peak a fused (flash) attention kernel reaches on the FLOPs it executes."""
     kernel_overhead_s: float = Field(ge=0)
     """Fixed time per kernel (launch and tail), added to every modelled kernel."""
+    attention_efficiency_by_kernel: dict[str, float] = Field(default_factory=dict)
+    """Fused attention efficiency per stack attention kernel (`flash_attention_2`, ...) where it
+    differs from `attention_efficiency` on this GPU (FA2 on Hopper lacks FA3's warp
+    specialisation and fp8/TMA paths)."""
+    sustained_clock_fraction: float = Field(default=1.0, gt=0, le=1)
+    """Tensor-core clock sustained under long GEMM-heavy training load (power limit) over the
+    clock the MAMF micro-benchmark behind `gemm_efficiency` ran at; scales GEMM and fused
+    attention throughput. 1.0 where `gemm_sustained_fraction` was fitted (A100)."""
+    overlap_compute_slowdown: float = Field(default=0.0, ge=0, lt=1)
+    """Fractional slowdown of compute while a collective runs beside it (NCCL/RCCL kernels take
+    SMs and HBM bandwidth): hidden communication of duration c behind compute costs
+    slowdown x min(c, compute) seconds."""
     sources: dict[str, str] = Field(default_factory=dict)
     """Field name -> where the number comes from."""
     notes: list[str] = Field(default_factory=list)
@@ -194,6 +207,10 @@ class Cluster(FrozenModel):
     profile has, else `megatron-core`)."""
     prices: Prices | None = None
     """What the GPUs cost to rent or buy, with dates (sources in `sources`)."""
+    storage: str | Storage = "parallel_fs"
+    """Checkpoint storage tier as seen from one node: a preset name (`parallel_fs`,
+    `local_nvme`: hardware_profiles/storage/), a path to a storage JSON, or the profile inline
+    (as `paraplan calibrate` writes the write bandwidth it measured). See planner.reliability."""
     sources: dict[str, str] = Field(default_factory=dict)
     """Field name -> where the number comes from."""
     notes: list[str] = Field(default_factory=list)

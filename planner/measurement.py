@@ -69,6 +69,13 @@ class Measurement(FrozenModel):
     environment: Environment
     started_at: str
     finished_at: str
+    checkpoint_stall_s: list[float] | None = None
+    """Wall seconds of each checkpoint save (`--save-every`), slowest rank: the training stall.
+    None if the run saved none."""
+    checkpoint_bytes: int | None = Field(default=None, ge=0)
+    """Bytes one checkpoint wrote (the size of the last checkpoint's directory)."""
+    checkpoint_tensors: int | None = Field(default=None, ge=0)
+    """Tensors (DCP items) one checkpoint holds."""
 
     @staticmethod
     def median(times: list[float]) -> float:

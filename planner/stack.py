@@ -67,6 +67,11 @@ class Stack(FrozenModel):
     """Multiplier on the modelled element-wise HBM traffic of a block (norms, residuals,
     activation): 1 for fused kernels (Megatron-LM, Transformer Engine); eager PyTorch makes
     several passes per op (rotary embedding, head reshapes, separate casts)."""
+    fp8_cast_bytes_per_element: float = Field(default=0.0, ge=0)
+    """HBM bytes moved per GEMM operand element to make it fp8 in fp8 plans (amax reduction,
+    scale, cast; for the activation and weight forward and the output gradient backward): 3 for
+    a fused cast+amax kernel reading bf16 and writing fp8 (Transformer Engine, delayed
+    scaling), more where amax is a separate pass (dynamic tensorwise scaling)."""
     activation_layout: Literal["fused", "eager"]
     """Which tensors a block saves for backward: 'fused' counts Megatron-LM's kernels
     (Korthikanti et al. 2022, section 4); 'eager' counts this project's executor in plain

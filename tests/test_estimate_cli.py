@@ -86,7 +86,7 @@ def test_price_override(tmp_path):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--tokens", "1T", "--gpus", "h800"], "unknown GPU 'h800'; accepted: a100_40g"),
+    (["--tokens", "1T", "--gpus", "h900"], "unknown GPU 'h900'; accepted: a100_40g"),
     (["--tokens", "-1T"], "--tokens must be > 0, got '-1T'"),
     (["--tokens", "1T", "--num-gpus", "100"], "multiples of its 8 GPUs per node"),
     (["--tokens", "1T", "--price", "h100=free"], "must be a number of USD per GPU-hour"),

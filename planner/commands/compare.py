@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.table import Table
 
 from planner.commands.common import console, load_model_args
-from planner.compare import compare_one, summarize
+from planner.compare import checkpoint_stall, compare_one, summarize
 from planner.cost.evaluate import predict
 from planner.measurement import Measurement
 from planner.plan import Plan
@@ -73,7 +73,14 @@ def run_compare(args: argparse.Namespace) -> int:
             pred = predict(m.transformer, cluster, m.plan)
         measured = {"step_time_s": m.step_time_s, "step_times_s": m.step_times_s,
                     "memory": [r.model_dump() for r in m.memory]}
-        rows.append(compare_one(m.plan, pred, measured))
+        ckpt = None
+        if m.checkpoint_stall_s:
+            measured.update(checkpoint_stall_s=m.checkpoint_stall_s,
+                            checkpoint_bytes=m.checkpoint_bytes,
+                            checkpoint_tensors=m.checkpoint_tensors)
+            if cluster is not None:
+                ckpt = _checkpoint(m, cluster, measured)
+        rows.append(compare_one(m.plan, pred, measured, ckpt))
     first = next(iter(runs.values()))
     data = {"transformer": first.transformer.model_dump(),
             "cluster": cluster.name if cluster else next(iter(given.values()))["cluster"],
@@ -83,6 +90,18 @@ def run_compare(args: argparse.Namespace) -> int:
     show(data)
     console().print(f"written: {args.out}, {args.html}")
     return 0
+
+
+def _checkpoint(m: Measurement, cluster, measured: dict) -> dict:
+    """Measured vs. predicted stall on the cluster's storage (a calibrated profile holds the
+    write bandwidth `paraplan calibrate` measured)."""
+    from planner.money import checkpoint_bytes
+    from planner.plan_arrays import PlanArrays
+    from planner.reliability import resolve_storage
+    write, _ = checkpoint_bytes(m.transformer, cluster, PlanArrays.from_plans([m.plan]))
+    storage = resolve_storage(cluster.storage)
+    return checkpoint_stall(measured, float(write[0]), storage.write_GBps,
+                            storage.per_tensor_s or 0.0, storage.latency_s or 0.0)
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -106,6 +125,15 @@ def show(data: dict) -> None:
                   f"{1e3 * r['measured']['step_time_s']:.1f}", f"{100 * r['step_error']:+.1f}%",
                   f"{100 * worst:.1f}%")
     out.print(t)
+    for r in data["rows"]:
+        c = r.get("checkpoint")
+        if c and "predicted_stall_s" in c:
+            out.print(f"{label(r['plan'])}: checkpoint stall measured {c['measured_stall_s']:.3f} s, "
+                      f"predicted {c['predicted_stall_s']:.3f} s ({100 * c['stall_error']:+.0f}%) "
+                      f"from {c['measured_bytes'] / 1e6:.1f} MB written at "
+                      f"{c['write_GBps']:.2f} GB/s + {c['latency_s']:.3f} s fixed and per-tensor cost "
+                      f"(bandwidth alone {c['bandwidth_only_stall_s']:.3f} s); the plan predicts "
+                      f"{c['predicted_bytes'] / 1e6:.1f} MB ({100 * c['bytes_error']:+.0f}%)")
     s = data.get("summary")
     if not s:
         out.print("no plan ran to completion: nothing to summarise")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from rich.table import Table
@@ -15,7 +16,7 @@ from planner.stack import DEFAULT_STACK
 from planner.cost.flops import model_flops_per_step
 from planner.cost.params import total_params
 from planner.estimate import DEFAULT_GPUS, check_inputs, estimate
-from planner.money import Estimate, Option, clusters_for, parse_count
+from planner.money import Estimate, GoodputSettings, Option, clusters_for, parse_count
 from planner.report import estimate_html
 from planner.schema import InputError, read_json
 from planner.search.space import DEFAULT_BATCH_TOKENS, batch_sequences
@@ -47,10 +48,37 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prices", help='JSON file {"h100": 2.5, ...} of rent per GPU-hour')
     add_stack_arg(p)
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp8", "fp32"])
+    add_goodput_args(p)
     p.add_argument("--html", default="estimate.html", help="report path ('-' for none)")
     p.add_argument("--json", action="store_true", help="print the options as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
     p.set_defaults(func=run)
+
+
+def add_goodput_args(p: argparse.ArgumentParser) -> None:
+    """Overrides of the reliability and storage data (estimate and search --goodput)."""
+    g = p.add_argument_group("failures and checkpoints (goodput)")
+    g.add_argument("--mtbf-gpu-hours", type=float, metavar="H",
+                   help="per-GPU mean time between job interruptions, hours (default: the GPU's "
+                        "reliability profile, e.g. h100: 50,700 h from Llama 3's 419 in 54 days)")
+    g.add_argument("--checkpoint-gbps", type=float, metavar="GB/s",
+                   help="checkpoint write bandwidth per node in GB/s (bytes; default: the "
+                        "storage profile's)")
+    g.add_argument("--restart-minutes", type=float, metavar="MIN",
+                   help="minutes from an interruption to training again (default: the profile's)")
+    g.add_argument("--checkpoint-every", type=int, metavar="STEPS",
+                   help="checkpoint every this many steps (default: the Young/Daly optimum)")
+    g.add_argument("--storage", metavar="NAME|FILE",
+                   help="checkpoint storage preset (parallel_fs, local_nvme) or JSON (default: "
+                        "the cluster's `storage`, parallel_fs)")
+
+
+def goodput_settings(args: argparse.Namespace) -> GoodputSettings:
+    """The goodput overrides of `args` (InputError naming the flag for a value <= 0)."""
+    return GoodputSettings(mtbf_gpu_hours=args.mtbf_gpu_hours,
+                           checkpoint_GBps=args.checkpoint_gbps,
+                           restart_minutes=args.restart_minutes,
+                           checkpoint_every=args.checkpoint_every, storage=args.storage)
 
 
 def _rents(args: argparse.Namespace) -> dict[str, float]:
@@ -80,6 +108,7 @@ def _rents(args: argparse.Namespace) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> int:
+    losses = goodput_settings(args)
     spec = load_transformer(args.transformer)
     n_params = total_params(spec)
     tokens = parse_count(args.tokens, "--tokens", params=n_params)
@@ -110,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     est = estimate(spec, names, tokens, gbs, sizes, args.deadline_days, rents, args.stack,
                    args.precision, None if quiet else
                    lambda what: console(True).print(f"  searching: {what}"),
-                   max_gpus=args.max_gpus)
+                   max_gpus=args.max_gpus, goodput=losses)
     html = None
     if args.html != "-":
         html = estimate_html.write(args.html, est, f"paraplan estimate: {spec.name}", intro)
@@ -149,6 +178,7 @@ def show(est: Estimate, deadline: float | None, html: Path | None) -> None:
                                           ("pareto", id(o) in front)) if ok)
         t.add_row(*_row(o, marks))
     out.print(t)
+    out.print(_losses_table(est))
     for name, o in est.smallest.items():
         out.print(f"smallest cluster that fits ({o.cluster.gpu.name}, powers of two nodes): "
                   f"{o.num_gpus} GPUs, {o.days:,.0f} days")
@@ -167,6 +197,41 @@ def show(est: Estimate, deadline: float | None, html: Path | None) -> None:
                   f"{fast.cluster.gpu.name} x {fast.num_gpus} ({fast.days:.1f} days)")
     if html:
         out.print(f"report written to [bold]{html}[/]")
+
+
+def _span(v: float, rng: tuple[float, float] | list[float], fmt: str) -> str:
+    return f"{fmt.format(v)} ({fmt.format(rng[0])}-{fmt.format(rng[1])})"
+
+
+def _duration(seconds: float) -> str:
+    return (f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200
+            else f"{seconds / 3600:.1f} h")
+
+
+def _losses_table(est: Estimate) -> Table:
+    """Days and dollars after failures, restarts and checkpoint stalls (planner.goodput)."""
+    t = Table(title="with failures, restarts and checkpoint stalls (range: step-time band x "
+                    "failure-rate range)", title_justify="left")
+    for col in ("GPU", "GPUs", "goodput %", "ckpt every", "stall", "GB/node", "failures",
+                "days w/ losses", "cost w/ losses"):
+        t.add_column(col, justify="left" if col == "GPU" else "right")
+    for o in est.options:
+        if not o.fits:
+            continue
+        g = o.goodput
+        money = (lambda v: f"${v / 1e6:,.1f}M")
+        t.add_row(o.cluster.gpu.name, str(o.num_gpus),
+                  _span(100 * g.goodput_fraction,
+                        [100 * x for x in g.goodput_fraction_range], "{:.1f}"),
+                  _duration(g.checkpoint_interval_s),
+                  _duration(g.checkpoint_stall_s) + (" async" if o.async_checkpoint else ""),
+                  f"{o.checkpoint_bytes_per_node / 1e9:,.1f}",
+                  _span(g.interruptions, g.interruptions_range, "{:,.0f}"),
+                  _span(g.days_with_losses, g.days_with_losses_range, "{:,.1f}"),
+                  "-" if g.cost_usd_with_losses is None else
+                  f"{money(g.cost_usd_with_losses)} ({g.cost_usd_with_losses_range[0] / 1e6:,.0f}"
+                  f"-{g.cost_usd_with_losses_range[1] / 1e6:,.0f}M)")
+    return t
 
 
 def _explain_deadline(est: Estimate, deadline: float) -> None:
@@ -190,11 +255,27 @@ def to_json(est: Estimate, deadline: float | None, html: Path | None) -> dict:
                 "mfu": o.prediction["mfu"] if o.fits else None,
                 "days": o.days if o.fits else None, "gpu_hours": o.gpu_hours if o.fits else None,
                 "cost_usd": o.cost_usd, "rent_per_gpu_hour_usd": o.rent_per_gpu_hour_usd,
-                "why_not": o.why_not or None}
+                "why_not": o.why_not or None, **_goodput_json(o)}
     cheap = est.cheapest(deadline)
     return {"options": [one(o) for o in est.options],
             "smallest_fitting": {k: one(o) for k, o in est.smallest.items()},
             "cheapest": one(cheap) if cheap else None,
             "fastest": one(est.fastest()) if est.fastest() else None,
             "pareto": [one(o) for o in est.pareto()], "deadline_days": deadline,
+            "goodput_inputs": {k: asdict(v) for k, v in est.losses.items()},
             "html": str(html) if html else None}
+
+
+GOODPUT_KEYS = ("goodput_fraction", "goodput_fraction_range", "checkpoint_interval_s",
+                "checkpoint_stall_s", "cluster_mtbf_s", "lost_per_failure_s", "interruptions",
+                "interruptions_range", "days_ideal_range", "days_with_losses",
+                "days_with_losses_range", "gpu_hours_with_losses", "gpu_hours_with_losses_range",
+                "cost_usd_with_losses", "cost_usd_with_losses_range")
+
+
+def _goodput_json(o: Option) -> dict:
+    """The option's goodput keys (None where it does not fit)."""
+    g = o.goodput.as_dict() if o.goodput else {}
+    return {"checkpoint_bytes_per_node": o.checkpoint_bytes_per_node,
+            "async_checkpoint": o.async_checkpoint if o.fits else None,
+            **{k: g.get(k) for k in GOODPUT_KEYS}}

@@ -13,7 +13,7 @@ from rich.table import Table
 from planner.commands.common import add_model_args, console, gib, load_model_args, seconds
 from planner.hardware import Cluster
 from planner.schema import InputError, write_json_atomic
-from planner.search.search import SearchResult, search
+from planner.search.search import SearchResult, rerank_fitting, search
 from planner.search.space import DEFAULT_BATCH_TOKENS, batch_sequences
 from planner.transformer import TransformerSpec
 
@@ -36,7 +36,33 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="where to write the best plan (default best_plan.json; '-' for none)")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--goodput", action="store_true",
+                   help="rank by goodput-adjusted step time (step time / goodput fraction): "
+                        "failures, restarts and checkpoint stalls counted, the checkpoint "
+                        "sized by each plan's sharding")
+    from planner.commands.estimate import add_goodput_args
+    add_goodput_args(p)
     p.set_defaults(func=run)
+
+
+def rank_by_goodput(res: SearchResult, spec: TransformerSpec, cluster: Cluster,
+                    settings) -> SearchResult:
+    """The fitting plans re-ranked by step time / goodput fraction (vectorized over them)."""
+    import numpy as np
+
+    from planner.money import checkpoint_bytes, goodput_inputs, stall_and_interval
+    g = goodput_inputs(cluster, settings)
+    n = res.fitting
+    if not n:
+        return res
+    step = res.step_time_s[:n]
+    write, snap = checkpoint_bytes(spec, cluster, res.plans.take(np.arange(n)))
+    f = stall_and_interval(g, cluster.num_gpus, cluster.gpus_per_node, step, write, snap)
+    good = f["goodput_fraction"]
+    key = np.where(good > 0, step / np.where(good > 0, good, 1.0), np.inf)
+    return rerank_fitting(res, key, "goodput_step_time_s", {
+        "goodput_fraction": good, "checkpoint_stall_s": f["stall_s"],
+        "checkpoint_interval_s": f["interval_s"], "checkpoint_bytes_per_node": write})
 
 
 def default_batch(spec: TransformerSpec) -> int:
@@ -71,6 +97,8 @@ def write_best(res: SearchResult, spec: TransformerSpec, cluster: Cluster,
 
 
 def run(args: argparse.Namespace) -> int:
+    from planner.commands.estimate import goodput_settings
+    settings = goodput_settings(args)
     spec, cluster = load_model_args(args)
     gbs = args.global_batch_size or default_batch(spec)
     if gbs < 1:
@@ -83,7 +111,12 @@ def run(args: argparse.Namespace) -> int:
     out.print(f"searching plans for [bold]{spec.name}[/] on [bold]{cluster.name}[/] x "
               f"{cluster.num_nodes} nodes ({cluster.num_gpus} GPUs), global batch {gbs} "
               f"({gbs * spec.seq_len / 1e6:.2f}M tokens), {args.precision}")
+    if args.goodput:  # resolve the reliability and storage data before the search
+        from planner.money import goodput_inputs
+        goodput_inputs(cluster, settings)
     res = _search_with_progress(spec, cluster, gbs, args.precision, args.quiet or args.json)
+    if args.goodput:
+        res = rank_by_goodput(res, spec, cluster, settings)
     best_path, file_note = write_best(res, spec, cluster, args.out)
     if args.json:
         print(json.dumps({"global_batch_size": gbs, **to_json(res, args.top, best_path),
@@ -110,16 +143,24 @@ def _search_with_progress(spec, cluster, gbs, precision, quiet) -> SearchResult:
 
 def _row(res: SearchResult, i: int) -> list[str]:
     p = res.plan(i)
-    return [str(p.dp), str(p.tp), str(p.pp), str(p.cp), str(p.micro_batch_size),
-            str(p.virtual_pipeline_stages), p.schedule, str(p.zero_stage), p.recompute,
-            "on" if p.sequence_parallel else "-", seconds(res.step_time_s[i]),
-            f"{res.tokens_per_s[i]:,.0f}", f"{res.mfu[i] * 100:.1f}%", gib(res.peak_bytes[i])]
+    cells = [str(p.dp), str(p.tp), str(p.pp), str(p.cp), str(p.micro_batch_size),
+             str(p.virtual_pipeline_stages), p.schedule, str(p.zero_stage), p.recompute,
+             "on" if p.sequence_parallel else "-", seconds(res.step_time_s[i]),
+             f"{res.tokens_per_s[i]:,.0f}", f"{res.mfu[i] * 100:.1f}%", gib(res.peak_bytes[i])]
+    if "goodput_fraction" in res.extra:
+        x = res.extra
+        cells += [f"{100 * x['goodput_fraction'][i]:.2f}%", seconds(x["goodput_step_time_s"][i]),
+                  f"{x['checkpoint_stall_s'][i]:.3g}"]
+    return cells
 
 
 def _table(title: str, res: SearchResult, rows) -> Table:
     t = Table(title=title, title_justify="left")
-    for col in ("#", "dp", "tp", "pp", "cp", "mbs", "v", "schedule", "zero", "recompute", "sp",
-                "step s", "tokens/s", "MFU", "GiB"):
+    cols = ["#", "dp", "tp", "pp", "cp", "mbs", "v", "schedule", "zero", "recompute", "sp",
+            "step s", "tokens/s", "MFU", "GiB"]
+    if "goodput_fraction" in res.extra:
+        cols += ["goodput", "adj. s", "stall s"]
+    for col in cols:
         t.add_column(col, justify="left" if col in ("schedule", "recompute") else "right")
     for rank, i in rows:
         t.add_row(str(rank), *_row(res, int(i)))
@@ -133,9 +174,11 @@ def show(res: SearchResult, top: int, cluster: Cluster) -> None:
               f"{res.valid:,} valid, {res.fitting:,} fit in "
               f"{gib(cluster.gpu.memory_bytes)} GiB")
     if res.fitting:
-        out.print(_table(f"top {min(top, res.fitting)} plans by step time",
+        by = ("goodput-adjusted step time (step time / goodput)"
+              if res.ranked_by == "goodput_step_time_s" else "step time")
+        out.print(_table(f"top {min(top, res.fitting)} plans by {by}",
                          res, [(k + 1, k) for k in range(min(top, res.fitting))]))
-        out.print(_table("Pareto front (step time vs. memory)", res,
+        out.print(_table(f"Pareto front ({by.split(' (')[0]} vs. memory)", res,
                          [(int(i) + 1, i) for i in res.pareto]))
     else:
         explain_no_fit(res, cluster)
@@ -171,8 +214,10 @@ def to_json(res: SearchResult, top: int, best_path: str | None) -> dict:
         return {"rank": i + 1, "plan": res.plan(i).to_json_dict(),
                 "step_time_s": float(res.step_time_s[i]),
                 "tokens_per_s": float(res.tokens_per_s[i]), "mfu": float(res.mfu[i]),
-                "peak_bytes": int(res.peak_bytes[i]), "fits": bool(res.fits[i])}
+                "peak_bytes": int(res.peak_bytes[i]), "fits": bool(res.fits[i]),
+                **{k: float(v[i]) for k, v in res.extra.items() if i < len(v)}}
     return {"candidates": res.candidates, "valid": res.valid, "fitting": res.fitting,
+            "ranked_by": res.ranked_by,
             "seconds": res.seconds, "pruned": res.pruned, "examples": res.examples,
             "top": [entry(i) for i in range(min(top, res.fitting))],
             "pareto": [entry(int(i)) for i in res.pareto], "best_plan_path": best_path}

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from planner.cost.efficiency import gemm_time, memory_time
+from planner.cost.efficiency import gemm_time, memory_time, transfer_time
 from planner.cost.params import padded_vocab
 from planner.hardware import GPU
 from planner.transformer import TransformerSpec
@@ -33,6 +33,8 @@ class Shapes:
     fp8: np.ndarray
     act_bytes: np.ndarray  # bytes per activation element (2, or 4 for fp32)
     gemm_bytes: np.ndarray  # bytes per GEMM input element (1 for fp8)
+    cast_bytes: np.ndarray | float = 0.0  # HBM bytes per operand element cast to fp8 (0: none)
+    attn_eff: float | None = None  # the stack's attention kernel on this GPU (None: profile's)
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,13 @@ def _gemms(gpu: GPU, sh: Shapes, m, k, n) -> tuple[np.ndarray, np.ndarray]:
     fwd = gemm_time(gpu, sh.peak, sh.fp8, m, k, n, sh.gemm_bytes)
     bwd = (gemm_time(gpu, sh.peak, sh.fp8, m, n, k, sh.gemm_bytes)      # input grad
            + gemm_time(gpu, sh.peak, sh.fp8, k, m, n, sh.gemm_bytes))   # weight grad
-    return fwd, bwd
+    # fp8 plans quantize the operands first (amax, scale, cast: stack.fp8_cast_bytes_per_element
+    # per element): activation and weight forward, the output gradient backward (Transformer
+    # Engine keeps the forward casts' transposes for the backward GEMMs; Micikevicius et al.
+    # 2022, 'FP8 formats for deep learning', section 4).
+    cast = np.where(sh.fp8, sh.cast_bytes, 0.0)
+    return (fwd + transfer_time(gpu, cast * (m * k + k * n)),
+            bwd + transfer_time(gpu, cast * m * n))
 
 
 def _attention(spec: TransformerSpec, gpu: GPU, sh: Shapes, flash: bool,
@@ -62,7 +70,9 @@ def _attention(spec: TransformerSpec, gpu: GPU, sh: Shapes, flash: bool,
         # FlashAttention skips the masked upper triangle (half the score FLOPs) and its backward
         # runs 5 matmuls to the forward's 2 (Dao 2023, FlashAttention-2, section 3.1.2).
         done = 0.5 * 4.0 * tokens * s * d * heads
-        fwd = done / (sh.attn_peak * gpu.attention_efficiency) + gpu.kernel_overhead_s
+        eff = gpu.attention_efficiency if sh.attn_eff is None else sh.attn_eff
+        fwd = done / (sh.attn_peak * eff * gpu.sustained_clock_fraction
+                      ) + gpu.kernel_overhead_s
         return fwd, 2.5 * fwd
     # Unfused (Megatron-LM 2021): batched GEMMs for Q K^T and P V over b*heads, and the s x s
     # scores through HBM for scale+mask+softmax (+ dropout for the GPT family: 2+2 bytes r/w, 1

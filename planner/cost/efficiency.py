@@ -23,7 +23,10 @@ def gemm_time(gpu: GPU, peak: np.ndarray, fp8: np.ndarray, m: np.ndarray, k: np.
     size-dependent efficiency and the HBM traffic of reading both inputs and writing the output
     (a roofline; small or skinny GEMMs are memory-bound)."""
     flops = 2.0 * m * k * n
+    # sustained_clock_fraction: the power-limited clock of a long training run over the
+    # micro-benchmark's (the GPU profile's source says where each figure comes from).
     eff = (curve(gpu.gemm_efficiency, flops / 1e9) * gpu.gemm_sustained_fraction
+           * gpu.sustained_clock_fraction
            * np.where(fp8, gpu.fp8_gemm_scale, 1.0))
     t_compute = flops / (peak * eff)
     t_memory = transfer_time(gpu, elem_bytes * (m * k + k * n + m * n))
@@ -41,3 +44,14 @@ def transfer_time(gpu: GPU, nbytes: np.ndarray) -> np.ndarray:
 def memory_time(gpu: GPU, nbytes: np.ndarray, count: np.ndarray | float = 1.0) -> np.ndarray:
     """Seconds for `count` memory-bound kernels each moving `nbytes` through HBM."""
     return count * (transfer_time(gpu, nbytes) + gpu.kernel_overhead_s)
+
+
+def overlapped(gpu: GPU, comm: np.ndarray, compute: np.ndarray) -> np.ndarray:
+    """Seconds a collective of duration `comm` adds when it runs beside `compute` seconds of
+    kernels. The compute it runs beside slows by gpu.overlap_compute_slowdown (its kernels take
+    SMs and HBM bandwidth), so the pair takes max(comm, compute + slowdown x min(comm, compute)):
+    a collective longer than the compute exposes its excess (the slowdown hides inside it), a
+    shorter one costs only the slowdown."""
+    comm, compute = np.asarray(comm, dtype=float), np.asarray(compute, dtype=float)
+    return np.maximum(np.maximum(0.0, comm - compute),
+                      gpu.overlap_compute_slowdown * np.minimum(comm, compute))

@@ -18,6 +18,7 @@ from planner.plan_arrays import PlanArrays
 from planner.schema import InputError
 from planner.topology import Topology
 from planner.transformer import TransformerSpec
+from planner.uncertainty import cluster_band
 from planner.validity import plan_problems
 
 BREAKDOWN_KEYS = ("compute_s", "tp_comm_s", "cp_comm_s", "pp_comm_s", "dp_comm_s", "bubble_s",
@@ -73,13 +74,19 @@ def predict(spec: TransformerSpec, cluster: Cluster, plan: Plan,
     mem = {k: int(round(float(r[f"memory.{k}"]))) for k in MEMORY_KEYS}
     mem["peak_bytes"] = int(round(float(r["memory.peak_bytes"])))
     mem["capacity_bytes"] = cluster.gpu.memory_bytes
+    step, band = float(r["step_time_s"]), cluster_band(cluster)
+    low, high = band.factors
     return {
         "transformer": spec.name,
         "cluster": cluster.name,
         "stack": cluster.stack.name,
         "num_gpus": cluster.num_gpus,
         "plan": plan.to_json_dict(),
-        "step_time_s": float(r["step_time_s"]),
+        "step_time_s": step,
+        # The true step time's 10th-90th percentile range from the validation residuals of
+        # this stack family and GPU generation (planner/uncertainty.py); holds step_time_s.
+        "step_time_range_s": [step * low, step * high],
+        "step_time_band": band.as_json(),
         "tokens_per_s": float(r["tokens_per_s"]),
         "model_tflops_per_gpu": float(r["model_tflops_per_gpu"]),
         "hardware_tflops_per_gpu": float(r["hardware_tflops_per_gpu"]),

@@ -15,7 +15,7 @@ import numpy as np
 
 from planner.cost.comms import Link
 from planner.cost.compute import Shapes, embedding_times, head_times, layer_times
-from planner.cost.efficiency import memory_time
+from planner.cost.efficiency import memory_time, overlapped
 from planner.cost.zero import fsdp2_exposed
 from planner.cost.params import (layer_params_per_rank, stage_params_per_rank,
                                  stage_tensor_count)
@@ -35,7 +35,10 @@ def shapes(cluster: Cluster, P: PlanArrays) -> Shapes:
     act = np.where(fp32, 4.0, 2.0)
     return Shapes(tp=P.tp.astype(float), cp=P.cp.astype(float), mbs=P.mbs.astype(float),
                   sp=P.sp, peak=peak, attn_peak=np.where(fp8, peaks[0], peak), fp8=fp8,
-                  act_bytes=act, gemm_bytes=np.where(fp8, 1.0, act))
+                  act_bytes=act, gemm_bytes=np.where(fp8, 1.0, act),
+                  cast_bytes=cluster.stack.fp8_cast_bytes_per_element,
+                  attn_eff=cluster.gpu.attention_efficiency_by_kernel.get(
+                      cluster.stack.attention_kernel))
 
 
 def _per_layer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
@@ -54,15 +57,27 @@ def _per_layer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shape
     # compute: a third forward, two thirds backward.
     over = np.where(P.tp > 1, sw.tp_block_overhead_s + np.where(P.sp, sw.sp_block_overhead_s,
                                                                 0.0), 0.0)
-    tp_f = ar + over / 3
-    tp_b = ar + 2 * over / 3 + np.where(full, tp_f, 0.0)
+    if sw.tp_comm_overlap:
+        # Megatron-Core tp_comm_overlap (Transformer Engine userbuffers) / torchtitan async TP:
+        # each all-gather / reduce-scatter is split into chunks pipelined with the GEMM that
+        # consumes or produces it, so only what the block's GEMMs cannot cover is exposed, and
+        # the GEMMs it runs beside slow down (NVIDIA TE docs, 'Communication overlap with
+        # userbuffers'; Wang et al. 2022, 'Overlap communication with dependent computation
+        # via decomposition', ASPLOS'23).
+        gemm_f, gemm_b = lt.fwd - lt.attn_fwd, lt.bwd - lt.attn_bwd
+        tp_f = overlapped(cluster.gpu, ar, gemm_f) + over / 3
+        tp_b = overlapped(cluster.gpu, ar, gemm_b) + 2 * over / 3
+    else:
+        tp_f = ar + over / 3
+        tp_b = ar + 2 * over / 3
+    tp_b = tp_b + np.where(full, tp_f, 0.0)
     kv_msg = 2 * sh.act_bytes * tokens * spec.kv_dim / sh.tp
     if sw.cp_impl == "ring":
         # CP ring: this rank's K and V chunk passed cp-1 steps forward, K/V and their grads
         # backward, hidden behind the attention compute of the block in flight.
         ring = (sh.cp - 1) * links["cp"].p2p(kv_msg)
-        cp_f = np.maximum(0.0, ring - lt.attn_fwd)
-        cp_b = np.maximum(0.0, 2 * ring - lt.attn_bwd)
+        cp_f = overlapped(cluster.gpu, ring, lt.attn_fwd)
+        cp_b = overlapped(cluster.gpu, 2 * ring, lt.attn_bwd)
     else:  # all-gather K and V (two calls) before attention; reduce-scatter their grads after
         half = kv_msg / 2 * sh.cp
         cp_f = 2 * links["cp"].all_gather(half)
@@ -75,8 +90,9 @@ def _per_layer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shape
     z3 = (P.zero >= 3) & (sw.zero_impl == "deepspeed")
     ag, rs = links["dpcp"].all_gather(wbytes), links["dpcp"].reduce_scatter(wbytes)
     gathers_b = 1.0 + np.where(full & (sw.zero_impl == "deepspeed"), 1.0, 0.0)
-    dp_f = np.where(z3, np.maximum(0.0, ag - lt.fwd - tp_f), 0.0)
-    dp_b = np.where(z3, np.maximum(0.0, gathers_b * ag + rs - lt.bwd - recompute - tp_b), 0.0)
+    dp_f = np.where(z3, overlapped(cluster.gpu, ag, lt.fwd + tp_f), 0.0)
+    dp_b = np.where(z3, overlapped(cluster.gpu, gathers_b * ag + rs, lt.bwd + recompute + tp_b),
+                    0.0)
     return {"compute": (lt.fwd, lt.bwd + recompute), "tp": (tp_f, tp_b), "cp": (cp_f, cp_b),
             "dp": (dp_f, dp_b)}
 
@@ -112,8 +128,9 @@ def _stages(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
     # The last micro-batch's backward through the first rank's blocks: what gradient reduction
     # hides behind (that rank finishes its backward last).
     window = n_first * sum(b for _, b in per.values())
+    fwd_window = n_first * sum(f for f, _ in per.values())  # the first forward, next step
     return {**{f"max_{c}": v for c, v in slow.items()}, "t_max": t_max, "t_sum": t_sum,
-            "bwd_window": window}
+            "bwd_window": window, "fwd_window": fwd_window}
 
 
 def _embedding_comm(spec: TransformerSpec, P: PlanArrays, sh: Shapes, link: Link) -> np.ndarray:
@@ -140,7 +157,8 @@ def _stage_params(spec: TransformerSpec, P: PlanArrays, sh: Shapes) -> np.ndarra
 
 
 def _dp_exposed(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
-                links: dict[str, Link], window: np.ndarray) -> np.ndarray:
+                links: dict[str, Link], window: np.ndarray,
+                fwd_window: np.ndarray) -> np.ndarray:
     """Gradient reduction (and ZeRO-1/2 parameter all-gather) not hidden behind backward."""
     params = _stage_params(spec, P, sh)
     g = params * np.where(P.precision == 3, 4.0, 2.0)
@@ -151,10 +169,19 @@ def _dp_exposed(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shap
         fsdp = np.zeros(len(P))
     reduce = np.where(P.zero == 0, link.all_reduce(g), link.reduce_scatter(g))
     tail = reduce * np.minimum(1.0, sw.grad_bucket_bytes / g)  # the last bucket never overlaps
-    overlap = window if sw.grad_overlap else 0.0
-    exposed = np.maximum(tail, reduce - overlap)
+    if sw.grad_overlap:
+        exposed = np.maximum(tail, overlapped(cluster.gpu, reduce, window))
+    else:
+        exposed = reduce
     exposed = np.where(P.zero == 2, P.micro_batches * exposed, exposed)
-    gather = np.where((P.zero == 1) | (P.zero == 2), link.all_gather(g), 0.0)
+    gather = link.all_gather(g)
+    if sw.param_gather_overlap:
+        # Megatron overlap_param_gather: the updated shards are gathered bucket by bucket
+        # behind the next step's forward; the first bucket is exposed (Megatron-Core
+        # DistributedDataParallelConfig.overlap_param_gather; NeMo communication_overlap docs).
+        first = gather * np.minimum(1.0, sw.grad_bucket_bytes / g)
+        gather = np.maximum(first, overlapped(cluster.gpu, gather, fwd_window))
+    gather = np.where((P.zero == 1) | (P.zero == 2), gather, 0.0)
     deepspeed = np.where(P.zero < 3, exposed + gather, 0.0)
     ddp = exposed + sw.dp_step_overhead_s
     out = np.where(P.zero == 0, ddp, np.where(sw.zero_impl == "fsdp2", fsdp, deepspeed))
@@ -194,8 +221,11 @@ def step_breakdown(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: S
         "tp_comm_s": m * st["max_tp"],
         "cp_comm_s": m * st["max_cp"],
         "pp_comm_s": pp_comm,
-        "dp_comm_s": m * st["max_dp"] + _dp_exposed(spec, cluster, P, sh, links, st["bwd_window"]),
-        "bubble_s": (st["t_sum"] - st["t_max"]) / v,
+        "dp_comm_s": m * st["max_dp"] + _dp_exposed(spec, cluster, P, sh, links, st["bwd_window"],
+                                                     st["fwd_window"]),
+        # Clamped: with one stage t_sum and t_max are the same sum in another order, and the
+        # float difference can come out -1e-20 (tests/test_stack_properties.py found it).
+        "bubble_s": np.maximum(0.0, st["t_sum"] - st["t_max"]) / v,
         "optimizer_s": _optimizer(spec, cluster, P, sh, links),
     }
     out["step_time_s"] = sum(out.values())

@@ -15,6 +15,7 @@ import numpy as np
 
 from planner.cost.comms import Link
 from planner.cost.compute import Shapes, layer_times
+from planner.cost.efficiency import overlapped
 from planner.cost.params import layer_params_per_rank, stage_params_per_rank
 from planner.hardware import Cluster
 from planner.stages import rank_layers
@@ -39,9 +40,10 @@ def fsdp2_exposed(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Sh
                 + framework)
     lt = layer_times(spec, cluster.gpu, sh, cluster.stack.flash_attention,
                      cluster.stack.elementwise_traffic)
-    first = ag_root + layers * np.maximum(0.0, ag_block - lt.fwd)  # prefetch behind forward
-    again = np.where(P.zero >= 3, P.micro_batches * layers * np.maximum(0.0, ag_block - lt.bwd),
+    gpu = cluster.gpu
+    first = ag_root + layers * overlapped(gpu, ag_block, lt.fwd)  # prefetch behind forward
+    again = np.where(P.zero >= 3, P.micro_batches * layers * overlapped(gpu, ag_block, lt.bwd),
                      0.0)
     reduce = layers * rs_block + rs_root
     tail = rs_block  # the last unit's reduce-scatter has nothing left to hide behind
-    return first + again + np.maximum(tail, reduce - window) + framework
+    return first + again + np.maximum(tail, overlapped(gpu, reduce, window)) + framework

@@ -1,5 +1,6 @@
-"""`paraplan estimate` HTML: cost vs. days per GPU type (Pareto front marked), a step-time
-breakdown bar per option, and the options table."""
+"""`paraplan estimate` HTML: cost vs. days per GPU type (Pareto front marked), days per option
+with the loss to failures and checkpoints as its own bar segment (error bar: the range), a
+step-time breakdown bar per option, and the options table."""
 
 from __future__ import annotations
 
@@ -62,12 +63,40 @@ def breakdown_bars(est: Estimate) -> go.Figure:
     return fig
 
 
+def days_bars(est: Estimate) -> go.Figure:
+    """Days per option: failure-free training, then the loss to failures, restarts and
+    checkpoint stalls as its own segment; the error bar spans days_with_losses_range."""
+    opts = [o for o in est.options if o.fits and o.goodput is not None]
+    names = [label(o) for o in opts]
+    ideal = [o.goodput.days_ideal for o in opts]
+    lost = [o.goodput.days_with_losses - o.goodput.days_ideal for o in opts]
+    total = [o.goodput.days_with_losses for o in opts]
+    fig = go.Figure([
+        go.Bar(y=names, x=ideal, name="training (no failures)", orientation="h",
+               hovertemplate="%{y}: %{x:.1f} days<extra>training</extra>"),
+        go.Bar(y=names, x=lost, name="lost: failures, restarts, checkpoint stalls",
+               orientation="h", marker={"color": "indianred"},
+               customdata=[[100 * o.goodput.goodput_fraction] for o in opts],
+               error_x={"type": "data", "symmetric": False,
+                        "array": [o.goodput.days_with_losses_range[1] - t
+                                  for o, t in zip(opts, total)],
+                        "arrayminus": [t - o.goodput.days_with_losses_range[0]
+                                       for o, t in zip(opts, total)]},
+               hovertemplate="%{y}: +%{x:.1f} days (goodput %{customdata[0]:.1f}%)"
+                             "<extra>losses</extra>")])
+    fig.update_layout(barmode="stack", title="Days to train, with the loss to failures as its own "
+                      "segment (error bar: step-time band x failure-rate range)",
+                      xaxis_title="days", height=max(320, 28 * len(opts) + 160),
+                      yaxis={"autorange": "reversed"})
+    return fig
+
+
 def rows(est: Estimate) -> list[list[str]]:
     out = []
     for o in est.options:
         if not o.fits:
             out.append([o.cluster.gpu.name, str(o.num_gpus), f"does not fit ({o.why_not})"]
-                       + [""] * 7)
+                       + [""] * (len(HEADERS) - 3))
             continue
         p, r = o.plan, o.prediction
         out.append([o.cluster.gpu.name, str(o.num_gpus),
@@ -76,15 +105,28 @@ def rows(est: Estimate) -> list[list[str]]:
                     f"{r['step_time_s']:.2f}", f"{r['tokens_per_s']:,.0f}",
                     f"{100 * r['mfu']:.1f}%", f"{o.days:.1f}", f"{o.gpu_hours / 1e6:.2f}M",
                     "-" if o.cost_usd is None else f"${o.cost_usd / 1e6:.2f}M",
-                    "-" if o.rent_per_gpu_hour_usd is None else f"${o.rent_per_gpu_hour_usd:.2f}"])
+                    "-" if o.rent_per_gpu_hour_usd is None else f"${o.rent_per_gpu_hour_usd:.2f}",
+                    *_loss_cells(o)])
     return out
 
 
+def _loss_cells(o: Option) -> list[str]:
+    g = o.goodput
+    if g is None:
+        return ["-"] * 5
+    cost = "-" if g.cost_usd_with_losses is None else f"${g.cost_usd_with_losses / 1e6:.2f}M"
+    return [f"{100 * g.goodput_fraction:.1f}%", f"{g.checkpoint_interval_s:,.0f} s",
+            f"{g.checkpoint_stall_s:.3g} s", f"{g.days_with_losses:.1f} "
+            f"({g.days_with_losses_range[0]:.1f}-{g.days_with_losses_range[1]:.1f})", cost]
+
+
 HEADERS = ["GPU", "GPUs", "best plan", "step s", "tokens/s", "MFU", "days", "GPU-hours",
-           "cost", "$/GPU-h"]
+           "cost", "$/GPU-h", "goodput", "ckpt every", "stall", "days w/ losses",
+           "cost w/ losses"]
 
 
 def write(path: str | Path, est: Estimate, title: str, intro: str) -> Path:
     return write_page(path, title, f"<p class='note'>{intro}</p>",
-                      [cost_vs_days(est), breakdown_bars(est), "<h2>Options</h2>",
+                      [cost_vs_days(est), days_bars(est), breakdown_bars(est),
+                       "<h2>Options</h2>",
                        table(HEADERS, rows(est), left=(0, 2))])

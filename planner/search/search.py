@@ -57,10 +57,33 @@ class SearchResult:
     """Indices into `plans` of the fitting plans no other fitting plan beats on both time and
     memory, fastest first."""
     seconds: float = 0.0
+    ranked_by: str = "step_time_s"
+    """What the fitting plans are sorted by (`goodput_step_time_s` after rerank_fitting)."""
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+    """Per-plan figures of a re-ranking (aligned with `plans`; fitting plans only)."""
 
     def plan(self, i: int) -> Plan:
         """Ranked plan i as a Plan."""
         return self.plans.plan(i)
+
+
+def rerank_fitting(res: SearchResult, key: np.ndarray, name: str,
+                   extra: dict[str, np.ndarray]) -> SearchResult:
+    """`res` with its fitting plans re-sorted by `key` (one value per fitting plan, in the
+    current order; tie-break memory) and the Pareto front recomputed on (`key`, memory); the
+    plans that do not fit stay behind them. The vectorized search itself is untouched."""
+    n = res.fitting
+    order = np.concatenate([np.lexsort((res.peak_bytes[:n], key)), np.arange(n, res.valid)])
+    pick = lambda a: a[order]  # noqa: E731
+    out = SearchResult(
+        candidates=res.candidates, pruned=res.pruned, examples=res.examples, valid=res.valid,
+        fitting=n, plans=res.plans.take(order), step_time_s=pick(res.step_time_s),
+        peak_bytes=pick(res.peak_bytes), fits=pick(res.fits), mfu=pick(res.mfu),
+        tokens_per_s=pick(res.tokens_per_s), seconds=res.seconds, ranked_by=name,
+        extra={k: np.asarray(v)[order[:n]] for k, v in {**extra, name: key}.items()})
+    if n:
+        out.pareto = pareto_front(out.extra[name], out.peak_bytes[:n])
+    return out
 
 
 def _prune(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, counts: dict[str, int],

@@ -5,14 +5,21 @@ the error of the cost model on them.
 DeepSpeed runs on A100 clusters, Narayanan et al. 2021 and Korthikanti et al. 2022, with their
 sources and how each published figure became seconds per step); a test keeps the copy identical
 to the shared file.
-`held_out_runs.json` holds the 6 Narayanan et al. 2021 Table 2 PTD-P rows that the shared README
-derives but leaves out (virtual stages not stated); they are never used to fit anything. The
-shared `runs_current.json` and `runs_moe.json` are not packaged (later work).
+`current_runs.json` is a copy of `../shared/validation/runs_current.json` (35 runs of current
+stacks, Megatron-Core, torchtitan and PyTorch FSDP, on A100 / A800, H100 / H800 and H200; a test
+keeps it identical too). `held_out_runs.json` holds the 6 Narayanan et al. 2021 Table 2 PTD-P
+rows that the shared README derives but leaves out (virtual stages not stated); they are never
+used to fit anything. The shared `runs_moe.json` is not packaged (later work).
+
+Summaries by set, source, framework and GPU: `planner.validation.groups`; leave-one-source-out
+refit of the fitted number: `planner.validation.cv`; error bands from it:
+`planner.validation.bands` (read back by `planner.uncertainty`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
@@ -59,9 +66,36 @@ class PublishedRun(BaseModel):
     """Peak memory per GPU, where published."""
 
 
+# The shipped sets, in the order `paraplan validate` prints them: name -> packaged file.
+SHIPPED_SETS = {"published": "published_runs.json", "current": "current_runs.json",
+                "held_out": "held_out_runs.json"}
+# The sets every fitted number may be chosen on (held_out is never fitted on).
+FIT_SETS = ("published", "current")
+
+
+def _validation_dir() -> Path:
+    return Path(str(resources.files("planner"))) / "validation"
+
+
 def default_runs_path() -> Path:
     """The packaged copy of the published runs."""
-    return Path(str(resources.files("planner"))) / "validation" / "published_runs.json"
+    return _validation_dir() / SHIPPED_SETS["published"]
+
+
+def shipped_set_path(name: str) -> Path:
+    """The packaged file of a shipped set (`published`, `current`, `held_out`)."""
+    if name not in SHIPPED_SETS:
+        raise InputError(f"unknown validation set '{name}'; accepted: {', '.join(SHIPPED_SETS)}")
+    return _validation_dir() / SHIPPED_SETS[name]
+
+
+def load_sets(path: str | Path | None = None,
+              names: tuple[str, ...] = tuple(SHIPPED_SETS)) -> dict[str, list[PublishedRun]]:
+    """Set name -> its runs: the shipped sets `names` by default, else the one file `path`
+    (named by its file stem)."""
+    if path:
+        return {Path(path).stem: load_runs(path)}
+    return {n: load_runs(shipped_set_path(n)) for n in names}
 
 
 def load_runs(path: str | Path | None = None) -> list[PublishedRun]:
@@ -80,6 +114,8 @@ class Comparison:
 
     run: PublishedRun
     prediction: dict[str, Any]
+    gpu: str = ""
+    """The bound cluster's GPU profile name (e.g. `a100_80g`)."""
 
     @property
     def error(self) -> float:
@@ -104,11 +140,25 @@ def compare(runs: list[PublishedRun], adjust: Callable[[Cluster], Cluster] | Non
     names (or `stack` for all; `adjust` rewrites the bound profile, for ablations)."""
     out = []
     for run in runs:
-        cluster = load_cluster(run.cluster, run.num_nodes, stack or run_stack(run))
+        cluster = run_cluster(run, stack)
         if adjust:
             cluster = adjust(cluster)
-        out.append(Comparison(run, predict(run.transformer, cluster, run.plan)))
+        out.append(Comparison(run, predict(run.transformer, cluster, run.plan), cluster.gpu.name))
     return out
+
+
+def run_cluster(run: PublishedRun, stack: "str | Stack | None" = None) -> Cluster:
+    """The run's cluster at its node count, bound to `stack` (else the one its framework
+    names); loaded once per (cluster, nodes, stack name) and reused (clusters are frozen)."""
+    chosen = stack or run_stack(run)
+    if isinstance(chosen, Stack):
+        return load_cluster(run.cluster, run.num_nodes, chosen)
+    return _cached_cluster(run.cluster, run.num_nodes, chosen)
+
+
+@lru_cache(maxsize=256)
+def _cached_cluster(ref: str, num_nodes: int, stack: str) -> Cluster:
+    return load_cluster(ref, num_nodes, stack)
 
 
 def summary(comps: list[Comparison]) -> dict[str, float]:

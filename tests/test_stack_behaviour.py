@@ -1,0 +1,97 @@
+"""One test per built-in stack: a sourced behaviour of that stack moves a prediction the way its
+source says (hardware_profiles/stacks/*.json). Each flips one field of the stack and compares."""
+
+from __future__ import annotations
+
+from planner.cost.evaluate import predict
+from planner.hardware import load_cluster
+from planner.plan import Plan
+from planner.transformer import load_transformer
+from planner.stack import load_stack
+
+L8 = "llama3-8b"
+
+
+def _predict(stack, cluster="dgx_h100", nodes=1, model=L8, **plan):
+    base = dict(dp=1, tp=1, pp=1, micro_batch_size=1, global_batch_size=8, precision="bf16")
+    base.update(plan)
+    c = load_cluster(cluster, nodes, stack)
+    return predict(load_transformer(model), c, Plan(**base))
+
+
+def _flip(name: str, **fields):
+    return load_stack(name).model_copy(update=fields)
+
+
+def test_megatron_core_tp_overlap_lowers_exposed_tp_time():
+    """Megatron-Core tp_comm_overlap (TE userbuffers): TP collectives hide behind the GEMMs."""
+    off = _predict(_flip("megatron-core", tp_comm_overlap=False), tp=8, sequence_parallel=True)
+    on = _predict(_flip("megatron-core", tp_comm_overlap=True), tp=8, sequence_parallel=True)
+    assert on["breakdown"]["tp_comm_s"] < 0.5 * off["breakdown"]["tp_comm_s"]
+    assert on["step_time_s"] < off["step_time_s"]
+
+
+def test_megatron_lm_2021_unfused_attention_raises_long_sequence_time():
+    """Megatron-LM 2021's unfused softmax puts the s x s scores through HBM: the longer the
+    sequence, the more it costs against a fused (FlashAttention) kernel."""
+    spec = load_transformer("gpt3-1.3b").model_copy(update={"seq_len": 8192})
+    c_unf = load_cluster("dgx_a100_80g", 1, "megatron-lm-2021")
+    c_fa = c_unf.model_copy(update={"stack": _flip("megatron-lm-2021",
+                                                   attention_kernel="flash_attention_2")})
+    plan = Plan(dp=8, tp=1, pp=1, micro_batch_size=1, global_batch_size=8, recompute="full")
+    assert predict(spec, c_unf, plan)["step_time_s"] > 1.2 * predict(spec, c_fa, plan)["step_time_s"]
+
+
+def test_fsdp_eager_elementwise_costs_more_than_fused():
+    """Eager PyTorch norms / RoPE / SwiGLU move several times the bytes of fused kernels
+    (stacks/fsdp.json elementwise_traffic, counted from the ops)."""
+    eager = _predict("fsdp", dp=8, global_batch_size=16, micro_batch_size=2, zero_stage=3)
+    fused = _predict(_flip("fsdp", elementwise_traffic=1.0), dp=8, global_batch_size=16,
+                     micro_batch_size=2, zero_stage=3)
+    assert eager["breakdown"]["compute_s"] > fused["breakdown"]["compute_s"]
+
+
+def test_deepspeed_grad_overlap_off_raises_dp_time():
+    """DeepSpeed 2021 / Megatron-LM 2021 reduce gradients after backward (not overlapped)."""
+    kw = dict(cluster="dgx_a100_80g", nodes=2, dp=16, global_batch_size=16)
+    off = _predict("deepspeed", **kw)
+    on = _predict(_flip("deepspeed", grad_overlap=True), **kw)
+    assert off["breakdown"]["dp_comm_s"] > on["breakdown"]["dp_comm_s"]
+
+
+def test_deepspeed_param_gather_overlap_lowers_zero1_gather():
+    """ZeRO-1's parameter all-gather behind the next forward (Megatron overlap_param_gather)."""
+    kw = dict(cluster="dgx_a100_80g", nodes=2, dp=16, global_batch_size=64, zero_stage=1)
+    off = _predict("deepspeed", **kw)
+    on = _predict(_flip("deepspeed", param_gather_overlap=True), **kw)
+    assert on["breakdown"]["dp_comm_s"] < off["breakdown"]["dp_comm_s"]
+
+
+def test_torchtitan_fa2_slower_than_fa3_on_h100_long_sequence():
+    """FlashAttention-2 on Hopper reaches ~35% of peak where FA3 reaches up to 75% (Shah et al.
+    2024): the GPU profile's attention_efficiency_by_kernel."""
+    spec = load_transformer(L8).model_copy(update={"seq_len": 32768})
+    plan = Plan(dp=1, tp=8, pp=1, micro_batch_size=1, global_batch_size=1, recompute="full")
+    fa2 = predict(spec, load_cluster("dgx_h100", 1, "torchtitan"), plan)
+    fa3 = predict(spec, load_cluster("dgx_h100", 1, _flip("torchtitan",
+                                                          attention_kernel="flash_attention_3")),
+                  plan)
+    assert fa2["breakdown"]["compute_s"] > 1.1 * fa3["breakdown"]["compute_s"]
+
+
+def test_torchtitan_fp8_casts_shrink_small_model_fp8_gain():
+    """torchao tensorwise float8 casts (amax pass + cast) eat part of the fp8 GEMM gain."""
+    kw = dict(dp=8, global_batch_size=16, micro_batch_size=2, zero_stage=3, precision="fp8")
+    with_casts = _predict("torchtitan", **kw)
+    no_casts = _predict(_flip("torchtitan", fp8_cast_bytes_per_element=0.0), **kw)
+    assert with_casts["step_time_s"] > no_casts["step_time_s"]
+
+
+def test_overlap_slowdown_is_not_free():
+    """Hidden FSDP gathers still cost the compute they run beside (Lee et al. 2025)."""
+    c = load_cluster("dgx_h100", 1, "torchtitan")
+    free = c.model_copy(update={"gpu": c.gpu.model_copy(update={"overlap_compute_slowdown": 0.0})})
+    spec = load_transformer(L8)
+    plan = Plan(dp=8, tp=1, pp=1, micro_batch_size=2, global_batch_size=16, zero_stage=3)
+    assert predict(spec, c, plan)["breakdown"]["dp_comm_s"] > \
+        predict(spec, free, plan)["breakdown"]["dp_comm_s"]
