@@ -20,6 +20,7 @@ from executor.mesh import ParallelMesh
 from executor.parallel import data as dpar
 from executor.parallel.pipeline import build_schedule, cut_stage, stage_indices
 from executor.parallel.tensor import apply_tensor_parallel
+from executor.precision import LossScaler, ScaledLoss, convert_fp8, make_scaler
 from executor.transformer import ContextParallel, Transformer
 from planner.cost.params import padded_vocab
 from planner.plan import Plan
@@ -40,6 +41,10 @@ class ParallelModel:
     schedule: object | None = None
     tied: list[tuple[nn.Parameter, dist.ProcessGroup]] = field(default_factory=list)
     skip_in_norm: set[int] = field(default_factory=set)
+    scaler: LossScaler | None = None
+    """fp16 plans: dynamic loss scaling (executor/precision.py)."""
+    scaled_loss: ScaledLoss = field(default_factory=lambda: ScaledLoss(loss_fn))
+    """The pipeline schedule's loss_fn, multiplied by this step's loss scale."""
 
     @property
     def is_first(self) -> bool:
@@ -92,6 +97,7 @@ def parallelize(spec: TransformerSpec, plan: Plan, pm: ParallelMesh, device: tor
                 seed: int = 0) -> ParallelModel:
     """This rank's ParallelModel (all ranks call it together: it creates groups)."""
     whole = build_model(spec, plan, seed)
+    convert_fp8(whole, plan, device)
     if plan.pp > 1:
         ids = stage_indices(plan, pm.coord("pp"))
         parts = [cut_stage(whole, plan, s) for s in ids]
@@ -108,6 +114,7 @@ def parallelize(spec: TransformerSpec, plan: Plan, pm: ParallelMesh, device: tor
                 block.attention.context = ctx
         part.to(device)
     pmodel = ParallelModel(plan, pm, parts, ids, dpar.mode(plan), device)
+    pmodel.scaler = make_scaler(plan, pmodel.dp_mode, device)
     if pmodel.dp_mode == "fsdp":
         dpar.apply_fsdp(parts, pm.dp_cp_mesh, plan)
     elif pmodel.dp_mode == "ddp":
@@ -115,7 +122,8 @@ def parallelize(spec: TransformerSpec, plan: Plan, pm: ParallelMesh, device: tor
     if plan.pp > 1 and spec.tied_embeddings:  # after FSDP, which replaces the parameters
         _tie_across_stages(pmodel)
     if plan.pp > 1:
-        pmodel.schedule = build_schedule(pmodel.parts, ids, plan, pm.group("pp"), device, loss_fn)
+        pmodel.schedule = build_schedule(pmodel.parts, ids, plan, pm.group("pp"), device,
+                                          pmodel.scaled_loss)
     return pmodel
 
 

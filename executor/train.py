@@ -25,6 +25,7 @@ from executor.memory import (SavedTensorMeter, optimizer_bytes, peak_rss_bytes, 
 from executor.parallel import data as dpar
 from executor.parallel.grad_norm import clip_grad_norm_
 from executor.parallelize import ParallelModel, build_model, loss_fn
+from executor.precision import autocast, maybe_inf_grad
 from planner.plan import Plan
 from planner.transformer import TransformerSpec
 
@@ -46,17 +47,6 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
                              foreach=False)
 
 
-def autocast(plan: Plan, device: torch.device):
-    """bf16 mixed precision via torch.autocast (fp32 master weights); fp32 plans run as is."""
-    if plan.precision == "bf16":
-        # No weight-cast cache: the step enters autocast once around all its micro-batches, and
-        # with FSDP2 (which swaps the unsharded parameters in and out per micro-batch) the cache
-        # served stale bf16 copies: ZeRO runs drifted 1.8% from the one-process reference, 10x
-        # any other plan (tests/test_executor_equivalence.py, bf16 cases).
-        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
-    return contextlib.nullcontext()
-
-
 def _value(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if isinstance(t, DTensor) else t
 
@@ -69,23 +59,27 @@ class StepStats:
 
 
 def run_step(pm: ParallelModel, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-             cfg: TrainConfig, stats: StepStats | None = None) -> float:
-    """One optimizer step; returns the global-batch mean loss. With `stats`, also counts saved
-    activations and gradient bytes (Python hooks on every saved tensor: a step that measures
-    memory is slower, so only the last step of a run does)."""
+             cfg: TrainConfig, stats: StepStats | None = None, step: int | None = None) -> float:
+    """One optimizer step; returns the global-batch mean loss (unscaled under fp16). With
+    `stats`, also counts saved activations and gradient bytes (Python hooks on every saved
+    tensor: a step that measures memory is slower, so only the last step of a run does). fp16:
+    an overflow on any rank skips the step on every rank, recorded as `step` in pm.scaler."""
     plan = pm.plan
+    scale = pm.scaler.factor() if pm.scaler else 1.0
+    pm.scaled_loss.factor = scale
     opt.zero_grad(set_to_none=True)
     ctx = loss_parallel() if plan.tp > 1 else contextlib.nullcontext()
     meter = SavedTensorMeter(pm.parameters() + pm.buffers()) if stats else \
         contextlib.nullcontext()
     with meter, ctx, autocast(plan, x.device):
         if pm.schedule is not None:
-            loss = _pipeline_step(pm, x, y)
+            loss = _pipeline_step(pm, x, y) / scale
         else:
-            loss = _accumulate(pm, x, y)
+            loss = _accumulate(pm, x, y, scale)
     if pm.dp_mode == "allreduce":
         dpar.all_reduce_grads(pm.parameters(), pm.mesh.dp_cp_mesh.get_group())
     dpar.sum_grads(pm.tied)
+    maybe_inf_grad(pm.parameters(), step)
     if stats:
         stats.meter_peak = max(stats.meter_peak, meter.peak)
         stats.grads_bytes = tensor_bytes(p.grad for p in pm.parameters())
@@ -94,10 +88,15 @@ def run_step(pm: ParallelModel, opt: torch.optim.Optimizer, x: torch.Tensor, y: 
     # share of the batch (pipeline stages other than the last hold 0; tensor-parallel ranks hold
     # the same value), so the world sum is tp times the sum over the dp x cp shares.
     work = dist.all_reduce(loss, async_op=True) if dist.get_world_size() > 1 else None
+    if pm.scaler:
+        pm.scaler.unscale_(opt)  # the clip below must see the true gradients
     if cfg.max_grad_norm > 0:
         pp_group = pm.mesh.group("pp") if plan.pp > 1 else None
         clip_grad_norm_(pm.parameters(), cfg.max_grad_norm, pp_group, pm.skip_in_norm)
-    opt.step()
+    if pm.scaler:
+        pm.scaler.step(opt, step)
+    else:
+        opt.step()
     if work is not None:
         work.wait()
         loss /= plan.tp * plan.dp * plan.cp
@@ -116,8 +115,10 @@ def _pipeline_step(pm: ParallelModel, x: torch.Tensor, y: torch.Tensor) -> torch
     return torch.zeros((), device=pm.device)
 
 
-def _accumulate(pm: ParallelModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Micro-batches in sequence; gradients synchronise on the last one only."""
+def _accumulate(pm: ParallelModel, x: torch.Tensor, y: torch.Tensor,
+                scale: float = 1.0) -> torch.Tensor:
+    """Micro-batches in sequence; gradients synchronise on the last one only. Backward runs
+    from the loss times `scale` (fp16 loss scaling); the returned loss is unscaled."""
     model, m = pm.parts[0], pm.plan.num_micro_batches
     total = torch.zeros((), device=pm.device)
     for i, (xb, yb) in enumerate(zip(x.chunk(m), y.chunk(m))):
@@ -128,7 +129,7 @@ def _accumulate(pm: ParallelModel, x: torch.Tensor, y: torch.Tensor) -> torch.Te
         sync = model.no_sync() if pm.dp_mode == "ddp" and not last else contextlib.nullcontext()
         with sync:
             loss = loss_fn(model(xb), yb) / m
-            loss.backward()
+            (loss * scale if scale != 1.0 else loss).backward()
         total += _value(loss).detach()
     return total
 
@@ -175,7 +176,11 @@ def train_steps(pm: ParallelModel, opt, source: TokenSource, cfg: TrainConfig, f
         x, y = x.to(pm.device), y.to(pm.device)
         t0 = time.perf_counter()
         maybe_stall(step)
-        losses.append(run_step(pm, opt, x, y, cfg, stats if step == measure_at else None))
+        skipped = len(pm.scaler.skipped_steps) if pm.scaler else 0
+        losses.append(run_step(pm, opt, x, y, cfg, stats if step == measure_at else None, step))
+        if pm.scaler and len(pm.scaler.skipped_steps) > skipped and dist.get_rank() == 0:
+            print(f"step {step}: fp16 overflow, update skipped on every rank; loss scale now "
+                  f"{pm.scaler.factor():g}", flush=True)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)

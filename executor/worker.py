@@ -40,14 +40,28 @@ def _setup(job: dict) -> tuple[torch.device, str]:
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else \
         torch.device("cpu")
     if cuda:
-        world = int(os.environ["WORLD_SIZE"])
-        if world > torch.cuda.device_count():
-            raise RuntimeError(f"plan needs {world} GPUs (dp*tp*pp*cp), this machine has "
-                               f"{torch.cuda.device_count()}; multi-node runs are not supported")
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+        if local > torch.cuda.device_count():
+            raise RuntimeError(f"this node runs {local} ranks, it has "
+                               f"{torch.cuda.device_count()} GPUs")
         torch.cuda.set_device(device)
     configure_process(threads())  # launch.py put the thread count in OMP_NUM_THREADS
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=job["timeout_s"]))
     return device, backend
+
+
+def node_rank() -> int:
+    """This node's number, as `paraplan run --node-rank` gave it (launch.py sets it)."""
+    return int(os.environ.get("PARAPLAN_NODE_RANK", 0))
+
+
+def assign_rank() -> None:
+    """Rank = node_rank x ranks per node + local rank, overriding torchrun's RANK: c10d numbers
+    nodes by sorted host and pid, not --node-rank. Safe because every worker is only a client
+    of the agent's store (TORCHELASTIC_USE_AGENT_STORE), and torchrun's own bookkeeping keeps
+    its numbering. With one node this is torchrun's RANK."""
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", 1)))
+    os.environ["RANK"] = str(node_rank() * per_node + int(os.environ.get("LOCAL_RANK", 0)))
 
 
 def run(job: dict) -> None:
@@ -79,7 +93,8 @@ def run(job: dict) -> None:
             saved.append(path)
     _, times, mem = train_plan(pm, opt, source, cfg, first, on_step)
     gathered: list = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, (RankMemory(rank=rank, **mem).model_dump(), times, stalls))
+    me = RankMemory(rank=rank, node_rank=node_rank(), host=socket.gethostname(), **mem)
+    dist.all_gather_object(gathered, (me.model_dump(), times, stalls))
     if rank == 0:
         slowest = timed_steps([ts for _, ts, _ in gathered], cfg.warmup)
         # a save ends for everyone when its slowest rank is done
@@ -92,6 +107,7 @@ def run(job: dict) -> None:
             tokens_per_s=plan.global_batch_size * spec.seq_len / step_time,
             memory=[RankMemory(**m) for m, _, _ in gathered], data=source.name,
             checkpoint_stall_s=stall,
+            skipped_steps=len(pm.scaler.skipped_steps) if pm.scaler else None,
             checkpoint_bytes=checkpoint.directory_bytes(saved[-1]) if saved else None,
             checkpoint_tensors=checkpoint.saved_tensors(saved[-1]) if saved else None,
             environment=_environment(backend, device), started_at=started, finished_at=_now())
@@ -111,6 +127,7 @@ def _environment(backend: str, device: torch.device) -> Environment:
 @record
 def main() -> None:
     job = json.loads(Path(sys.argv[1]).read_text())
+    assign_rank()
     try:
         run(job)
     except BaseException as err:

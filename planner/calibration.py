@@ -135,6 +135,10 @@ EXECUTOR_STACK = {
     "activation_layout": ("eager", "plain PyTorch ops (planner/cost/eager_activations.py)"),
     "async_checkpoint": (False, "torch.distributed.checkpoint.save, synchronous "
                                 "(executor/checkpoint.py)"),
+    "selective_recompute": ("attention_core", "selective recompute checkpoints the attention "
+                                              "core (executor/transformer.py)"),
+    "tp_shards_norms": (False, "norms are sharded over the sequence only with the plan's "
+                               "sequence_parallel (executor/parallel/tensor.py)"),
 }
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 # The fields a `software` block of a profile written before stacks existed may lack, and what
 # they meant then (the cost model of that time had none of these behaviours).
 _LEGACY_DEFAULTS = {"tp_comm_overlap": False, "param_gather_overlap": False,
+                    "selective_recompute": "attention_core", "tp_shards_norms": False,
+                    "fp8_cast_bytes_per_element": 0.0,
                     "async_checkpoint": False, "cp_impl": "ring", "activation_layout": "fused",
                     "grad_bucket_bytes": 25 * 2**20, "elementwise_traffic": 1.0,
                     "dp_step_overhead_s": 0.0, "fsdp_unit_overhead_s": 0.0,

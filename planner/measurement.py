@@ -29,6 +29,11 @@ class RankMemory(FrozenModel):
     """Process resident-set high-water mark over the timed steps (CPU)."""
     device_peak_bytes: int | None = Field(default=None, ge=0)
     """Accelerator allocator peak (GPU runs)."""
+    node_rank: int | None = Field(default=None, ge=0)
+    """The node this rank ran on (`paraplan run --node-rank`; 0 on one machine); None in
+    measurements written before multi-node launch."""
+    host: str | None = None
+    """Hostname of the rank's machine."""
 
 
 class Environment(FrozenModel):
@@ -76,6 +81,11 @@ class Measurement(FrozenModel):
     """Bytes one checkpoint wrote (the size of the last checkpoint's directory)."""
     checkpoint_tensors: int | None = Field(default=None, ge=0)
     """Tensors (DCP items) one checkpoint holds."""
+
+    skipped_steps: int | None = Field(default=None, ge=0)
+    """fp16 runs: optimizer steps skipped because the loss-scaled gradients overflowed on some
+    rank (every rank skips together; the loss scale is halved each time). None for other
+    precisions."""
 
     @staticmethod
     def median(times: list[float]) -> float:

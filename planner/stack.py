@@ -37,6 +37,14 @@ class Stack(FrozenModel):
     2021's fused scale-mask-softmax); the others are fused (no s x s matrix in HBM, causal
     blocks skipped), timed at the GPU profile's `attention_efficiency`; `sdpa` is torch's
     scaled_dot_product_attention as the executor calls it (calibrated CPU stacks)."""
+    selective_recompute: Literal["attention_core", "ops_half_matmuls"]
+    """What `recompute: selective` redoes in backward: the attention core (Megatron-LM,
+    Korthikanti et al. 2022), or torchtitan's op-level policy (saves sdpa and every other
+    matmul, recomputes the rest of the block)."""
+    tp_shards_norms: bool
+    """Tensor parallelism always shards the norms and residual activations over the sequence
+    (Megatron's sequence parallelism), whatever the plan's `sequence_parallel` says: torchtitan's
+    TP plan wraps every norm in SequenceParallel. Planned as sequence parallel when tp > 1."""
     tp_comm_overlap: bool
     """Tensor-parallel collectives overlap the block's GEMMs (Megatron-Core `tp_comm_overlap`
     with userbuffers; torchtitan async TP): exposed TP time is what the GEMMs cannot hide."""

@@ -117,7 +117,7 @@ def test_resume_continues_the_loss_curve_exactly(tmp_path):
 
 @pytest.mark.parametrize("plan,needle", [
     ({**DP2, "tp": 3}, "num_attention_heads 4 is not divisible by tp=3"),
-    ({**DP2, "precision": "fp16"}, "precision fp16 is not implemented in the executor"),
+    ({**DP2, "precision": "fp8"}, "precision fp8 needs a GPU"),
     ({**DP2, "zero": 1}, "field 'zero': unknown key"),
 ])
 def test_bad_input(tmp_path, plan, needle):

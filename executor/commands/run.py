@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from planner.transformer import TransformerSpec
@@ -35,6 +36,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="CPU threads per rank (default cores / ranks)")
     p.add_argument("--allow-oversubscribe", action="store_true",
                    help="start more CPU ranks than max(8, 4 x cores) anyway")
+    m = p.add_argument_group("multi-node (run the same command on every node, each with its "
+                             "--node-rank)")
+    m.add_argument("--nnodes", type=int, default=1, help="machines in the run (default 1)")
+    m.add_argument("--node-rank", type=int, default=0,
+                   help="this machine's number, 0..nnodes-1; node 0 hosts the rendezvous and "
+                        "writes the Measurement; ranks r..r+K-1 run on node r/K")
+    m.add_argument("--nproc-per-node", type=int, help="ranks per node (default world / nnodes)")
+    m.add_argument("--rdzv-endpoint", metavar="HOST:PORT",
+                   help="node 0's address and a free port (torchrun's c10d rendezvous)")
+    m.add_argument("--rdzv-id", default="paraplan", help="job id shared by all nodes")
+    m.add_argument("--rdzv-timeout", type=int, default=300,
+                   help="seconds to wait for every node to join (default 300)")
     p.set_defaults(func=run)
 
 
@@ -82,11 +95,21 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and not Path(args.resume).is_dir():
         raise InputError(f"--resume {args.resume}: not a directory")
     from executor.launch import RunError, check_runnable, launch
-    check_runnable(plan, args.allow_oversubscribe)
+    nodes = _nodes(args, plan)
+    if nodes is None:
+        check_runnable(plan, args.allow_oversubscribe)
+    else:
+        _check_node_runnable(plan, nodes.nproc_per_node, args.allow_oversubscribe)
     out = console()
     if note:
         out.print(note)
     procs = f"{plan.world_size} process{'es' if plan.world_size > 1 else ''}"
+    if nodes:
+        procs += (f" (node {nodes.node_rank} of {nodes.nnodes}: ranks "
+                  f"{nodes.node_rank * nodes.nproc_per_node}.."
+                  f"{(nodes.node_rank + 1) * nodes.nproc_per_node - 1})")
+        for warning in _layout_warnings(plan, nodes.nproc_per_node):
+            out.print(f"[yellow]warning:[/] {warning}")
     out.print(f"running {spec.name} ({source}) on {procs} for {args.steps} steps: "
               f"{plan_short(plan)}, global batch {plan.global_batch_size}, {plan.precision}")
     try:
@@ -94,10 +117,60 @@ def run(args: argparse.Namespace) -> int:
                    data=args.data, save_every=args.save_every,
                    checkpoint_dir=args.checkpoint_dir if args.save_every else None,
                    resume=args.resume, timeout_s=args.timeout, max_seconds=args.max_seconds,
-                   threads=args.threads, echo=out.print)
+                   threads=args.threads, echo=out.print, nodes=nodes)
     except RunError as err:
         out.print(f"[red]run failed:[/] {err}")
         return 1
+    if m is None:
+        out.print(f"node {nodes.node_rank} done; node 0 (rank 0's node) writes the measurement")
+        return 0
     out.print(f"step time {m.step_time_s:.4f} s (median of {len(m.step_times_s)}), "
               f"{m.tokens_per_s:,.0f} tokens/s; measurement written to [bold]{args.out}[/]")
     return 0
+
+
+def _nodes(args: argparse.Namespace, plan):
+    """The multi-node layout from the flags, checked; None for one machine."""
+    from executor.launch import Nodes, check_nodes
+    from planner.schema import InputError
+    if args.nnodes == 1:
+        if args.node_rank or args.rdzv_endpoint:
+            raise InputError("--node-rank and --rdzv-endpoint need --nnodes > 1")
+        return None
+    if args.nnodes < 1:
+        raise InputError(f"--nnodes must be >= 1, got {args.nnodes}")
+    if not args.rdzv_endpoint:
+        raise InputError("--nnodes > 1 needs --rdzv-endpoint HOST:PORT (node 0's address)")
+    if args.nproc_per_node is None and plan.world_size % args.nnodes:
+        raise InputError(f"plan has {plan.world_size} ranks, not a multiple of --nnodes "
+                         f"{args.nnodes}")
+    nodes = Nodes(nnodes=args.nnodes, node_rank=args.node_rank, endpoint=args.rdzv_endpoint,
+                  nproc_per_node=args.nproc_per_node or plan.world_size // args.nnodes,
+                  rdzv_id=args.rdzv_id, timeout_s=args.rdzv_timeout)
+    check_nodes(plan, nodes)
+    return nodes
+
+
+def _check_node_runnable(plan, per_node: int, allow_oversubscribe: bool) -> None:
+    """check_runnable's rank limits, per node: this node's ranks against its GPUs or cores.
+    (check_runnable counts the whole world against this machine, so it cannot run here; its
+    precision checks then happen in the worker, which names the failing rank.)"""
+    from executor.launch import cpu_rank_limit, visible_gpus
+    from planner.schema import InputError
+    gpus, cores = visible_gpus(), os.cpu_count() or 1
+    if gpus and per_node > gpus:
+        raise InputError(f"this node runs {per_node} ranks, it has {gpus} GPUs")
+    if not gpus and per_node > cpu_rank_limit(cores) and not allow_oversubscribe:
+        raise InputError(f"this node runs {per_node} processes, this CPU machine runs at most "
+                         f"{cpu_rank_limit(cores)}; pass --allow-oversubscribe")
+
+
+def _layout_warnings(plan, per_node: int) -> list[str]:
+    """Ranks r..r+K-1 share a node; with the default order tp-cp-dp-pp a tp group of size <= K
+    stays inside one. Warn where it does not: its all-reduces would cross the network."""
+    from executor.launch import groups_spanning_nodes
+    spans = groups_spanning_nodes(plan, "tp", per_node) if plan.tp > 1 else 0
+    if not spans:
+        return []
+    return [f"{spans} tp group(s) of size {plan.tp} span nodes of {per_node} ranks (order "
+            f"{plan.order}): tensor-parallel all-reduces will cross the network"]

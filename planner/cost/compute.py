@@ -45,6 +45,7 @@ class LayerTimes:
     bwd: np.ndarray
     attn_fwd: np.ndarray   # attention core only (what selective recompute redoes)
     attn_bwd: np.ndarray
+    gemm_fwd: np.ndarray   # the four linear layers' forward (fp8 casts included)
 
 
 def _gemms(gpu: GPU, sh: Shapes, m, k, n) -> tuple[np.ndarray, np.ndarray]:
@@ -119,7 +120,8 @@ def layer_times(spec: TransformerSpec, gpu: GPU, sh: Shapes, flash: bool,
     attn_f, attn_b = _attention(spec, gpu, sh, flash, tokens)
     fwd = sum(p[0] for p in parts) + attn_f
     bwd = sum(p[1] for p in parts) + attn_b
-    return LayerTimes(fwd=fwd, bwd=bwd, attn_fwd=attn_f, attn_bwd=attn_b)
+    return LayerTimes(fwd=fwd, bwd=bwd, attn_fwd=attn_f, attn_bwd=attn_b,
+                      gemm_fwd=sum(p[0] for p in parts[:4]))
 
 
 def head_times(spec: TransformerSpec, gpu: GPU, sh: Shapes) -> tuple[np.ndarray, np.ndarray]:

@@ -33,8 +33,9 @@ def shapes(cluster: Cluster, P: PlanArrays) -> Shapes:
     fp8, fp32 = P.precision == PRECISIONS.index("fp8"), P.precision == PRECISIONS.index("fp32")
     peak = peaks[P.precision]
     act = np.where(fp32, 4.0, 2.0)
+    sp = P.sp | ((P.tp > 1) & cluster.stack.tp_shards_norms)  # torchtitan: TP implies SP
     return Shapes(tp=P.tp.astype(float), cp=P.cp.astype(float), mbs=P.mbs.astype(float),
-                  sp=P.sp, peak=peak, attn_peak=np.where(fp8, peaks[0], peak), fp8=fp8,
+                  sp=sp, peak=peak, attn_peak=np.where(fp8, peaks[0], peak), fp8=fp8,
                   act_bytes=act, gemm_bytes=np.where(fp8, 1.0, act),
                   cast_bytes=cluster.stack.fp8_cast_bytes_per_element,
                   attn_eff=cluster.gpu.attention_efficiency_by_kernel.get(
@@ -47,7 +48,14 @@ def _per_layer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shape
     flash = cluster.stack.flash_attention
     lt = layer_times(spec, cluster.gpu, sh, flash, cluster.stack.elementwise_traffic)
     full, sel = P.recompute == R_FULL, P.recompute == R_SELECTIVE
-    recompute = np.where(full, lt.fwd, np.where(sel, lt.attn_fwd, 0.0))
+    # Selective recompute redoes the attention core (Korthikanti et al. 2022), or in torchtitan's
+    # op-level policy every op but the saved ones: sdpa and every other matmul are kept, so the
+    # element-wise ops and half the matmuls run again (stack.selective_recompute).
+    if cluster.stack.selective_recompute == "ops_half_matmuls":
+        selective = lt.fwd - lt.attn_fwd - 0.5 * lt.gemm_fwd
+    else:
+        selective = lt.attn_fwd
+    recompute = np.where(full, lt.fwd, np.where(sel, selective, 0.0))
     tokens = sh.mbs * spec.seq_len / sh.cp
     # TP: two all-reduces (or all-gather + reduce-scatter with SP, same volume) per direction
     # (Shoeybi et al. 2019, Fig. 4; Korthikanti et al. 2022, Fig. 5); full recompute repeats them.
@@ -55,7 +63,7 @@ def _per_layer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shape
     ar = 2 * links["tp"].all_reduce(sh.act_bytes * tokens * spec.hidden_size)
     # Framework time of a tensor-parallel block (calibrated; 0 on GPU presets), split like its
     # compute: a third forward, two thirds backward.
-    over = np.where(P.tp > 1, sw.tp_block_overhead_s + np.where(P.sp, sw.sp_block_overhead_s,
+    over = np.where(P.tp > 1, sw.tp_block_overhead_s + np.where(sh.sp, sw.sp_block_overhead_s,
                                                                 0.0), 0.0)
     if sw.tp_comm_overlap:
         # Megatron-Core tp_comm_overlap (Transformer Engine userbuffers) / torchtitan async TP:

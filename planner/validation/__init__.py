@@ -31,6 +31,7 @@ from planner.hardware import Cluster, load_cluster
 from planner.plan import Plan
 from planner.schema import InputError, read_json, validate_as
 from planner.stack import DEFAULT_STACK, Stack, stack_for_framework
+from planner.validation.hardware_map import real_cluster
 from planner.transformer import TransformerSpec
 
 GiB = 2**30
@@ -129,8 +130,19 @@ class Comparison:
         return self.prediction["memory"]["peak_bytes"] / GiB / self.run.measured_peak_memory_gib - 1
 
 
+def _stack_map() -> dict[str, dict]:
+    """Runs whose documented software differs from their framework's default stack
+    (stack_map.json: torch.compile on, from each run's own notes)."""
+    path = Path(str(resources.files("planner"))) / "validation" / "stack_map.json"
+    return read_json(path, f"stack map {path}") if path.is_file() else {}
+
+
 def run_stack(run: PublishedRun) -> str:
-    """The stack a run is predicted with: the one its `framework` names."""
+    """The stack a run is predicted with: the one its notes document (stack_map.json), else
+    the one its `framework` names."""
+    mapped = _stack_map().get(run.name)
+    if mapped:
+        return mapped["stack"]
     return stack_for_framework(run.framework) if run.framework else DEFAULT_STACK
 
 
@@ -151,9 +163,12 @@ def run_cluster(run: PublishedRun, stack: "str | Stack | None" = None) -> Cluste
     """The run's cluster at its node count, bound to `stack` (else the one its framework
     names); loaded once per (cluster, nodes, stack name) and reused (clusters are frozen)."""
     chosen = stack or run_stack(run)
+    # The machine the run really ran on where its `cluster` is only the closest preset
+    # (hardware_map.json; benchmarks/validate_real_hardware.py prints both errors).
+    ref = real_cluster(run.name) or run.cluster
     if isinstance(chosen, Stack):
-        return load_cluster(run.cluster, run.num_nodes, chosen)
-    return _cached_cluster(run.cluster, run.num_nodes, chosen)
+        return load_cluster(ref, run.num_nodes, chosen)
+    return _cached_cluster(ref, run.num_nodes, chosen)
 
 
 @lru_cache(maxsize=256)
