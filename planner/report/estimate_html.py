@@ -20,8 +20,24 @@ def label(o: Option) -> str:
     return f"{o.cluster.gpu.name} x {o.num_gpus}"
 
 
+def _band(o: Option) -> tuple[float, float]:
+    """The step-time band as factors on the point estimate (days and dollars scale with it)."""
+    step = o.prediction["step_time_s"]
+    lo, hi = o.prediction.get("step_time_range_s") or (step, step)
+    return lo / step, hi / step
+
+
+def _bars(values: list[float], opts: list[Option]) -> dict:
+    """Asymmetric plotly error bars spanning the step-time band of each option's value."""
+    bands = [_band(o) for o in opts]
+    return {"type": "data", "symmetric": False, "thickness": 1,
+            "array": [v * (hi - 1) for v, (_, hi) in zip(values, bands)],
+            "arrayminus": [v * (1 - lo) for v, (lo, _) in zip(values, bands)]}
+
+
 def cost_vs_days(est: Estimate) -> go.Figure:
-    """One line per GPU type over cluster sizes; the cost/days Pareto front marked."""
+    """One line per GPU type over cluster sizes, error bars spanning the step-time band (days
+    and dollars both scale with the step time); the cost/days Pareto front marked."""
     fig = go.Figure()
     by_gpu: dict[str, list[Option]] = {}
     for o in est.options:
@@ -29,8 +45,10 @@ def cost_vs_days(est: Estimate) -> go.Figure:
             by_gpu.setdefault(o.cluster.gpu.name, []).append(o)
     for gpu, opts in by_gpu.items():
         opts.sort(key=lambda o: o.num_gpus)
+        days, cost = [o.days for o in opts], [o.cost_usd / 1e6 for o in opts]
         fig.add_trace(go.Scatter(
-            x=[o.days for o in opts], y=[o.cost_usd / 1e6 for o in opts], mode="lines+markers+text",
+            x=days, y=cost, error_x=_bars(days, opts), error_y=_bars(cost, opts),
+            mode="lines+markers+text",
             name=gpu, text=[str(o.num_gpus) for o in opts], textposition="top center",
             hovertemplate="%{text} GPUs<br>%{x:.1f} days<br>$%{y:.2f}M<extra>" + gpu + "</extra>"))
     front = est.pareto()
