@@ -26,7 +26,7 @@ from executor.data import TokenSource
 from executor.memory import configure_process
 from executor.mesh import build_mesh
 from executor.parallelize import parallelize
-from executor.train import TrainConfig, gather_params, make_optimizer, timed_steps, train_plan
+from executor.train import TrainConfig, gather_params, make_plan_optimizer, timed_steps, train_plan
 from planner.plan import Plan
 from planner.schema import write_json_atomic
 from planner.transformer import TransformerSpec
@@ -39,7 +39,7 @@ class PlanFailed(RuntimeError):
 def _one(spec: TransformerSpec, plan: Plan, cfg: TrainConfig, want_params: bool) -> dict:
     pm_mesh = build_mesh(plan, "cpu")
     model = parallelize(spec, plan, pm_mesh, torch.device("cpu"), seed=cfg.seed)
-    opt = make_optimizer(model.parameters(), cfg)
+    opt = make_plan_optimizer(model, cfg)
     source = TokenSource(spec.vocab_size, spec.seq_len, cfg.data, cfg.seed)
     losses, times, mem = train_plan(model, opt, source, cfg)
     everyone: list = [None] * dist.get_world_size()

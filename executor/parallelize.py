@@ -18,6 +18,7 @@ from torch import nn
 
 from executor.mesh import ParallelMesh
 from executor.parallel import data as dpar
+from executor.parallel.ps import check_plan
 from executor.parallel.pipeline import build_schedule, cut_stage, stage_indices
 from executor.parallel.tensor import apply_tensor_parallel
 from executor.precision import LossScaler, ScaledLoss, convert_fp8, make_scaler
@@ -96,6 +97,8 @@ def build_model(spec: TransformerSpec, plan: Plan, seed: int) -> Transformer:
 def parallelize(spec: TransformerSpec, plan: Plan, pm: ParallelMesh, device: torch.device,
                 seed: int = 0) -> ParallelModel:
     """This rank's ParallelModel (all ranks call it together: it creates groups)."""
+    if plan.grad_sync == "parameter_server":
+        check_plan(plan)
     whole = build_model(spec, plan, seed)
     convert_fp8(whole, plan, device)
     if plan.pp > 1:

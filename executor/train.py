@@ -24,6 +24,7 @@ from executor.memory import (SavedTensorMeter, optimizer_bytes, peak_rss_bytes, 
                              tensor_bytes)
 from executor.parallel import data as dpar
 from executor.parallel.grad_norm import clip_grad_norm_
+from executor.parallel.ps import ParameterServerOptimizer
 from executor.parallelize import ParallelModel, build_model, loss_fn
 from executor.precision import autocast, maybe_inf_grad
 from planner.plan import Plan
@@ -45,6 +46,16 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     # foreach=False: one code path for plain tensors and DTensors of different meshes.
     return torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay,
                              foreach=False)
+
+
+def make_plan_optimizer(pm: ParallelModel, cfg: TrainConfig):
+    """The optimizer for this rank: AdamW, or the parameter server (executor/parallel/ps.py),
+    which also does the gradient push, the clip and the weight pull in its `step`."""
+    if pm.dp_mode != "ps":
+        return make_optimizer(pm.parameters(), cfg)
+    return ParameterServerOptimizer(pm.parameters(), pm.mesh.dp_cp_mesh.get_group(),
+                                    pm.plan.ps_servers, cfg.max_grad_norm,
+                                    lambda ps: make_optimizer(ps, cfg))
 
 
 def _value(t: torch.Tensor) -> torch.Tensor:
@@ -90,7 +101,7 @@ def run_step(pm: ParallelModel, opt: torch.optim.Optimizer, x: torch.Tensor, y: 
     work = dist.all_reduce(loss, async_op=True) if dist.get_world_size() > 1 else None
     if pm.scaler:
         pm.scaler.unscale_(opt)  # the clip below must see the true gradients
-    if cfg.max_grad_norm > 0:
+    if cfg.max_grad_norm > 0 and pm.dp_mode != "ps":  # ps: clipped on the servers
         pp_group = pm.mesh.group("pp") if plan.pp > 1 else None
         clip_grad_norm_(pm.parameters(), cfg.max_grad_norm, pp_group, pm.skip_in_norm)
     if pm.scaler:

@@ -21,6 +21,8 @@ DEFAULT_ORDER = "tp-cp-dp-pp"
 ORDERS: tuple[str, ...] = tuple("-".join(p) for p in permutations(DIMS))
 SCHEDULES: tuple[str, ...] = ("1f1b", "gpipe", "interleaved_1f1b")
 RECOMPUTE: tuple[str, ...] = ("none", "selective", "full")
+GRAD_SYNCS: tuple[str, ...] = ("ring", "tree", "hierarchical", "parameter_server")
+PS_PLACEMENTS: tuple[str, ...] = ("colocated", "dedicated")
 
 
 class Plan(FrozenModel):
@@ -53,6 +55,15 @@ class Plan(FrozenModel):
     """Compute precision of matmuls (mixed precision keeps fp32 master weights except for fp32)."""
     order: str = DEFAULT_ORDER
     """Rank order, innermost dimension first: a permutation of tp, cp, dp, pp joined by '-'."""
+    grad_sync: Literal["ring", "tree", "hierarchical", "parameter_server"] = "ring"
+    """Gradient synchronisation over dp x cp: ring all-reduce (today's model), NCCL's double
+    binary tree, hierarchical (intra-node reduce-scatter, inter-node all-reduce, intra-node
+    all-gather) or a parameter server (workers push gradient shards, pull weight shards)."""
+    ps_servers: int = Field(default=0, ge=0)
+    """Parameter-server shards (server ranks); 0 unless grad_sync is parameter_server."""
+    ps_placement: Literal["colocated", "dedicated"] = "colocated"
+    """Parameter servers on worker ranks (colocated shards) or on extra nodes (dedicated; cost
+    model only, the executor refuses it)."""
 
     @field_validator("order")
     @classmethod

@@ -8,11 +8,13 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from planner.hardware import PRECISIONS
-from planner.plan import ORDERS, RECOMPUTE, SCHEDULES, Plan
+from planner.plan import GRAD_SYNCS, ORDERS, PS_PLACEMENTS, RECOMPUTE, SCHEDULES, Plan
 
 # Integer codes for the categorical fields (index into the tuples above).
 S_1F1B, S_GPIPE, S_INTERLEAVED = (SCHEDULES.index(s) for s in ("1f1b", "gpipe", "interleaved_1f1b"))
 R_NONE, R_SELECTIVE, R_FULL = (RECOMPUTE.index(r) for r in ("none", "selective", "full"))
+G_RING, G_TREE, G_HIER, G_PS = (GRAD_SYNCS.index(g) for g in GRAD_SYNCS)
+PS_COLOCATED, PS_DEDICATED = (PS_PLACEMENTS.index(p) for p in PS_PLACEMENTS)
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,15 @@ class PlanArrays:
     sp: np.ndarray
     precision: np.ndarray
     order: np.ndarray
+    # Optional columns (None -> ring, 0 servers, colocated) so older constructors stay valid.
+    grad_sync: np.ndarray | None = None
+    ps_servers: np.ndarray | None = None
+    ps_placement: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("grad_sync", "ps_servers", "ps_placement"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, np.zeros(len(self.dp), dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self.dp)
@@ -53,7 +64,9 @@ class PlanArrays:
             virtual_pipeline_stages=int(self.vpp[i]), schedule=SCHEDULES[int(self.schedule[i])],
             zero_stage=int(self.zero[i]), recompute=RECOMPUTE[int(self.recompute[i])],
             sequence_parallel=bool(self.sp[i]), precision=PRECISIONS[int(self.precision[i])],
-            order=ORDERS[int(self.order[i])],
+            order=ORDERS[int(self.order[i])], grad_sync=GRAD_SYNCS[int(self.grad_sync[i])],
+            ps_servers=int(self.ps_servers[i]),
+            ps_placement=PS_PLACEMENTS[int(self.ps_placement[i])],
         )
 
     @staticmethod
@@ -70,4 +83,7 @@ class PlanArrays:
             sp=col(lambda p: p.sequence_parallel, bool),
             precision=col(lambda p: PRECISIONS.index(p.precision)),
             order=col(lambda p: ORDERS.index(p.order)),
+            grad_sync=col(lambda p: GRAD_SYNCS.index(p.grad_sync)),
+            ps_servers=col(lambda p: p.ps_servers),
+            ps_placement=col(lambda p: PS_PLACEMENTS.index(p.ps_placement)),
         )

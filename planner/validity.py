@@ -11,7 +11,7 @@ import numpy as np
 
 from planner.hardware import PRECISIONS, Cluster
 from planner.plan import Plan
-from planner.plan_arrays import S_1F1B, S_INTERLEAVED, PlanArrays
+from planner.plan_arrays import G_PS, PS_COLOCATED, S_1F1B, S_INTERLEAVED, PlanArrays
 from planner.transformer import TransformerSpec
 
 Mask = Callable[[TransformerSpec, Cluster, PlanArrays], np.ndarray]
@@ -99,6 +99,24 @@ CHECKS: tuple[Check, ...] = (
           lambda s, c, P, i: (f"precision {PRECISIONS[_i(P.precision, i)]} is not supported by "
                               f"{c.gpu.name}; accepted: "
                               f"{', '.join(p for p in PRECISIONS if c.gpu.peak_flops(p))}")),
+    Check("ps_servers", "parameter_server without servers, or servers without it",
+          lambda s, c, P: (P.grad_sync == G_PS) != (P.ps_servers > 0),
+          lambda s, c, P, i: ("grad_sync parameter_server needs ps_servers >= 1" if
+                              _i(P.grad_sync, i) == G_PS else
+                              f"ps_servers={_i(P.ps_servers, i)} needs grad_sync "
+                              "parameter_server")),
+    Check("ps_colocated", "more colocated servers than dp*cp worker ranks",
+          # Colocated shards live on the data-parallel worker ranks (one shard per rank at most).
+          lambda s, c, P: ((P.grad_sync == G_PS) & (P.ps_placement == PS_COLOCATED)
+                           & (P.ps_servers > P.dp * P.cp)),
+          lambda s, c, P, i: (f"colocated ps_servers={_i(P.ps_servers, i)} exceeds dp*cp = "
+                              f"{_i(P.dp * P.cp, i)} (the shards live on worker ranks)")),
+    Check("ps_layout", "parameter_server with ZeRO or tp/pp/cp > 1",
+          # The servers already shard weights and optimizer state (ZeRO would shard them twice),
+          # and shards are cut from the whole flat model, which needs tp = pp = cp = 1.
+          lambda s, c, P: (P.grad_sync == G_PS) & ((P.zero > 0) | (P.tp * P.pp * P.cp > 1)),
+          lambda s, c, P, i: ("grad_sync parameter_server needs zero_stage 0 and tp = pp = cp = 1"
+                              " (the servers shard the whole flat model and its optimizer state)")),
 )
 
 

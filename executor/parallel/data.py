@@ -7,6 +7,8 @@
 - zero_stage 1 and 2: FSDP2 fully_shard with reshard_after_forward=False: weights stay gathered
   from forward to backward, gradients are reduce-scattered, optimizer state is sharded. FSDP2 has
   no optimizer-only sharding, so ZeRO-1 runs as ZeRO-2.
+- grad_sync parameter_server: executor/parallel/ps.py (servers on ranks 0..S-1 hold the shards
+  and the optimizer state; workers push gradients and pull weights).
 - zero_stage 3: FSDP2 fully_shard with reshard_after_forward=True (weights re-gathered for
   backward).
 """
@@ -26,7 +28,9 @@ from planner.plan import Plan
 
 
 def mode(plan: Plan) -> str:
-    """'none', 'ddp', 'allreduce' or 'fsdp'."""
+    """'none', 'ddp', 'allreduce', 'fsdp' or 'ps' (parameter server)."""
+    if plan.grad_sync == "parameter_server":
+        return "ps"
     if plan.dp * plan.cp == 1:
         return "none"
     if plan.zero_stage >= 1:

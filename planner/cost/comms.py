@@ -25,6 +25,10 @@ class Link:
     call_latency_s: np.ndarray
     curve_id: np.ndarray
     curves: tuple[tuple[tuple[float, float], ...], ...]
+    ranks_per_node: np.ndarray | None = None
+    """Most group members on one node (hierarchical all-reduce); None: unknown."""
+    nodes_spanned: np.ndarray | None = None
+    """Most nodes one group spans; None: unknown."""
 
     def efficiency(self, nbytes: np.ndarray) -> np.ndarray:
         """Fraction of bandwidth reached for messages of `nbytes`."""

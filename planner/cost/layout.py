@@ -40,5 +40,7 @@ def link_arrays(topo: Topology, P: PlanArrays) -> tuple[dict[str, Link], list[di
             call_latency_s=np.array([g.call_latency_s for g in gl])[inv],
             curve_id=np.array([_TIERS.index(g.tier) for g in gl])[inv],
             curves=curves,
+            ranks_per_node=np.array([g.ranks_per_node for g in gl], dtype=float)[inv],
+            nodes_spanned=np.array([g.nodes_spanned for g in gl], dtype=float)[inv],
         )
     return out, per_layout

@@ -14,13 +14,14 @@ from __future__ import annotations
 import numpy as np
 
 from planner.cost.comms import Link
+from planner.cost.grad_sync import grad_all_reduce
 from planner.cost.compute import Shapes, embedding_times, head_times, layer_times
 from planner.cost.efficiency import memory_time, overlapped
 from planner.cost.zero import fsdp2_exposed
 from planner.cost.params import (layer_params_per_rank, stage_params_per_rank,
                                  stage_tensor_count)
 from planner.hardware import PRECISIONS, Cluster
-from planner.plan_arrays import R_FULL, R_SELECTIVE, PlanArrays
+from planner.plan_arrays import G_PS, R_FULL, R_SELECTIVE, PlanArrays
 from planner.stages import heaviest_middle, rank_layers
 from planner.transformer import TransformerSpec
 
@@ -175,7 +176,7 @@ def _dp_exposed(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shap
         fsdp = fsdp2_exposed(spec, cluster, P, sh, link, window)
     else:
         fsdp = np.zeros(len(P))
-    reduce = np.where(P.zero == 0, link.all_reduce(g), link.reduce_scatter(g))
+    reduce = np.where(P.zero == 0, grad_all_reduce(cluster, P, link, g), link.reduce_scatter(g))
     tail = reduce * np.minimum(1.0, sw.grad_bucket_bytes / g)  # the last bucket never overlaps
     if sw.grad_overlap:
         exposed = np.maximum(tail, overlapped(cluster.gpu, reduce, window))
@@ -203,7 +204,10 @@ def _optimizer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shape
     written; plus a fixed cost per parameter tensor, and the small collectives every step
     makes: the global gradient norm (over tp, dp x cp when sharded, and pp) and the loss
     reported as the global-batch mean (over pp and dp x cp)."""
-    params = _stage_params(spec, P, sh) / np.where(P.zero >= 1, P.dp * P.cp, 1)
+    # A parameter server's shard owner runs Adam on 1/S of the model (planner/cost/grad_sync.py).
+    shards = np.where(P.zero >= 1, P.dp * P.cp, np.where(P.grad_sync == G_PS,
+                                                          np.maximum(P.ps_servers, 1), 1))
+    params = _stage_params(spec, P, sh) / shards
     per_param = np.where(P.precision == 3, 24.0 + 2 * 4.0, 24.0 + 2 * 2.0 + 2.0)
     tensors = stage_tensor_count(spec, rank_layers(spec.num_layers, P.pp, P.vpp,
                                                    np.zeros(len(P))), True, P.pp == 1)
