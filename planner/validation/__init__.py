@@ -130,9 +130,11 @@ class Comparison:
         return self.prediction["memory"]["peak_bytes"] / GiB / self.run.measured_peak_memory_gib - 1
 
 
+@lru_cache(maxsize=1)
 def _stack_map() -> dict[str, dict]:
     """Runs whose documented software differs from their framework's default stack
-    (stack_map.json: torch.compile on, from each run's own notes)."""
+    (stack_map.json: torch.compile on, from each run's own notes). Read once, like
+    hardware_map.json: `run_stack` is called for every run of every CV fold."""
     path = Path(str(resources.files("planner"))) / "validation" / "stack_map.json"
     return read_json(path, f"stack map {path}") if path.is_file() else {}
 
