@@ -36,6 +36,12 @@ class Plan(FrozenModel):
     """Pipeline stages."""
     cp: int = Field(default=1, ge=1)
     """Context-parallel width (sequence split across ranks, ring exchange of K/V)."""
+    ep: int = Field(default=1, ge=1)
+    """Expert-parallel width: routed experts split over ep ranks (MoE specs only). Megatron-Core's
+    parallel folding: experts fold over the tp x cp x dp ranks of a pipeline stage as
+    etp x ep x edp (etp innermost, in rank order), edp = tp*cp*dp / (etp*ep)."""
+    etp: int = Field(default=1, ge=1)
+    """Expert tensor-parallel width: each expert's MLP split over etp ranks (MoE specs only)."""
     micro_batch_size: int = Field(ge=1)
     """Sequences per micro-batch per data-parallel replica."""
     global_batch_size: int = Field(ge=1)
@@ -78,6 +84,11 @@ class Plan(FrozenModel):
     def world_size(self) -> int:
         """GPUs the plan needs: dp * tp * pp * cp."""
         return self.dp * self.tp * self.pp * self.cp
+
+    @property
+    def edp(self) -> int:
+        """Expert data-parallel width: tp*cp*dp / (etp*ep) (integer for valid plans)."""
+        return self.tp * self.cp * self.dp // (self.etp * self.ep)
 
     @property
     def num_micro_batches(self) -> int:

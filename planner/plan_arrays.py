@@ -38,14 +38,24 @@ class PlanArrays:
     grad_sync: np.ndarray | None = None
     ps_servers: np.ndarray | None = None
     ps_placement: np.ndarray | None = None
+    ep: np.ndarray | None = None   # None -> 1 (dense plans)
+    etp: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         for name in ("grad_sync", "ps_servers", "ps_placement"):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, np.zeros(len(self.dp), dtype=np.int64))
+        for name in ("ep", "etp"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, np.ones(len(self.dp), dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self.dp)
+
+    @property
+    def edp(self) -> np.ndarray:
+        """Expert data-parallel width tp*cp*dp / (etp*ep), floored (validity checks it)."""
+        return self.tp * self.cp * self.dp // (self.etp * self.ep)
 
     @property
     def micro_batches(self) -> np.ndarray:
@@ -67,6 +77,7 @@ class PlanArrays:
             order=ORDERS[int(self.order[i])], grad_sync=GRAD_SYNCS[int(self.grad_sync[i])],
             ps_servers=int(self.ps_servers[i]),
             ps_placement=PS_PLACEMENTS[int(self.ps_placement[i])],
+            ep=int(self.ep[i]), etp=int(self.etp[i]),
         )
 
     @staticmethod
@@ -86,4 +97,5 @@ class PlanArrays:
             grad_sync=col(lambda p: GRAD_SYNCS.index(p.grad_sync)),
             ps_servers=col(lambda p: p.ps_servers),
             ps_placement=col(lambda p: PS_PLACEMENTS.index(p.ps_placement)),
+            ep=col(lambda p: p.ep), etp=col(lambda p: p.etp),
         )

@@ -1,5 +1,6 @@
-"""`TransformerSpec`: the model noun (a dense decoder-only transformer), its built-in presets and
-the import from a Hugging Face `config.json`.
+"""`TransformerSpec`: the model noun (a decoder-only transformer, dense or mixture-of-experts; the
+MoE and attention sub-models are in planner/moe.py), its built-in presets and the import from a
+Hugging Face `config.json`.
 
 Conventions implied by `mlp` (the spec keys are fixed by DESIGN.md, so the family is inferred):
 `gelu` is the GPT-2/3 / Megatron GPT family (biases, LayerNorm, learned position embeddings,
@@ -15,11 +16,12 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from planner.moe import Attention, MoESpec
 from planner.schema import FrozenModel, InputError, read_json, validate_as
 
 
 class TransformerSpec(FrozenModel):
-    """Shape of a dense decoder-only transformer."""
+    """Shape of a decoder-only transformer (dense, or mixture-of-experts with `moe`)."""
 
     name: str = Field(min_length=1)
     """Display name."""
@@ -41,25 +43,47 @@ class TransformerSpec(FrozenModel):
     """`gelu`: two matrices h x f. `swiglu`: three (gate, up, down)."""
     tied_embeddings: bool = True
     """Input embedding and LM head share one matrix."""
+    moe: MoESpec | None = None
+    """Routed experts of the FFN (null: a dense MLP in every block)."""
+    attention: Attention | None = Field(default=None, discriminator="kind")
+    """null: multi-head / grouped-query attention from num_kv_heads; else MLA or sliding windows."""
+    mtp_layers: int = Field(default=0, ge=0)
+    """Multi-token-prediction blocks after the last layer (DeepSeek-V3: 1)."""
+    head_dim: int | None = Field(default=None, ge=1)
+    """Per-head width (null: hidden_size / num_attention_heads; Qwen3 and gpt-oss set it)."""
 
     @model_validator(mode="after")
     def _shapes(self) -> "TransformerSpec":
         h, a, g = self.hidden_size, self.num_attention_heads, self.num_kv_heads
-        if h % a:
-            raise ValueError(f"hidden_size {h} is not a multiple of num_attention_heads {a}")
+        if self.head_dim is None and self.attention is None and h % a:
+            raise ValueError(f"hidden_size {h} is not a multiple of num_attention_heads {a} "
+                             "(set head_dim when the heads' width is not hidden / heads)")
         if a % g:
             raise ValueError(f"num_attention_heads {a} is not a multiple of num_kv_heads {g}")
+        if self.moe and self.moe.first_dense_layers > self.num_layers:
+            raise ValueError(f"moe.first_dense_layers {self.moe.first_dense_layers} exceeds "
+                             f"num_layers {self.num_layers}")
         return self
 
     @property
-    def head_dim(self) -> int:
-        """Per-head width d = h / a."""
-        return self.hidden_size // self.num_attention_heads
+    def d_head(self) -> int:
+        """Per-head width d: head_dim, or h / a."""
+        return self.head_dim or self.hidden_size // self.num_attention_heads
+
+    @property
+    def q_dim(self) -> int:
+        """Width of all query heads: a * d (h unless head_dim says otherwise)."""
+        return self.num_attention_heads * self.d_head
 
     @property
     def kv_dim(self) -> int:
         """Width of K (and of V): g * d."""
-        return self.num_kv_heads * self.head_dim
+        return self.num_kv_heads * self.d_head
+
+    @property
+    def is_moe(self) -> bool:
+        """Whether any block has routed experts."""
+        return self.moe is not None
 
     @property
     def is_gpt_family(self) -> bool:

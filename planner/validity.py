@@ -120,6 +120,42 @@ CHECKS: tuple[Check, ...] = (
 )
 
 
+def _experts(s: TransformerSpec) -> int:
+    return s.moe.num_experts if s.moe else 1
+
+
+def _expert_ffn(s: TransformerSpec) -> int:
+    return s.moe.expert_ffn_hidden_size if s.moe else 1
+
+
+MOE_CHECKS: tuple[Check, ...] = (
+    Check("ep_dense", "ep or etp > 1 for a dense model",
+          lambda s, c, P: (s.moe is None) & ((P.ep > 1) | (P.etp > 1)),
+          lambda s, c, P, i: (f"ep={_i(P.ep, i)}, etp={_i(P.etp, i)}: expert parallelism needs a "
+                              "mixture-of-experts spec (this one has no `moe`); use ep = etp = 1")),
+    Check("experts_ep", "routed experts not divisible by ep",
+          lambda s, c, P: _experts(s) % P.ep != 0,
+          lambda s, c, P, i: (f"num_experts {_experts(s)} is not divisible by ep={_i(P.ep, i)} "
+                              "(every expert-parallel rank holds whole experts)")),
+    Check("ep_fold", "ep*etp does not divide a stage's tp*cp*dp ranks",
+          # Megatron-Core parallel folding: experts use etp x ep x edp over the same ranks.
+          lambda s, c, P: (P.tp * P.cp * P.dp) % (P.ep * P.etp) != 0,
+          lambda s, c, P, i: (f"ep*etp = {_i(P.ep, i)}*{_i(P.etp, i)} = {_i(P.ep * P.etp, i)} "
+                              f"does not divide a pipeline stage's tp*cp*dp = "
+                              f"{_i(P.tp * P.cp * P.dp, i)} ranks (experts fold over them as "
+                              "etp x ep x edp)")),
+    Check("expert_ffn_etp", "expert_ffn_hidden_size not divisible by etp",
+          lambda s, c, P: _expert_ffn(s) % P.etp != 0,
+          lambda s, c, P, i: (f"moe.expert_ffn_hidden_size {_expert_ffn(s)} is not divisible by "
+                              f"etp={_i(P.etp, i)}")),
+    Check("ep_ps", "expert parallelism with a parameter server",
+          lambda s, c, P: (P.grad_sync == G_PS) & (P.ep * P.etp > 1),
+          lambda s, c, P, i: ("grad_sync parameter_server needs ep = etp = 1 (the servers shard "
+                              "the whole flat model)")),
+)
+CHECKS = CHECKS + MOE_CHECKS
+
+
 def invalid_masks(spec: TransformerSpec, cluster: Cluster, P: PlanArrays) -> dict[str, np.ndarray]:
     """key -> boolean array (True = plan breaks the rule)."""
     n = len(P)

@@ -65,7 +65,7 @@ def _gemms(gpu: GPU, sh: Shapes, m, k, n) -> tuple[np.ndarray, np.ndarray]:
 def _attention(spec: TransformerSpec, gpu: GPU, sh: Shapes, flash: bool,
                tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Attention core (scores, softmax, weighted sum) forward and backward."""
-    s, d = spec.seq_len, spec.head_dim
+    s, d = spec.seq_len, spec.d_head
     heads = spec.num_attention_heads / sh.tp
     if flash:
         # FlashAttention skips the masked upper triangle (half the score FLOPs) and its backward
