@@ -54,7 +54,7 @@ class Attention(nn.Module):
     def __init__(self, spec: TransformerSpec):
         super().__init__()
         h, kv, bias = spec.hidden_size, spec.kv_dim, spec.is_gpt_family
-        self.head_dim = spec.head_dim
+        self.head_dim = spec.d_head
         self.rope = not spec.is_gpt_family
         self.wq = nn.Linear(h, h, bias=bias)
         self.wk = nn.Linear(h, kv, bias=bias)
@@ -156,7 +156,7 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleDict({str(i): Block(spec) for i in range(spec.num_layers)})
         self.norm: nn.Module | None = _norm(spec)
         self.output: nn.Linear | None = nn.Linear(h, rows, bias=False)
-        cos, sin = rope_tables(spec.head_dim, spec.seq_len)
+        cos, sin = rope_tables(spec.d_head, spec.seq_len)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.position_offset = 0  # first token's position on this rank (context parallel)

@@ -10,6 +10,8 @@ section 2.2.1). Chunk 0, on rank 0, holds the embedding; the last chunk, on rank
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from planner.plan import Plan
@@ -52,6 +54,28 @@ def rank_layers(num_layers: int, pp: np.ndarray, vpp: np.ndarray,
     at_zero = np.minimum(vpp - 1, extra // pp)  # chunks pp, 2 pp, ... <= extra
     others = np.where(extra >= pp_rank, np.minimum(vpp, (extra - pp_rank) // pp + 1), 0)
     return vpp * base + np.where(pp_rank == 0, at_zero, others)
+
+
+@lru_cache(maxsize=4096)
+def _moe_count(spec_key: tuple, num_layers: int, pp: int, vpp: int, pp_rank: int) -> int:
+    first, freq = spec_key
+    return sum(1 for i in rank_layer_ids(num_layers, pp, vpp, pp_rank)
+               if i >= first and (i - first) % freq == 0)
+
+
+def rank_moe_layers(spec, pp: np.ndarray, vpp: np.ndarray, pp_rank: np.ndarray) -> np.ndarray:
+    """How many of pipeline rank `pp_rank`'s blocks have routed experts (planner/moe.py
+    ffn_is_moe), over arrays of plans; zeros for a dense spec. Counted per distinct
+    (pp, v, rank) from `rank_layer_ids`, the same cut the executor makes."""
+    pp, vpp, pp_rank = np.broadcast_arrays(np.asarray(pp), np.asarray(vpp), np.asarray(pp_rank))
+    if spec.moe is None:
+        return np.zeros(pp.shape)
+    key = (spec.moe.first_dense_layers, spec.moe.moe_layer_freq)
+    combos = np.stack([pp.ravel(), vpp.ravel(), pp_rank.ravel()], axis=1).astype(np.int64)
+    uniq, inv = np.unique(combos, axis=0, return_inverse=True)
+    counts = np.array([_moe_count(key, spec.num_layers, int(a), int(b), int(c))
+                       for a, b, c in uniq], dtype=float)
+    return counts[inv.reshape(-1)].reshape(pp.shape)
 
 
 def holds_embedding(pp_rank: np.ndarray) -> np.ndarray:
