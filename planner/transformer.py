@@ -124,6 +124,7 @@ def load_transformer(ref: str) -> TransformerSpec:
         if not isinstance(data, dict):
             raise InputError(f"transformer {p}: expected a JSON object")
         if {"model_type", "num_hidden_layers", "n_layer"} & data.keys():
+            from planner.hf_config import spec_from_hf_config
             return spec_from_hf_config(data, name=p.parent.name or p.stem)
         return validate_as(TransformerSpec, data, f"transformer spec {p}")
     presets = _presets()
@@ -135,65 +136,14 @@ def load_transformer(ref: str) -> TransformerSpec:
 
 
 # ---------------------------------------------------------------------------------------------
-# Hugging Face config.json import
+# Hugging Face config.json import: planner/hf_config.py (it imports TransformerSpec from here,
+# so this module reaches it lazily, inside load_transformer and through __getattr__ below).
 
-_LLAMA_LIKE = {"llama", "mistral", "qwen2", "qwen3"}
-_GPT2_LIKE = {"gpt2"}
-
-
-def spec_from_hf_config(cfg: dict[str, Any], name: str = "hf-model") -> TransformerSpec:
-    """Map a Hugging Face `config.json` (Llama, Mistral, Qwen2, GPT-2 style) to a spec."""
-    model_type = str(cfg.get("model_type", "")).lower()
-    what = f"HF config ({model_type or 'no model_type'})"
-    if cfg.get("num_local_experts") or cfg.get("num_experts"):
-        raise InputError(f"{what}: mixture-of-experts models are not supported yet; accepted "
-                         f"model_type: {', '.join(sorted(_LLAMA_LIKE | _GPT2_LIKE))}")
-    if model_type in _GPT2_LIKE or ("n_layer" in cfg and "n_embd" in cfg):
-        return _from_gpt2(cfg, name, what)
-    if model_type in _LLAMA_LIKE or "num_hidden_layers" in cfg:
-        return _from_llama(cfg, name, what)
-    raise InputError(f"{what}: unrecognised config; accepted model_type: "
-                     f"{', '.join(sorted(_LLAMA_LIKE | _GPT2_LIKE))}")
-
-
-def _need(cfg: dict[str, Any], key: str, what: str) -> Any:
-    if cfg.get(key) is None:
-        raise InputError(f"{what}: missing key '{key}'")
-    return cfg[key]
-
-
-def _from_llama(cfg: dict[str, Any], name: str, what: str) -> TransformerSpec:
-    act = str(cfg.get("hidden_act", "silu")).lower()
-    if act not in {"silu", "swish"}:
-        raise InputError(f"{what}: hidden_act '{act}' is not supported for gated MLPs; "
-                         "accepted: silu")
-    heads = _need(cfg, "num_attention_heads", what)
-    return validate_as(TransformerSpec, {
-        "name": cfg.get("_name_or_path") or name,
-        "num_layers": _need(cfg, "num_hidden_layers", what),
-        "hidden_size": _need(cfg, "hidden_size", what),
-        "num_attention_heads": heads,
-        "num_kv_heads": cfg.get("num_key_value_heads") or heads,
-        "ffn_hidden_size": _need(cfg, "intermediate_size", what),
-        "vocab_size": _need(cfg, "vocab_size", what),
-        "seq_len": _need(cfg, "max_position_embeddings", what),
-        "mlp": "swiglu",
-        "tied_embeddings": bool(cfg.get("tie_word_embeddings", False)),
-    }, what)
-
-
-def _from_gpt2(cfg: dict[str, Any], name: str, what: str) -> TransformerSpec:
-    h = _need(cfg, "n_embd", what)
-    heads = _need(cfg, "n_head", what)
-    return validate_as(TransformerSpec, {
-        "name": cfg.get("_name_or_path") or name,
-        "num_layers": _need(cfg, "n_layer", what),
-        "hidden_size": h,
-        "num_attention_heads": heads,
-        "num_kv_heads": heads,
-        "ffn_hidden_size": cfg.get("n_inner") or 4 * h,
-        "vocab_size": _need(cfg, "vocab_size", what),
-        "seq_len": cfg.get("n_positions") or _need(cfg, "n_ctx", what),
-        "mlp": "gelu",
-        "tied_embeddings": bool(cfg.get("tie_word_embeddings", True)),
-    }, what)
+def __getattr__(name: str) -> Any:
+    """`from planner.transformer import spec_from_hf_config` keeps working (the import lives
+    in planner/hf_config.py; resolved on first use so neither module imports the other at
+    load time)."""
+    if name == "spec_from_hf_config":
+        from planner.hf_config import spec_from_hf_config
+        return spec_from_hf_config
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,7 +7,7 @@ import argparse
 from rich.table import Table
 
 from planner.commands.common import console, gib
-from planner.cost.params import total_params
+from planner.cost.params import active_params, total_params
 from planner.hardware import load_cluster, load_gpu, preset_names
 from planner.stack import DEFAULT_STACK, load_stack, stack_names
 from planner.transformer import load_transformer, transformer_preset_names
@@ -21,14 +21,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     out = console()
     t = Table(title="transformers (--transformer)", title_justify="left")
-    for col in ("name", "params", "layers", "hidden", "heads/kv", "ffn", "vocab", "seq", "mlp"):
-        t.add_column(col)
+    for col in ("name", "params", "active", "layers", "hidden", "heads/kv", "ffn", "experts",
+                "vocab", "seq", "mlp"):
+        t.add_column(col, no_wrap=True)
     for name in transformer_preset_names():
         s = load_transformer(name)
-        n = total_params(s)
-        t.add_row(name, f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M", str(s.num_layers), str(s.hidden_size),
-                  f"{s.num_attention_heads}/{s.num_kv_heads}", str(s.ffn_hidden_size),
-                  str(s.vocab_size), str(s.seq_len), s.mlp)
+        t.add_row(name, _count(total_params(s)),
+                  _count(active_params(s)) if s.is_moe else "-", str(s.num_layers),
+                  str(s.hidden_size), f"{s.num_attention_heads}/{s.num_kv_heads}",
+                  str(s.ffn_hidden_size), _experts(s), str(s.vocab_size), str(s.seq_len), s.mlp)
     out.print(t)
     g = Table(title="GPUs", title_justify="left")
     for col in ("name", "description", "GiB", "bf16 TFLOP/s", "HBM GB/s"):
@@ -59,6 +60,20 @@ def run(args: argparse.Namespace) -> int:
                    _yes(k.grad_overlap), k.zero_impl, _yes(k.async_checkpoint))
     out.print(st)
     return 0
+
+
+def _count(n: float) -> str:
+    """A parameter count as 12.34B or 5.67M."""
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
+
+
+def _experts(spec) -> str:
+    """Routed experts (+ shared) x expert width, top-k: `256+1x2048 top8`; `-` for dense."""
+    m = spec.moe
+    if m is None:
+        return "-"
+    shared = f"+{m.num_shared_experts}" if m.num_shared_experts else ""
+    return f"{m.num_experts}{shared}x{m.expert_ffn_hidden_size} top{m.top_k}"
 
 
 def _yes(flag: bool) -> str:
