@@ -14,7 +14,7 @@ import numpy as np
 
 from planner.validation import compare, load_runs
 
-KEYS = ("compute_s", "tp_comm_s", "cp_comm_s", "pp_comm_s", "dp_comm_s", "bubble_s",
+KEYS = ("compute_s", "tp_comm_s", "cp_comm_s", "pp_comm_s", "dp_comm_s", "ep_comm_s", "bubble_s",
         "optimizer_s")
 
 

@@ -6,6 +6,10 @@
 4. tensor (and sequence) parallel on each stage (tp > 1);
 5. context parallel: K/V gathered over the cp group, positions offset by this rank's chunk;
 6. data parallel / ZeRO (executor/parallel/data.py says which mechanism for which stage).
+
+Mixture-of-experts models (executor/moe.py) also keep only this rank's experts before step 4
+and give the MoE layers their expert-parallel groups (executor/parallel/expert.py); their
+experts reduce gradients over the edp group, not dp x cp.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ import torch.distributed as dist
 from torch import nn
 
 from executor.mesh import ParallelMesh
+from executor.moe import MoE, moe_layers
 from executor.parallel import data as dpar
+from executor.parallel.expert import apply_expert_parallel, etp_shard_dims, expert_parameters
 from executor.parallel.ps import check_plan
 from executor.parallel.pipeline import build_schedule, cut_stage, stage_indices
 from executor.parallel.tensor import apply_tensor_parallel
@@ -46,6 +52,14 @@ class ParallelModel:
     """fp16 plans: dynamic loss scaling (executor/precision.py)."""
     scaled_loss: ScaledLoss = field(default_factory=lambda: ScaledLoss(loss_fn))
     """The pipeline schedule's loss_fn, multiplied by this step's loss scale."""
+    is_moe: bool = False
+    """The model has MoE blocks (this rank may hold none: a dense pipeline stage)."""
+    moe: list[MoE] = field(default_factory=list)
+    """This rank's mixture-of-experts layers (empty for a dense model)."""
+    experts: list[nn.Parameter] = field(default_factory=list)
+    """Their routed experts' parameters, which reduce over edp (executor/parallel/expert.py)."""
+    etp_dims: dict[int, int] = field(default_factory=dict)
+    """etp > 1: id of each expert weight slice -> the dimension the etp group splits."""
 
     @property
     def is_first(self) -> bool:
@@ -63,6 +77,17 @@ class ParallelModel:
                     seen.add(id(p))
                     out.append(p)
         return out
+
+    def dense_parameters(self) -> list[nn.Parameter]:
+        """Every parameter but the routed experts' (all of them for a dense model)."""
+        ids = {id(p) for p in self.experts}
+        return [p for p in self.parameters() if id(p) not in ids] if ids else self.parameters()
+
+    @property
+    def expert_sync(self) -> bool:
+        """Whether expert gradients need the explicit edp all-reduce after backward (FSDP and
+        DDP reduce them otherwise)."""
+        return bool(self.experts) and self.dp_mode in ("allreduce", "none")
 
     def buffers(self) -> list[torch.Tensor]:
         """Non-trainable state (rotary tables): saved for backward, but not activations."""
@@ -107,8 +132,14 @@ def parallelize(spec: TransformerSpec, plan: Plan, pm: ParallelMesh, device: tor
     else:
         ids, parts = [0], [whole]
     chunk = spec.seq_len // plan.cp
+    moe = spec.moe is not None
+    egroups = pm.expert_groups() if moe else {}  # every rank creates every group
     for part in parts:
         part.position_offset = pm.coord("cp") * chunk
+        if moe:
+            apply_expert_parallel(moe_layers([part]), plan, egroups,
+                                  pm.group("tp") if plan.tp > 1 else None,
+                                  pm.group("cp") if plan.cp > 1 else None)
         if plan.tp > 1:
             apply_tensor_parallel(part, pm.tp_mesh, plan.sequence_parallel)
         if plan.cp > 1:
@@ -118,10 +149,15 @@ def parallelize(spec: TransformerSpec, plan: Plan, pm: ParallelMesh, device: tor
         part.to(device)
     pmodel = ParallelModel(plan, pm, parts, ids, dpar.mode(plan), device)
     pmodel.scaler = make_scaler(plan, pmodel.dp_mode, device)
+    if moe and pmodel.dp_mode == "ps" and plan.tp > 1:
+        raise ValueError("grad_sync parameter_server with a mixture-of-experts model needs tp=1")
     if pmodel.dp_mode == "fsdp":
-        dpar.apply_fsdp(parts, pm.dp_cp_mesh, plan)
+        dpar.apply_fsdp(parts, pm.dp_cp_mesh, plan, pm.edp_mesh() if moe else None)
     elif pmodel.dp_mode == "ddp":
         pmodel.parts = [dpar.wrap_ddp(parts[0], pm.dp_cp_mesh.get_group())]
+    pmodel.is_moe, pmodel.moe = moe, moe_layers(pmodel.parts)
+    pmodel.experts = expert_parameters(pmodel.moe)  # after FSDP, which replaces parameters
+    pmodel.etp_dims = etp_shard_dims(pmodel.moe) if plan.etp > 1 else {}
     if plan.pp > 1 and spec.tied_embeddings:  # after FSDP, which replaces the parameters
         _tie_across_stages(pmodel)
     if plan.pp > 1:

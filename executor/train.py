@@ -3,7 +3,10 @@
 A step: zero grads; forward/backward over the rank's micro-batches (through the pipeline
 schedule when pp > 1); gradient sync where the data-parallel mode needs it by hand; tied
 embedding sync across stages; global-norm clipping; AdamW. The reported loss is the mean over the
-whole global batch, identical on every rank.
+whole global batch, identical on every rank. Mixture-of-experts models add the load-balancing
+loss (executor/moe.py), `moe_aux_loss_coeff` times the sum over MoE layers, to the loss that is
+trained and reported; their expert gradients reduce over the edp group
+(executor/parallel/expert.py). Dense models run exactly as before.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from torch.distributed.tensor.parallel import loss_parallel
 from executor.data import TokenSource, local_batch
 from executor.memory import (SavedTensorMeter, optimizer_bytes, peak_rss_bytes, reset_peak_rss,
                              tensor_bytes)
+from executor.moe import AUX_LOSS_COEFF, moe_layers, start_aux, total_aux
 from executor.parallel import data as dpar
+from executor.parallel.expert import clip_grad_norm_moe_, reduce_expert_grads
 from executor.parallel.grad_norm import clip_grad_norm_
 from executor.parallel.ps import ParameterServerOptimizer
 from executor.parallelize import ParallelModel, build_model, loss_fn
@@ -40,6 +45,8 @@ class TrainConfig:
     weight_decay: float = 0.1
     max_grad_norm: float = 1.0
     data: str | None = None
+    moe_aux_loss_coeff: float = AUX_LOSS_COEFF
+    """alpha of the MoE load-balancing loss (Switch Transformer's 1e-2); unused when dense."""
 
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -79,6 +86,10 @@ def run_step(pm: ParallelModel, opt: torch.optim.Optimizer, x: torch.Tensor, y: 
     scale = pm.scaler.factor() if pm.scaler else 1.0
     pm.scaled_loss.factor = scale
     opt.zero_grad(set_to_none=True)
+    # Balancing-loss gradient per micro-batch: alpha x loss scale, / m where micro-batch losses
+    # are divided by m here (_accumulate); the pipeline schedule divides the gradients itself.
+    m = plan.num_micro_batches
+    aux = start_aux(pm.moe, cfg.moe_aux_loss_coeff * scale / (1 if pm.schedule else m))
     ctx = loss_parallel() if plan.tp > 1 else contextlib.nullcontext()
     meter = SavedTensorMeter(pm.parameters() + pm.buffers()) if stats else \
         contextlib.nullcontext()
@@ -88,7 +99,11 @@ def run_step(pm: ParallelModel, opt: torch.optim.Optimizer, x: torch.Tensor, y: 
         else:
             loss = _accumulate(pm, x, y, scale)
     if pm.dp_mode == "allreduce":
-        dpar.all_reduce_grads(pm.parameters(), pm.mesh.dp_cp_mesh.get_group())
+        dpar.all_reduce_grads(pm.dense_parameters(), pm.mesh.dp_cp_mesh.get_group())
+    if pm.expert_sync:
+        reduce_expert_grads(pm.experts, pm.mesh.expert_groups()["edp"], plan.dp * plan.cp)
+    if aux is not None:  # this rank's share, averaged over ranks like the loss
+        loss = loss + cfg.moe_aux_loss_coeff * aux.total(m * len(pm.moe)).to(loss) / m
     dpar.sum_grads(pm.tied)
     maybe_inf_grad(pm.parameters(), step)
     if stats:
@@ -103,7 +118,11 @@ def run_step(pm: ParallelModel, opt: torch.optim.Optimizer, x: torch.Tensor, y: 
         pm.scaler.unscale_(opt)  # the clip below must see the true gradients
     if cfg.max_grad_norm > 0 and pm.dp_mode != "ps":  # ps: clipped on the servers
         pp_group = pm.mesh.group("pp") if plan.pp > 1 else None
-        clip_grad_norm_(pm.parameters(), cfg.max_grad_norm, pp_group, pm.skip_in_norm)
+        if pm.is_moe:  # on every rank alike: the collectives must match across stages
+            clip_grad_norm_moe_(pm.parameters(), pm.experts, cfg.max_grad_norm, pp_group,
+                                pm.skip_in_norm, pm.mesh.expert_groups(), pm.dp_mode == "fsdp")
+        else:
+            clip_grad_norm_(pm.parameters(), cfg.max_grad_norm, pp_group, pm.skip_in_norm)
     if pm.scaler:
         pm.scaler.step(opt, step)
     else:
@@ -244,13 +263,25 @@ def timed_steps(per_rank: list[list[float]], warmup: int) -> list[float]:
 
 
 def gather_params(pm: ParallelModel) -> dict[str, torch.Tensor]:
-    """Every parameter, whole, by model name, on every rank (small models: tests)."""
-    mine = {n: _value(p.detach()).clone() for n, p in pm.named_parameters().items()}
+    """Every parameter, whole, by model name, on every rank (small models: tests). Expert
+    weights split over an etp group (executor/parallel/expert.py) are put back together."""
+    named = pm.named_parameters()
+    mine = {n: _value(p.detach()).clone() for n, p in named.items()}
+    etp = dist.get_rank(pm.mesh.expert_groups()["etp"]) if pm.etp_dims else 0
+    sliced = {n: (pm.etp_dims[id(p)], etp) for n, p in named.items() if id(p) in pm.etp_dims}
     parts: list = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, mine)
+    dist.all_gather_object(parts, (mine, sliced))
     out: dict[str, torch.Tensor] = {}
-    for d in parts:
-        out.update(d)
+    pieces: dict[str, dict[int, torch.Tensor]] = {}
+    for d, cut in parts:
+        for n, t in d.items():
+            if n in cut:
+                pieces.setdefault(n, {})[cut[n][1]] = t
+            else:
+                out[n] = t
+    for n, by_rank in pieces.items():
+        dim = next(cut[n][0] for _, cut in parts if n in cut)
+        out[n] = torch.cat([by_rank[r] for r in sorted(by_rank)], dim=dim)
     return out
 
 
@@ -265,6 +296,9 @@ def train_reference(spec: TransformerSpec, plan: Plan, cfg: TrainConfig, steps: 
         full = source.batch(step, plan.global_batch_size)
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(model(full[:, :-1]), full[:, 1:])
+        aux = total_aux(moe_layers([model]))
+        if aux is not None:
+            loss = loss + cfg.moe_aux_loss_coeff * aux
         loss.backward()
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)

@@ -6,7 +6,8 @@ Written so the parallel wrappers can work on it unchanged: layers live in a Modu
 their global index (pipeline stages delete the others and keep the names), the embedding, final
 norm and head can be None on stages that do not hold them, and the attention module reshapes by
 the local head count (tensor parallelism shards the projections). Dropout is 0 so every run is
-deterministic.
+deterministic. Blocks that planner.moe.ffn_is_moe marks get the mixture-of-experts FFN of
+executor/moe.py in place of the dense MLP (same attribute, `mlp`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from executor.moe import MoE
+from planner.moe import ffn_is_moe
 from planner.transformer import TransformerSpec
 
 INIT_STD = 0.02  # GPT-2 / Megatron-LM default normal init
@@ -115,12 +118,12 @@ def _norm(spec: TransformerSpec) -> nn.Module:
 
 
 class Block(nn.Module):
-    def __init__(self, spec: TransformerSpec):
+    def __init__(self, spec: TransformerSpec, layer: int = 0):
         super().__init__()
         self.attention_norm = _norm(spec)
         self.attention = Attention(spec)
         self.ffn_norm = _norm(spec)
-        self.mlp = MLP(spec)
+        self.mlp: nn.Module = MoE(spec) if ffn_is_moe(spec, layer) else MLP(spec)
         self.full_recompute = False
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -153,7 +156,7 @@ class Transformer(nn.Module):
         # Sums the embedding's partial lookups over the tensor-parallel group (one collective
         # for tokens and positions together; executor/parallel/vocab.py); identity otherwise.
         self.embedding_reduce: nn.Module = nn.Identity()
-        self.layers = nn.ModuleDict({str(i): Block(spec) for i in range(spec.num_layers)})
+        self.layers = nn.ModuleDict({str(i): Block(spec, i) for i in range(spec.num_layers)})
         self.norm: nn.Module | None = _norm(spec)
         self.output: nn.Linear | None = nn.Linear(h, rows, bias=False)
         cos, sin = rope_tables(spec.d_head, spec.seq_len)
@@ -175,7 +178,11 @@ class Transformer(nn.Module):
         for block in self.layers.values():  # GPT-2 scaling of residual projections
             std = INIT_STD / math.sqrt(2 * self.spec.num_layers)
             nn.init.normal_(block.attention.wo.weight, std=std)
-            nn.init.normal_(block.mlp.w2.weight, std=std)
+            if isinstance(block.mlp, MoE):
+                for proj in block.mlp.residual_projections():
+                    nn.init.normal_(proj.weight, std=std)
+            else:
+                nn.init.normal_(block.mlp.w2.weight, std=std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Token ids (first stage) or hidden states -> logits (last stage) or hidden states."""

@@ -153,11 +153,18 @@ class IntraNodeLink(_Tier):
     """Per-GPU bandwidth per direction."""
     pair_bandwidth_GBps: float | None = Field(default=None, gt=0)
     """Per-pair bandwidth per direction (full_mesh only)."""
+    domain_gpus: int | None = Field(default=None, ge=1)
+    """GPUs on one switched fabric when it spans several nodes (a multi-node NVLink domain:
+    GB200 NVL72's 72 GPUs); a whole number of nodes. Null: one node's `gpus_per_node`, as on
+    every 8-GPU server. How a job's nodes are placed on domains: planner/nvlink_domain.py."""
 
     @model_validator(mode="after")
     def _mesh_needs_pair(self) -> "IntraNodeLink":
         if self.topology == "full_mesh" and self.pair_bandwidth_GBps is None:
             raise ValueError("topology 'full_mesh' needs pair_bandwidth_GBps")
+        if self.topology == "full_mesh" and self.domain_gpus is not None:
+            raise ValueError("domain_gpus needs topology 'switch' (a full mesh has no switch "
+                             "to span nodes)")
         return self
 
 
@@ -222,6 +229,10 @@ class Cluster(FrozenModel):
         if self.num_nodes > 1 and self.inter_node is None:
             raise ValueError(f"num_nodes={self.num_nodes} needs an inter_node network; this "
                              "profile has none (single-node machine)")
+        d = self.intra_node.domain_gpus
+        if d is not None and d % self.gpus_per_node:
+            raise ValueError(f"intra_node.domain_gpus={d} must be a whole number of nodes of "
+                             f"gpus_per_node={self.gpus_per_node}")
         return self
 
     @property

@@ -45,6 +45,18 @@ class MoESpec(FrozenModel):
     """Gate: softmax over experts then top-k (Mixtral, Qwen) or sigmoid scores (DeepSeek-V3)."""
     capacity_factor: float | None = Field(default=None, gt=0)
     """Tokens an expert accepts, as a multiple of the balanced share (null: dropless)."""
+    routing: Literal["learned", "round_robin"] = "learned"
+    """How tokens pick experts, for where dispatch traffic goes: `learned` (a trained or
+    random-logit router: a token's k experts spread over the expert ranks as if drawn at
+    random), or `round_robin` (benchmark gates that assign token t the k consecutive experts
+    (t k + j) mod E, NeMo AutoModel's FakeBalancedGate: a token's experts sit on one or two
+    ranks)."""
+    load_imbalance: float = Field(default=1.0, ge=1.0)
+    """Tokens of the most loaded expert-parallel rank over the balanced share (the critical
+    path of dispatch and expert compute). 1.0: balanced, what benchmark runs that force uniform
+    routing measure, and near what auxiliary-loss-free balancing holds at steady state
+    (DeepSeek-V3, arXiv 2412.19437, section 2.1.2). No published per-rank figure for
+    aux-loss-balanced training was found; set it from a measured run."""
 
     @model_validator(mode="after")
     def _k(self) -> "MoESpec":

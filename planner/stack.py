@@ -108,6 +108,16 @@ class Stack(FrozenModel):
     """Checkpoints are saved asynchronously: training stalls only for the snapshot to host
     memory and the write to storage runs behind the next steps (Megatron-Core async save,
     torch.distributed.checkpoint.async_save)."""
+    ep_dispatcher: Literal["alltoall", "deepep"] = "alltoall"
+    """How MoE tokens reach their experts: `alltoall` sends each of a token's top_k copies to
+    its expert's rank (NCCL all-to-all); `deepep` (DeepEP / HybridEP) sends a token once to
+    each remote node (scale-up domain) holding any of its experts and forwards it over NVLink
+    inside that node (DeepSeek-AI, DeepEP README, 'normal kernels'; arXiv 2412.19437 section
+    3.2.2)."""
+    ep_comm_overlap: bool = False
+    """Expert-parallel dispatch / combine all-to-alls overlap compute of another micro-batch
+    (Megatron-Core overlap_moe_expert_parallel_comm; DeepSeek-V3's DualPipe): exposed EP time is
+    what the block's compute cannot hide."""
     sources: dict[str, str] = Field(default_factory=dict)
     """Field name -> where the behaviour or number comes from."""
     notes: list[str] = Field(default_factory=list)
@@ -163,13 +173,18 @@ def load_stack(ref: "str | Stack") -> Stack:
     return validate_as(Stack, read_json(path, f"stack {path}"), f"stack {path}")
 
 
+_CLOSEST = {"flagscale": "megatron-core", "nemo-automodel": "nemo-automodel"}
+
+
 def stack_for_framework(framework: str) -> str:
     """The built-in stack a validation run's `framework` names: a stack name or alias, or
     `other:<fork>` for a fork, planned on its closest stack (`other:flagscale`, a Megatron-LM
-    fork: megatron-core)."""
+    fork: megatron-core; `other:nemo-automodel`: its own stack file, nemo-automodel, from
+    AutoModel's benchmark configs; ../shared/validation/README.md names torchtitan the closest
+    built-in, which runs eager norms and FlashAttention-2 where AutoModel runs TE kernels)."""
     key = framework.strip().lower()
     if key.startswith("other:"):
-        return DEFAULT_STACK
+        return _CLOSEST.get(key[len("other:"):], DEFAULT_STACK)
     if _by_name(key) is None:
         raise InputError(f"framework '{framework}' names no stack; accepted: "
                          f"{', '.join(stack_names())} or other:<fork>")

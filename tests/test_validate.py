@@ -28,6 +28,8 @@ SHARED = SHARED_DIR / "runs.json"
 SHARED_RUNS_SHA256 = "e8bfe46881275df2f4bd0b112bb01f12fe4c4abb9f1db01e5763a2b1676f132d"
 # The same for ../shared/validation/runs_current.json, copied as current_runs.json.
 SHARED_CURRENT_SHA256 = "052b3130923ea89dd1b99bfc274ae6dabc69479385632d99849cccd678aacbba"
+# The same for ../shared/validation/runs_moe.json, copied as moe_runs.json.
+SHARED_MOE_SHA256 = "cf671dee323993fac5ec034129d277f8aa92a2a2a186798221d3679448be5f3b"
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +69,8 @@ def _canonical_sha256(path: Path) -> str:
 
 @pytest.mark.parametrize("name, shared, digest", [
     ("published", "runs.json", SHARED_RUNS_SHA256),
-    ("current", "runs_current.json", SHARED_CURRENT_SHA256)])
+    ("current", "runs_current.json", SHARED_CURRENT_SHA256),
+    ("moe", "runs_moe.json", SHARED_MOE_SHA256)])
 def test_packaged_copy_matches_shared(name, shared, digest):
     """The packaged copy is the shared file it was taken from: checked against that file's
     recorded digest always (so the check runs where ../shared is absent, as in an installed
@@ -105,17 +108,23 @@ def test_cli_validate_every_shipped_set(capsys):
     assert main(["validate", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     counts = {k: v["count"] for k, v in out["sets"].items()}
-    assert counts == {"published": 25, "current": 35, "held_out": 6}
-    assert out["count"] == 66 == len(out["runs"])
+    assert counts == {"published": 25, "current": 35, "held_out": 6, "moe": 12}
+    assert out["count"] == 78 == len(out["runs"])
+    # The 13th MoE run's plan (94 layers in 32 x 3 chunks: Megatron counts the embedding and
+    # the loss as pipeline layers) is listed with the reason, not predicted.
+    assert [s["name"] for s in out["not_predicted"]] == [
+        "modelzoo-qwen3_235b-dgx_h100-256gpu-bf16-intra-node-ep8-pp32-a2a"]
+    assert "num_layers 94" in out["not_predicted"][0]["reason"]
     assert set(out["sets"]["published"]["by_source"]) == {
         "Narayanan 2021 Table 1", "Narayanan 2021 Table 2", "Korthikanti 2022 Table 3"}
     assert sum(s["count"] for s in out["sets"]["current"]["by_source"].values()) == 35
     assert set(out["by_framework"]) == {"megatron-lm-2021", "deepspeed", "megatron-core",
-                                        "torchtitan", "fsdp", "other:flagscale"}
+                                        "torchtitan", "fsdp", "other:flagscale",
+                                        "other:nemo-automodel"}
     # Runs on their real hardware (hardware_map.json): A800, H800, the 500 W H100 96GB hosts.
     assert set(out["by_gpu"]) == {"a100_80g", "a800_80g", "h100_96g_500w", "h100_sxm", "h200",
-                                  "h800_sxm"}
-    assert sum(s["count"] for s in out["by_gpu"].values()) == 66
+                                  "h800_sxm", "gb200"}
+    assert sum(s["count"] for s in out["by_gpu"].values()) == 78
     assert main(["validate"]) == 0
     text = capsys.readouterr().out
     for word in ("per set and source", "per framework", "per GPU", "current: 35 runs"):

@@ -11,6 +11,10 @@
   and the optimizer state; workers push gradients and pull weights).
 - zero_stage 3: FSDP2 fully_shard with reshard_after_forward=True (weights re-gathered for
   backward).
+- Routed experts (executor/parallel/expert.py) reduce over the edp group, not dp x cp: with ZeRO
+  each layer's experts are their own FSDP2 unit over the edp mesh (divide factor dp*cp); without,
+  expert parallelism (ep > 1) uses the explicit all-reduce path, since DDP would average the
+  experts over dp, where ranks hold different ones.
 """
 
 from __future__ import annotations
@@ -35,14 +39,21 @@ def mode(plan: Plan) -> str:
         return "none"
     if plan.zero_stage >= 1:
         return "fsdp"
-    return "ddp" if plan.tp == 1 and plan.pp == 1 and plan.cp == 1 else "allreduce"
+    plain = plan.tp == 1 and plan.pp == 1 and plan.cp == 1 and plan.ep * plan.etp == 1
+    return "ddp" if plain else "allreduce"
 
 
-def apply_fsdp(parts: list[Transformer], dp_cp_mesh: DeviceMesh, plan: Plan) -> None:
-    """fully_shard every block, then each part (embedding, norm, head stay in the root unit)."""
+def apply_fsdp(parts: list[Transformer], dp_cp_mesh: DeviceMesh, plan: Plan,
+               edp_mesh: DeviceMesh | None = None) -> None:
+    """fully_shard every block, then each part (embedding, norm, head stay in the root unit).
+    `edp_mesh` (MoE models): each layer's routed experts first, as a unit over that mesh whose
+    gradients are divided by dp*cp (executor/parallel/expert.py says why)."""
     reshard = plan.zero_stage >= 3
     for part in parts:
         for block in part.layers.values():
+            if edp_mesh is not None and hasattr(block.mlp, "experts"):
+                fully_shard(block.mlp.experts, mesh=edp_mesh, reshard_after_forward=reshard)
+                block.mlp.experts.set_gradient_divide_factor(float(plan.dp * plan.cp))
             fully_shard(block, mesh=dp_cp_mesh, reshard_after_forward=reshard)
         fully_shard(part, mesh=dp_cp_mesh, reshard_after_forward=reshard)
 

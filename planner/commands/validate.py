@@ -11,6 +11,7 @@ from rich.table import Table
 from planner.commands.common import console
 from planner.plan import Plan
 from planner.validation import (FIT_SETS, SHIPPED_SETS, Comparison, compare, load_sets,
+                                unplannable,
                                 summary)
 from planner.validation.cv import CVResult, leave_one_source_out
 from planner.validation.groups import report, source_group
@@ -36,14 +37,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.cv:
         return _cv(args)
-    sets = {name: compare(runs, stack=args.stack) for name, runs in load_sets(args.runs).items()}
+    loaded = load_sets(args.runs)
+    sets = {name: compare(runs, stack=args.stack) for name, runs in loaded.items()}
+    skipped = [{"set": name, "name": r.name, "reason": why}
+               for name, runs in loaded.items() for r, why in unplannable(runs)]
     every = [c for comps in sets.values() for c in comps]
     groups = report(sets)
     if args.json:
         print(json.dumps({"runs": [_run_json(name, c) for name, comps in sets.items()
-                                   for c in comps], **summary(every), **groups}, indent=2))
+                                   for c in comps], **summary(every), **groups,
+                          "not_predicted": skipped}, indent=2))
         return 0
     out = console()
+    for s in skipped:
+        out.print(f"[yellow]not predicted[/] ({s['set']}) {s['name']}: {s['reason']}")
     for name, comps in sets.items():
         out.print(_run_table(name, comps))
     t = _summary_table("per set and source", "set / source")

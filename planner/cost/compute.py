@@ -17,6 +17,7 @@ import numpy as np
 from planner.cost.efficiency import gemm_time, memory_time, transfer_time
 from planner.cost.params import padded_vocab
 from planner.hardware import GPU
+from planner.moe import MLAAttention, attention_matrices, mean_attended, qk_width, v_width
 from planner.transformer import TransformerSpec
 
 
@@ -35,6 +36,8 @@ class Shapes:
     gemm_bytes: np.ndarray  # bytes per GEMM input element (1 for fp8)
     cast_bytes: np.ndarray | float = 0.0  # HBM bytes per operand element cast to fp8 (0: none)
     attn_eff: float | None = None  # the stack's attention kernel on this GPU (None: profile's)
+    ep: np.ndarray | float = 1.0   # expert parallel (MoE blocks, planner/cost/moe_cost.py)
+    etp: np.ndarray | float = 1.0  # expert tensor parallel
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,9 @@ def _attention(spec: TransformerSpec, gpu: GPU, sh: Shapes, flash: bool,
     if flash:
         # FlashAttention skips the masked upper triangle (half the score FLOPs) and its backward
         # runs 5 matmuls to the forward's 2 (Dao 2023, FlashAttention-2, section 3.1.2).
-        done = 0.5 * 4.0 * tokens * s * d * heads
+        # Sliding-window layers run only their band (planner/moe.py mean_attended).
+        done = (0.5 * 2.0 * tokens * s * (qk_width(spec) + v_width(spec)) * heads
+                * mean_attended(spec))
         eff = gpu.attention_efficiency if sh.attn_eff is None else sh.attn_eff
         fwd = done / (sh.attn_peak * eff * gpu.sustained_clock_fraction
                       ) + gpu.kernel_overhead_s
@@ -107,21 +112,52 @@ def _elementwise(spec: TransformerSpec, gpu: GPU, sh: Shapes, tokens: np.ndarray
     return norm_f + res_f + act_f, norm_b + res_b + act_b
 
 
-def layer_times(spec: TransformerSpec, gpu: GPU, sh: Shapes, flash: bool,
-                elementwise_traffic: float = 1.0) -> LayerTimes:
-    """One block, one micro-batch, one GPU. `elementwise_traffic` scales the element-wise
-    kernels' bytes (the stack's elementwise_traffic)."""
-    h, kv, f, t = spec.hidden_size, spec.kv_dim, spec.ffn_hidden_size, sh.tp
+def _attention_gemms(spec: TransformerSpec, gpu: GPU, sh: Shapes,
+                     tokens: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The attention block's linear layers: fused QKV (column-parallel) and the output
+    projection (row-parallel) for MHA / GQA; MLA's matrices one by one (planner/moe.py), the
+    replicated down-projections whole on every tp rank."""
+    mats, t = attention_matrices(spec), sh.tp
+    if not isinstance(spec.attention, MLAAttention):
+        h = spec.hidden_size
+        return [_gemms(gpu, sh, tokens, h, (spec.q_dim + 2 * spec.kv_dim) / t),
+                _gemms(gpu, sh, tokens, spec.q_dim / t, h)]
+    out = [_gemms(gpu, sh, tokens, i, o / t if cut else o) for i, o, cut in mats[:-1]]
+    i, o, _ = mats[-1]
+    return out + [_gemms(gpu, sh, tokens, i / t, o)]
+
+
+def mlp_times(spec: TransformerSpec, gpu: GPU, sh: Shapes,
+              traffic: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(forward, backward, forward GEMMs) of the dense MLP of one block: its two GEMMs and its
+    activation kernel (what an MoE block replaces)."""
+    h, f, t = spec.hidden_size, spec.ffn_hidden_size, sh.tp
     tokens = sh.mbs * spec.seq_len / sh.cp
     up = 2 * f if spec.mlp == "swiglu" else f
-    parts = [_gemms(gpu, sh, tokens, h, (h + 2 * kv) / t), _gemms(gpu, sh, tokens, h / t, h),
-             _gemms(gpu, sh, tokens, h, up / t), _gemms(gpu, sh, tokens, f / t, h),
-             _elementwise(spec, gpu, sh, tokens, elementwise_traffic)]
+    a, b = _gemms(gpu, sh, tokens, h, up / t), _gemms(gpu, sh, tokens, f / t, h)
+    e, tf = sh.act_bytes * traffic, tokens * f / t
+    if spec.mlp == "swiglu":
+        act_f, act_b = memory_time(gpu, tf * 3 * e), memory_time(gpu, tf * 5 * e)
+    else:
+        act_f, act_b = memory_time(gpu, tf * 2 * e), memory_time(gpu, tf * 3 * e)
+    return a[0] + b[0] + act_f, a[1] + b[1] + act_b, a[0] + b[0]
+
+
+def layer_times(spec: TransformerSpec, gpu: GPU, sh: Shapes, flash: bool,
+                elementwise_traffic: float = 1.0) -> LayerTimes:
+    """One dense block, one micro-batch, one GPU. `elementwise_traffic` scales the element-wise
+    kernels' bytes (the stack's elementwise_traffic)."""
+    h, f, t = spec.hidden_size, spec.ffn_hidden_size, sh.tp
+    tokens = sh.mbs * spec.seq_len / sh.cp
+    up = 2 * f if spec.mlp == "swiglu" else f
+    parts = _attention_gemms(spec, gpu, sh, tokens) + [
+        _gemms(gpu, sh, tokens, h, up / t), _gemms(gpu, sh, tokens, f / t, h),
+        _elementwise(spec, gpu, sh, tokens, elementwise_traffic)]
     attn_f, attn_b = _attention(spec, gpu, sh, flash, tokens)
     fwd = sum(p[0] for p in parts) + attn_f
     bwd = sum(p[1] for p in parts) + attn_b
     return LayerTimes(fwd=fwd, bwd=bwd, attn_fwd=attn_f, attn_bwd=attn_b,
-                      gemm_fwd=sum(p[0] for p in parts[:4]))
+                      gemm_fwd=sum(p[0] for p in parts[:-1]))
 
 
 def head_times(spec: TransformerSpec, gpu: GPU, sh: Shapes) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,7 @@ import numpy as np
 from planner.cost.flops import hardware_flops_per_step, model_flops_per_step
 from planner.cost.layout import link_arrays
 from planner.cost.memory import memory_breakdown, memory_by_stage, stage_memory
-from planner.cost.params import total_params
+from planner.cost.params import active_params, total_params
 from planner.cost.step_time import shapes, step_breakdown
 from planner.hardware import Cluster
 from planner.plan import Plan
@@ -21,8 +21,9 @@ from planner.transformer import TransformerSpec
 from planner.uncertainty import cluster_band
 from planner.validity import plan_problems
 
-BREAKDOWN_KEYS = ("compute_s", "tp_comm_s", "cp_comm_s", "pp_comm_s", "dp_comm_s", "bubble_s",
-                  "optimizer_s")
+BREAKDOWN_KEYS = ("compute_s", "tp_comm_s", "cp_comm_s", "pp_comm_s", "dp_comm_s", "ep_comm_s",
+                  "bubble_s", "optimizer_s")
+EXPERT_MEMORY_KEYS = ("weights_bytes", "gradients_bytes", "optimizer_bytes", "activations_bytes")
 MEMORY_KEYS = ("weights_bytes", "gradients_bytes", "optimizer_bytes", "activations_bytes",
                "transient_bytes", "buffers_bytes", "framework_bytes")
 
@@ -74,6 +75,10 @@ def predict(spec: TransformerSpec, cluster: Cluster, plan: Plan,
     mem = {k: int(round(float(r[f"memory.{k}"]))) for k in MEMORY_KEYS}
     mem["peak_bytes"] = int(round(float(r["memory.peak_bytes"])))
     mem["capacity_bytes"] = cluster.gpu.memory_bytes
+    if spec.moe is not None:
+        # The routed experts' share of the totals above (weights ... activations), apart.
+        mem["experts"] = {k: int(round(float(r[f"memory.experts.{k}"])))
+                          for k in EXPERT_MEMORY_KEYS}
     step, band = float(r["step_time_s"]), cluster_band(cluster)
     low, high = band.factors
     return {
@@ -101,5 +106,6 @@ def predict(spec: TransformerSpec, cluster: Cluster, plan: Plan,
                       "nodes_spanned": g.nodes_spanned}
                   for k, g in layouts[0].items() if g.size > 1},
         "params": total_params(spec),
+        "active_params": active_params(spec),
         "model_flops_per_step": float(model_flops_per_step(spec, np.array([plan.global_batch_size]))[0]),
     }

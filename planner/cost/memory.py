@@ -19,11 +19,13 @@ import numpy as np
 from planner.cost.compute import Shapes
 from planner.cost.eager_activations import (eager_block_bytes, eager_first_bytes,
                                             eager_last_bytes)
-from planner.cost.params import (layer_params_per_rank, padded_vocab,
+from planner.cost.moe_cost import moe_activation_bytes
+from planner.cost.params import (layer_params_per_rank, moe_layer_expert_params_per_rank,
+                                 padded_vocab, stage_expert_params_per_rank,
                                  stage_params_per_rank)
 from planner.hardware import Cluster
 from planner.plan_arrays import R_FULL, R_SELECTIVE, S_GPIPE, S_INTERLEAVED, PlanArrays
-from planner.stages import heaviest_middle, rank_layers
+from planner.stages import heaviest_middle, rank_layers, rank_moe_layers
 from planner.transformer import TransformerSpec
 
 
@@ -40,7 +42,7 @@ def layer_activation_bytes(spec: TransformerSpec, sh: Shapes, recompute: np.ndar
     unsplit = tokens * h * (4 * e + masks) / sp_div
     # Q, K, V, out-proj input; MLP: gelu input + output, or swiglu gate, up and product.
     mlp = (3 if spec.mlp == "swiglu" else 2) * e * tokens * f
-    split = (e * tokens * (2 * h + 2 * kv) + mlp) / t
+    split = (e * tokens * (2 * spec.q_dim + 2 * kv) + mlp) / t
     heads = spec.num_attention_heads / t
     if flash:
         core = 4.0 * sh.mbs * heads * spec.seq_len / sh.cp  # fp32 log-sum-exp per query row
@@ -74,11 +76,13 @@ def _in_flight(P: PlanArrays, stage: np.ndarray) -> np.ndarray:
                      [m, chunks / P.vpp], one_f_one_b)
 
 
-def model_state_bytes(P: PlanArrays, params: np.ndarray, impl: str) -> dict[str, np.ndarray]:
-    """Weights, gradients and optimizer bytes at rest for `params` parameters on one rank."""
+def model_state_bytes(P: PlanArrays, params: np.ndarray, impl: str,
+                      shard_over: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Weights, gradients and optimizer bytes at rest for `params` parameters on one rank,
+    ZeRO-sharded over `shard_over` ranks (default dp x cp; edp for routed experts)."""
     fp32 = P.precision == 3
     w, g, o = np.where(fp32, 4, 2), np.where(fp32, 4, 2), np.where(fp32, 8, 12)
-    dpc = P.dp * P.cp
+    dpc = P.dp * P.cp if shard_over is None else shard_over
     if impl == "fsdp2":  # every ZeRO stage keeps all three sharded between steps
         shard = np.where(P.zero >= 1, dpc, 1)
         return {"weights_bytes": params * w / shard, "gradients_bytes": params * g / shard,
@@ -105,7 +109,7 @@ def zero_buffers(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Sha
 
 def _activations(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
                  flash: bool, stage: np.ndarray, layers: np.ndarray, first,
-                 last) -> tuple[np.ndarray, np.ndarray]:
+                 last, moe_layers: np.ndarray | float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """(saved, transient): bytes saved for backward at the schedule's peak, and the largest
     short-lived working set on top of them: one block rebuilt by recompute in backward, or the
     logits before the loss turns them into the (saved) log-softmax."""
@@ -115,17 +119,30 @@ def _activations(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Sha
     logits = tokens * padded_vocab(spec, sh.tp) / sh.tp
     if cluster.stack.activation_layout == "eager":
         stored, full = eager_block_bytes(spec, sh, P.recompute)
-        saved = (n_act * layers * stored + np.where(first, n_act * eager_first_bytes(spec, sh), 0.0)
+        saved = (n_act * (layers * stored + moe_layers * _moe_delta(spec, sh, P)) + np.where(first, n_act * eager_first_bytes(spec, sh), 0.0)
                  + np.where(last, heads * eager_last_bytes(spec, sh), 0.0))
     else:
         stored, full = layer_activation_bytes(spec, sh, P.recompute, flash)
         th = tokens * spec.hidden_size / np.where(sh.sp, sh.tp, 1)
-        saved = n_act * layers * stored
+        saved = n_act * (layers * stored + moe_layers * _moe_delta(spec, sh, P))
         saved = saved + np.where(np.asarray(first) & spec.is_gpt_family, n_act * th, 0.0)  # mask
         # fp32 softmax of the vocab-parallel loss (Megatron-LM) and the final norm's input
         saved = saved + np.where(last, heads * logits * 4 + th * e, 0.0)
     transient = np.maximum(full - stored, np.where(last, logits * e, 0.0))
+    if spec.moe is not None:  # all-to-all send / receive buffers of the block in flight
+        transient = np.maximum(transient, np.where(moe_layers > 0,
+                                                   moe_activation_bytes(spec, sh)[1], 0.0))
     return saved, transient
+
+
+def _moe_delta(spec: TransformerSpec, sh: Shapes, P: PlanArrays) -> np.ndarray:
+    """What an MoE block saves beyond a dense block: its FFN's activations
+    (planner/cost/moe_cost.py) in place of the dense MLP's; nothing under full recompute."""
+    if spec.moe is None:
+        return np.zeros(len(P))
+    tokens = sh.mbs * spec.seq_len / sh.cp
+    mlp = (3 if spec.mlp == "swiglu" else 2) * sh.act_bytes * tokens * spec.ffn_hidden_size / sh.tp
+    return np.where(P.recompute == R_FULL, 0.0, moe_activation_bytes(spec, sh)[0] - mlp)
 
 
 def stage_memory(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
@@ -133,18 +150,44 @@ def stage_memory(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Sha
     """Bytes by component on one rank of pipeline stage `stage` (holding the embedding if
     `first`, the head if `last`), plus `peak_bytes`."""
     layers = rank_layers(spec.num_layers, P.pp, P.vpp, stage)
-    params = stage_params_per_rank(spec, sh.tp, layers, first, last)
+    k = rank_moe_layers(spec, P.pp, P.vpp, stage)
+    params = stage_params_per_rank(spec, sh.tp, layers, first, last, k)
     state = model_state_bytes(P, params, cluster.stack.zero_impl)
-    act, transient = _activations(spec, cluster, P, sh, flash, stage, layers, first, last)
+    experts = stage_expert_params_per_rank(spec, sh.ep, sh.etp, k)
+    estate = model_state_bytes(P, experts, cluster.stack.zero_impl, P.edp)
+    state = {key: v + estate[key] for key, v in state.items()}
+    act, transient = _activations(spec, cluster, P, sh, flash, stage, layers, first, last, k)
     e, tokens = sh.act_bytes, sh.mbs * spec.seq_len / sh.cp
     bufs = (zero_buffers(spec, cluster, P, sh, params)
             + np.where((P.dp * P.cp > 1) & (P.zero == 0), 2.0 * cluster.stack.grad_bucket_bytes,
                        0.0)
             + np.where(P.pp > 1, 2 * e * tokens * spec.hidden_size / sh.tp, 0.0))  # p2p buffers
+    if spec.moe is not None:
+        bufs = bufs + _expert_zero_buffers(spec, cluster, P, sh, experts)
     comp = {**state, "activations_bytes": act, "transient_bytes": transient, "buffers_bytes": bufs,
             "framework_bytes": np.full(len(P), float(cluster.stack.framework_memory_bytes))}
     comp["peak_bytes"] = sum(comp.values())
+    if spec.moe is not None:  # the routed experts' share of the totals above, shown apart
+        n_act = _in_flight(P, stage)
+        comp.update({f"experts.{key}": v for key, v in estate.items()})
+        comp["experts.activations_bytes"] = n_act * k * np.where(
+            P.recompute == R_FULL, 0.0, moe_activation_bytes(spec, sh)[0])
     return comp
+
+
+def _expert_zero_buffers(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
+                         experts: np.ndarray) -> np.ndarray:
+    """FSDP2's unsharded expert copies during the step (as zero_buffers for the dense part):
+    one MoE block's experts gathered at a time under stage 3 (two in flight with prefetch),
+    all of them kept gathered under stages 1-2, and the unsharded gradients of the step."""
+    if cluster.stack.zero_impl != "fsdp2":
+        return np.zeros(len(P))
+    wb = np.where(P.precision == 3, 4.0, 2.0)
+    unit = moe_layer_expert_params_per_rank(spec, sh.ep, sh.etp)
+    active = (P.zero >= 1) & (P.edp > 1)
+    grads = np.where((P.micro_batches > 1) | (P.pp > 1), experts, unit) * wb
+    weights = np.where(P.zero >= 3, 2 * unit, experts) * wb
+    return np.where(active, weights + grads, 0.0)
 
 
 def memory_by_stage(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,

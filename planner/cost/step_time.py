@@ -15,17 +15,18 @@ import numpy as np
 
 from planner.cost.comms import Link
 from planner.cost.grad_sync import grad_all_reduce
-from planner.cost.compute import Shapes, embedding_times, head_times, layer_times
+from planner.cost.compute import Shapes, embedding_times, head_times, layer_times, mlp_times
 from planner.cost.efficiency import memory_time, overlapped
+from planner.cost.moe_cost import moe_ffn_times
 from planner.cost.zero import fsdp2_exposed
-from planner.cost.params import (layer_params_per_rank, stage_params_per_rank,
-                                 stage_tensor_count)
+from planner.cost.params import (layer_params_per_rank, stage_expert_params_per_rank,
+                                 stage_params_per_rank, stage_tensor_count)
 from planner.hardware import PRECISIONS, Cluster
 from planner.plan_arrays import G_PS, R_FULL, R_SELECTIVE, PlanArrays
-from planner.stages import heaviest_middle, rank_layers
+from planner.stages import heaviest_middle, rank_layers, rank_moe_layers
 from planner.transformer import TransformerSpec
 
-CATEGORIES = ("compute", "tp", "cp", "dp")
+CATEGORIES = ("compute", "tp", "cp", "dp", "ep")
 
 
 def shapes(cluster: Cluster, P: PlanArrays) -> Shapes:
@@ -40,7 +41,8 @@ def shapes(cluster: Cluster, P: PlanArrays) -> Shapes:
                   act_bytes=act, gemm_bytes=np.where(fp8, 1.0, act),
                   cast_bytes=cluster.stack.fp8_cast_bytes_per_element,
                   attn_eff=cluster.gpu.attention_efficiency_by_kernel.get(
-                      cluster.stack.attention_kernel))
+                      cluster.stack.attention_kernel),
+                  ep=P.ep.astype(float), etp=P.etp.astype(float))
 
 
 def _per_layer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
@@ -102,8 +104,32 @@ def _per_layer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shape
     dp_f = np.where(z3, overlapped(cluster.gpu, ag, lt.fwd + tp_f), 0.0)
     dp_b = np.where(z3, overlapped(cluster.gpu, gathers_b * ag + rs, lt.bwd + recompute + tp_b),
                     0.0)
+    zero = np.zeros(len(P))
     return {"compute": (lt.fwd, lt.bwd + recompute), "tp": (tp_f, tp_b), "cp": (cp_f, cp_b),
-            "dp": (dp_f, dp_b)}
+            "dp": (dp_f, dp_b), "ep": (zero, zero)}
+
+
+def _per_moe_layer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
+                   links: dict[str, Link], dense: dict[str, tuple[np.ndarray, np.ndarray]]
+                   ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """An MoE block: the dense block with its MLP replaced by the MoE FFN
+    (planner/cost/moe_cost.py); full recompute runs the FFN's forward and its dispatch again."""
+    traffic = cluster.stack.elementwise_traffic
+    mf, mb, _ = mlp_times(spec, cluster.gpu, sh, traffic)
+    mo = moe_ffn_times(spec, cluster.gpu, sh, links, traffic, cluster.stack.ep_dispatcher)
+    full = P.recompute == R_FULL
+    cf, cb = dense["compute"]
+    fwd = cf - mf + mo.fwd
+    bwd = cb - mb - np.where(full, mf, 0.0) + mo.bwd + np.where(full, mo.fwd, 0.0)
+    ep_b = mo.ep_bwd + np.where(full, mo.ep_fwd, 0.0)
+    if cluster.stack.ep_comm_overlap:
+        # Dispatch / combine of one micro-batch hidden behind another's compute (Megatron-Core
+        # overlap_moe_expert_parallel_comm; DeepSeek-V3 DualPipe, arXiv 2412.19437 section
+        # 3.2.1): only what the block's compute cannot cover is exposed.
+        ep_f, ep_b = overlapped(cluster.gpu, mo.ep_fwd, fwd), overlapped(cluster.gpu, ep_b, bwd)
+    else:
+        ep_f = mo.ep_fwd
+    return {**dense, "compute": (fwd, bwd), "ep": (ep_f, ep_b)}
 
 
 def _stages(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
@@ -112,11 +138,19 @@ def _stages(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
     Ranks hold different numbers of blocks when they do not divide (planner.stages.layer_split);
     the first holds the embedding, the last the head."""
     per = _per_layer(spec, cluster, P, sh, links)
-    layer = {c: f + b for c, (f, b) in per.items()}
+    per_moe = _per_moe_layer(spec, cluster, P, sh, links, per) if spec.moe else per
+    dense_l = {c: f + b for c, (f, b) in per.items()}
+    moe_l = {c: f + b for c, (f, b) in per_moe.items()}
     L = spec.num_layers
-    n_first, n_last = (rank_layers(L, P.pp, P.vpp, r) for r in (np.zeros(len(P)), P.pp - 1))
+    ranks = (np.zeros(len(P)), P.pp - 1)
+    n_first, n_last = (rank_layers(L, P.pp, P.vpp, r) for r in ranks)
+    e_first, e_last = (rank_moe_layers(spec, P.pp, P.vpp, r) for r in ranks)
     mid_rank = heaviest_middle(P.pp)
     n_mid = np.where(mid_rank > 0, rank_layers(L, P.pp, P.vpp, np.maximum(mid_rank, 0)), 0)
+    e_mid = np.where(mid_rank > 0, rank_moe_layers(spec, P.pp, P.vpp, np.maximum(mid_rank, 0)), 0)
+
+    def blocks(n, k, d):  # n blocks of which k are MoE, per category
+        return {c: (n - k) * d[c] + k * moe_l[c] for c in d}
     ef, eb = embedding_times(spec, cluster.gpu, sh)
     hf, hb = head_times(spec, cluster.gpu, sh)
     tokens = sh.mbs * spec.seq_len / sh.cp
@@ -124,20 +158,25 @@ def _stages(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
     one = P.pp == 1
     emb = {"compute": ef + eb, "tp": _embedding_comm(spec, P, sh, links["tp"])}
     head = {"compute": hf + hb, "tp": ce_comm}
-    first = {c: n_first * v + emb.get(c, 0) + np.where(one, head.get(c, 0), 0)
-             for c, v in layer.items()}
-    last = {c: n_last * v + head.get(c, 0) for c, v in layer.items()}
-    mid = {c: n_mid * v for c, v in layer.items()}
+    first = {c: v + emb.get(c, 0) + np.where(one, head.get(c, 0), 0)
+             for c, v in blocks(n_first, e_first, dense_l).items()}
+    last = {c: v + head.get(c, 0) for c, v in blocks(n_last, e_last, dense_l).items()}
+    mid = blocks(n_mid, e_mid, dense_l)
     t = {k: sum(d.values()) for k, d in (("first", first), ("last", last), ("mid", mid))}
     t_last = np.where(one, 0.0, t["last"])
     slow = {c: np.select([t["first"] >= np.maximum(t_last, t["mid"]), t_last >= t["mid"]],
-                         [first[c], last[c]], mid[c]) for c in layer}
+                         [first[c], last[c]], mid[c]) for c in dense_l}
     t_max = sum(slow.values())
-    t_sum = L * sum(layer.values()) + sum(emb.values()) + sum(head.values())
+    n_moe = rank_moe_layers(spec, np.ones(1), np.ones(1), np.zeros(1))[0]
+    t_sum = (sum(blocks(L, n_moe, dense_l).values()) + sum(emb.values())
+             + sum(head.values()))
     # The last micro-batch's backward through the first rank's blocks: what gradient reduction
     # hides behind (that rank finishes its backward last).
-    window = n_first * sum(b for _, b in per.values())
-    fwd_window = n_first * sum(f for f, _ in per.values())  # the first forward, next step
+    dense_b = sum(b for _, b in per.values())
+    dense_f = sum(f for f, _ in per.values())
+    window = (n_first - e_first) * dense_b + e_first * sum(b for _, b in per_moe.values())
+    fwd_window = ((n_first - e_first) * dense_f
+                  + e_first * sum(f for f, _ in per_moe.values()))  # the first forward, next step
     return {**{f"max_{c}": v for c, v in slow.items()}, "t_max": t_max, "t_sum": t_sum,
             "bwd_window": window, "fwd_window": fwd_window}
 
@@ -153,16 +192,24 @@ def _embedding_comm(spec: TransformerSpec, P: PlanArrays, sh: Shapes, link: Link
     return np.where(P.tp > 1, np.where(sh.sp, sp, link.all_reduce(msg)), 0.0)
 
 
-def _stage_params(spec: TransformerSpec, P: PlanArrays, sh: Shapes) -> np.ndarray:
-    """Parameters of the most loaded pipeline rank (first, heaviest middle or last)."""
+def _stage_params(spec: TransformerSpec, P: PlanArrays, sh: Shapes,
+                  experts: bool = False) -> np.ndarray:
+    """Parameters of the most loaded pipeline rank (first, heaviest middle or last): the
+    dense part (tp-split, replicated over dp x cp), or with `experts` the routed experts
+    (split over ep x etp, replicated over edp)."""
     L, one = spec.num_layers, P.pp == 1
-    first = stage_params_per_rank(spec, sh.tp, rank_layers(L, P.pp, P.vpp, np.zeros(len(P))),
-                                  True, one)
-    last = stage_params_per_rank(spec, sh.tp, rank_layers(L, P.pp, P.vpp, P.pp - 1), one, True)
     mid_rank = heaviest_middle(P.pp)
-    mid = np.where(mid_rank > 0, stage_params_per_rank(
-        spec, sh.tp, rank_layers(L, P.pp, P.vpp, np.maximum(mid_rank, 0)), False, False), 0.0)
-    return np.maximum(np.maximum(first, last), mid)
+    ranks = (np.zeros(len(P)), P.pp - 1, np.maximum(mid_rank, 0))
+    flags = ((True, one), (one, True), (False, False))
+    out = []
+    for r, (first, last) in zip(ranks, flags):
+        n, k = rank_layers(L, P.pp, P.vpp, r), rank_moe_layers(spec, P.pp, P.vpp, r)
+        if experts:
+            out.append(stage_expert_params_per_rank(spec, sh.ep, sh.etp, k))
+        else:
+            out.append(stage_params_per_rank(spec, sh.tp, n, first, last, k))
+    out[2] = np.where(mid_rank > 0, out[2], 0.0)
+    return np.maximum(np.maximum(out[0], out[1]), out[2])
 
 
 def _dp_exposed(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
@@ -177,6 +224,12 @@ def _dp_exposed(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shap
     else:
         fsdp = np.zeros(len(P))
     reduce = np.where(P.zero == 0, grad_all_reduce(cluster, P, link, g), link.reduce_scatter(g))
+    if spec.moe is not None:
+        # Routed experts' gradients are reduced over edp, the ranks holding the same experts
+        # (Megatron-Core's expert data-parallel group), in the same backward window.
+        ge = _stage_params(spec, P, sh, experts=True) * np.where(P.precision == 3, 4.0, 2.0)
+        edp = links["edp"]
+        reduce = reduce + np.where(P.zero == 0, edp.all_reduce(ge), edp.reduce_scatter(ge))
     tail = reduce * np.minimum(1.0, sw.grad_bucket_bytes / g)  # the last bucket never overlaps
     if sw.grad_overlap:
         exposed = np.maximum(tail, overlapped(cluster.gpu, reduce, window))
@@ -184,6 +237,8 @@ def _dp_exposed(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shap
         exposed = reduce
     exposed = np.where(P.zero == 2, P.micro_batches * exposed, exposed)
     gather = link.all_gather(g)
+    if spec.moe is not None:
+        gather = gather + links["edp"].all_gather(ge)
     if sw.param_gather_overlap:
         # Megatron overlap_param_gather: the updated shards are gathered bucket by bucket
         # behind the next step's forward; the first bucket is exposed (Megatron-Core
@@ -193,8 +248,18 @@ def _dp_exposed(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shap
     gather = np.where((P.zero == 1) | (P.zero == 2), gather, 0.0)
     deepspeed = np.where(P.zero < 3, exposed + gather, 0.0)
     ddp = exposed + sw.dp_step_overhead_s
+    if spec.moe is not None and sw.zero_impl == "fsdp2":
+        # FSDP2 shards expert weights over edp (torchtitan / AutoModel: the expert mesh's
+        # dp_shard_mod_ep): gathered before the forward (and each backward at stage 3),
+        # reduce-scattered once, behind the stage's compute where the stack overlaps.
+        edp = links["edp"]
+        gathers = np.where(P.zero >= 3, 1 + P.micro_batches, 1)
+        comm = gathers * edp.all_gather(ge) + edp.reduce_scatter(ge)
+        hidden = (P.micro_batches * (window + fwd_window) if sw.grad_overlap
+                  else np.zeros(len(P)))
+        fsdp = fsdp + overlapped(cluster.gpu, comm, hidden)
     out = np.where(P.zero == 0, ddp, np.where(sw.zero_impl == "fsdp2", fsdp, deepspeed))
-    return np.where(P.dp * P.cp > 1, out, 0.0)
+    return np.where((P.dp * P.cp > 1) | (P.edp > 1), out, 0.0)
 
 
 def _optimizer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
@@ -208,6 +273,9 @@ def _optimizer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shape
     shards = np.where(P.zero >= 1, P.dp * P.cp, np.where(P.grad_sync == G_PS,
                                                           np.maximum(P.ps_servers, 1), 1))
     params = _stage_params(spec, P, sh) / shards
+    if spec.moe is not None:  # expert state shards over edp under ZeRO (distributed optimizer)
+        params = params + _stage_params(spec, P, sh, experts=True) / np.where(
+            P.zero >= 1, P.edp, 1)
     per_param = np.where(P.precision == 3, 24.0 + 2 * 4.0, 24.0 + 2 * 2.0 + 2.0)
     tensors = stage_tensor_count(spec, rank_layers(spec.num_layers, P.pp, P.vpp,
                                                    np.zeros(len(P))), True, P.pp == 1)
@@ -232,6 +300,7 @@ def step_breakdown(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: S
         "compute_s": m * st["max_compute"],
         "tp_comm_s": m * st["max_tp"],
         "cp_comm_s": m * st["max_cp"],
+        "ep_comm_s": m * st["max_ep"],
         "pp_comm_s": pp_comm,
         "dp_comm_s": m * st["max_dp"] + _dp_exposed(spec, cluster, P, sh, links, st["bwd_window"],
                                                      st["fwd_window"]),

@@ -12,7 +12,8 @@ from planner.money import Estimate, Option
 from planner.report.page import table, write_page
 
 PARTS = (("compute_s", "compute"), ("tp_comm_s", "TP comm"), ("cp_comm_s", "CP comm"),
-         ("pp_comm_s", "PP comm"), ("dp_comm_s", "DP comm"), ("bubble_s", "bubble"),
+         ("pp_comm_s", "PP comm"), ("dp_comm_s", "DP comm"), ("ep_comm_s", "EP comm"),
+         ("bubble_s", "bubble"),
          ("optimizer_s", "optimizer"))
 
 

@@ -122,7 +122,8 @@ def search(spec: TransformerSpec, cluster: Cluster, global_batch_size: int,
            block_candidates: int = 400_000) -> SearchResult:
     """Search the whole space (see planner/search/space.py) for `spec` on `cluster`."""
     t0 = time.perf_counter()
-    space = Space.build(cluster.num_gpus, spec.num_layers, global_batch_size, precision)
+    space = Space.build(cluster.num_gpus, spec.num_layers, global_batch_size, precision,
+                        spec.moe)
     topo = Topology(cluster)
     counts: dict[str, int] = {}
     examples: dict[str, str] = {}

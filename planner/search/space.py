@@ -11,6 +11,10 @@ Domains (for a spec, a cluster of N GPUs and a global batch B):
                        same plan as stage 2, see planner/search/search.py)
   recompute            none, selective, full
   sequence_parallel    off, on
+  (ep, etp)            mixture-of-experts specs only: ep every divisor of num_experts and etp
+                       1 or tp (Megatron-Core's two usual foldings: experts without tensor
+                       parallelism, or split like the dense layers), with ep*etp dividing
+                       tp*cp*dp and etp dividing the expert width; (1, 1) for dense specs
 The rank order stays the default (`tp-cp-dp-pp`); precision is the user's choice.
 """
 
@@ -56,14 +60,28 @@ def divisors(n: int) -> list[int]:
     return sorted(set(small + [n // d for d in small]))
 
 
-def layouts(num_gpus: int) -> np.ndarray:
-    """(k, 4) array of (tp, cp, dp, pp) with tp*cp*dp*pp = num_gpus."""
+def layouts(num_gpus: int, moe=None) -> np.ndarray:
+    """(k, 6) array of (tp, cp, dp, pp, ep, etp) with tp*cp*dp*pp = num_gpus; ep = etp = 1
+    unless `moe` (a planner.moe.MoESpec) is given (see the module docstring)."""
     out = []
     for tp in divisors(num_gpus):
         for cp in divisors(num_gpus // tp):
             for dp in divisors(num_gpus // (tp * cp)):
-                out.append((tp, cp, dp, num_gpus // (tp * cp * dp)))
+                pp = num_gpus // (tp * cp * dp)
+                for ep, etp in _expert_splits(tp, tp * cp * dp, moe):
+                    out.append((tp, cp, dp, pp, ep, etp))
     return np.array(out, dtype=np.int64)
+
+
+def _expert_splits(tp: int, stage_ranks: int, moe) -> list[tuple[int, int]]:
+    if moe is None:
+        return [(1, 1)]
+    out = []
+    for etp in sorted({1, tp}):
+        if moe.expert_ffn_hidden_size % etp:
+            continue
+        out += [(ep, etp) for ep in divisors(moe.num_experts) if stage_ranks % (ep * etp) == 0]
+    return out
 
 
 @dataclass(frozen=True)
@@ -77,8 +95,9 @@ class Space:
     order: str = DEFAULT_ORDER
 
     @staticmethod
-    def build(num_gpus: int, num_layers: int, global_batch: int, precision: str) -> "Space":
-        return Space(layouts=layouts(num_gpus), mbs=np.array(divisors(global_batch)),
+    def build(num_gpus: int, num_layers: int, global_batch: int, precision: str,
+              moe=None) -> "Space":
+        return Space(layouts=layouts(num_gpus, moe), mbs=np.array(divisors(global_batch)),
                      vpp=np.arange(1, max_virtual(num_layers) + 1), precision=precision)
 
     @property
@@ -115,7 +134,8 @@ class Space:
             def tile(a: np.ndarray) -> np.ndarray:
                 return np.tile(a, len(lay))
             yield len(lay), PlanArrays(
-                tp=rep[:, 0], cp=rep[:, 1], dp=rep[:, 2], pp=rep[:, 3], mbs=tile(other[0]),
+                tp=rep[:, 0], cp=rep[:, 1], dp=rep[:, 2], pp=rep[:, 3], ep=rep[:, 4],
+                etp=rep[:, 5], mbs=tile(other[0]),
                 gbs=np.full(n, global_batch, dtype=np.int64), vpp=tile(other[1]),
                 schedule=tile(other[2]), zero=tile(other[3]), recompute=tile(other[4]),
                 sp=tile(other[5]), precision=np.full(n, PRECISIONS.index(self.precision)),

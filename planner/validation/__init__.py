@@ -9,7 +9,9 @@ to the shared file.
 stacks, Megatron-Core, torchtitan and PyTorch FSDP, on A100 / A800, H100 / H800 and H200; a test
 keeps it identical too). `held_out_runs.json` holds the 6 Narayanan et al. 2021 Table 2 PTD-P
 rows that the shared README derives but leaves out (virtual stages not stated); they are never
-used to fit anything. The shared `runs_moe.json` is not packaged (later work).
+used to fit anything. `moe_runs.json` is a copy of `../shared/validation/runs_moe.json` (13
+mixture-of-experts runs: Megatron-Core ModelZoo and NeMo AutoModel on H100 and GB200; a test
+keeps it identical); nothing is fitted on it.
 
 Summaries by set, source, framework and GPU: `planner.validation.groups`; leave-one-source-out
 refit of the fitted number: `planner.validation.cv`; error bands from it:
@@ -24,7 +26,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from planner.cost.evaluate import predict
 from planner.hardware import Cluster, load_cluster
@@ -66,10 +68,26 @@ class PublishedRun(BaseModel):
     measured_peak_memory_gib: float | None = Field(default=None, gt=0)
     """Peak memory per GPU, where published."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _normalise_plan(cls, data: Any) -> Any:
+        """The MoE set writes `schedule: "none"` for runs without pipelining (pp = 1: the plan
+        contract's 1f1b runs the micro-batches back to back, the same thing) and `recompute:
+        "unknown"` where the source does not say (planned without recompute, the frameworks'
+        default; ../shared/validation/README.md, third set)."""
+        if isinstance(data, dict) and isinstance(data.get("plan"), dict):
+            plan = dict(data["plan"])
+            if plan.get("schedule") == "none" and plan.get("pp", 1) == 1:
+                plan["schedule"] = "1f1b"
+            if plan.get("recompute") == "unknown":
+                plan["recompute"] = "none"
+            data = {**data, "plan": plan}
+        return data
+
 
 # The shipped sets, in the order `paraplan validate` prints them: name -> packaged file.
 SHIPPED_SETS = {"published": "published_runs.json", "current": "current_runs.json",
-                "held_out": "held_out_runs.json"}
+                "held_out": "held_out_runs.json", "moe": "moe_runs.json"}
 # The sets every fitted number may be chosen on (held_out is never fitted on).
 FIT_SETS = ("published", "current")
 
@@ -139,6 +157,24 @@ def _stack_map() -> dict[str, dict]:
     return read_json(path, f"stack map {path}") if path.is_file() else {}
 
 
+@lru_cache(maxsize=1)
+def _spec_map() -> dict[str, dict]:
+    """Runs whose benchmark setting changes what the spec keys cannot say (spec_map.json: a
+    forced round-robin MoE gate), from each run's documented configs."""
+    path = Path(str(resources.files("planner"))) / "validation" / "spec_map.json"
+    return read_json(path, f"spec map {path}") if path.is_file() else {}
+
+
+def run_transformer(run: PublishedRun) -> TransformerSpec:
+    """The spec a run is predicted with: its own, with the MoE routing its benchmark forced
+    (spec_map.json) where that differs from a learned router."""
+    mapped = _spec_map().get(run.name)
+    if not mapped or run.transformer.moe is None:
+        return run.transformer
+    moe = run.transformer.moe.model_copy(update=mapped.get("moe", {}))
+    return run.transformer.model_copy(update={"moe": moe})
+
+
 def run_stack(run: PublishedRun) -> str:
     """The stack a run is predicted with: the one its notes document (stack_map.json), else
     the one its `framework` names."""
@@ -148,16 +184,33 @@ def run_stack(run: PublishedRun) -> str:
     return stack_for_framework(run.framework) if run.framework else DEFAULT_STACK
 
 
+def unplannable(runs: list[PublishedRun]) -> list[tuple[PublishedRun, str]]:
+    """Runs whose published plan the plan contract cannot express for this model, with the
+    reason (validity messages); `compare` leaves them out and `paraplan validate` lists them."""
+    from planner.validity import spec_problems
+    out = []
+    for run in runs:
+        problems = spec_problems(run.plan, run_transformer(run))
+        if problems:
+            out.append((run, "; ".join(problems)))
+    return out
+
+
 def compare(runs: list[PublishedRun], adjust: Callable[[Cluster], Cluster] | None = None,
             stack: "str | Stack | None" = None) -> list[Comparison]:
     """Predict every run with the default profile of its cluster and the stack its framework
-    names (or `stack` for all; `adjust` rewrites the bound profile, for ablations)."""
+    names (or `stack` for all; `adjust` rewrites the bound profile, for ablations). Runs the
+    plan contract cannot express (`unplannable`) are left out."""
     out = []
+    skip = {r.name for r, _ in unplannable(runs)}
     for run in runs:
+        if run.name in skip:
+            continue
         cluster = run_cluster(run, stack)
         if adjust:
             cluster = adjust(cluster)
-        out.append(Comparison(run, predict(run.transformer, cluster, run.plan), cluster.gpu.name))
+        out.append(Comparison(run, predict(run_transformer(run), cluster, run.plan),
+                              cluster.gpu.name))
     return out
 
 
