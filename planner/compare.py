@@ -1,12 +1,14 @@
 """Predicted vs. measured: pair each plan's prediction with its measurement, and the statistics
-the targets are stated in (errors, rank correlation, best-plan check, memory by component).
-Torch-free; the HTML is planner/report/compare_html.py."""
+the targets are stated in (errors, rank correlation, best-plan check, memory by component),
+and, for plans measured in rounds (validate-local --rounds), the spread and the figures judged
+against it (planner/noise.py). Torch-free; the HTML is planner/report/compare_html.py."""
 
 from __future__ import annotations
 
 import statistics
 from typing import Any
 
+from planner.noise import DEFAULT_TOLERANCE, judge, machine_noise, pick, within_spread_share
 from planner.plan import Plan
 from planner.stages import pipeline_rank
 
@@ -61,15 +63,33 @@ def checkpoint_stall(measured: dict[str, Any], predicted_bytes: float | None,
 
 
 def compare_one(plan: Plan, predicted: dict[str, Any], measured: dict[str, Any],
-                checkpoint: dict[str, Any] | None = None) -> dict:
+                checkpoint: dict[str, Any] | None = None, *,
+                rounds_s: list[float] | None = None, tolerance: float = DEFAULT_TOLERANCE,
+                search_rank: int | None = None) -> dict:
     """One row: step-time error and, per memory component, the worst error over ranks; with
-    `checkpoint` (checkpoint_stall's result), the measured vs. predicted checkpoint stall."""
+    `checkpoint` (checkpoint_stall's result), the measured vs. predicted checkpoint stall.
+    With `rounds_s` (one value per round, each the median of that round's timed steps),
+    `measured["step_time_s"]` must be their median; the row adds `measured_rounds_s`,
+    `measured_spread_s` {min, max, q25, q75} and `within_spread` (the prediction inside
+    [min, max] widened by `tolerance`). `search_rank`: the plan's place in the search's order
+    (0 = the search's first plan)."""
+    step = measured["step_time_s"]
+    if rounds_s:
+        med = statistics.median(rounds_s)
+        if abs(med - step) > 1e-12 * max(abs(med), 1e-30):
+            raise ValueError(f"measured step_time_s {step} is not the median {med} of its "
+                             f"{len(rounds_s)} rounds")
     row = {"plan": plan.to_json_dict(),
            "predicted": {k: predicted[k] for k in ("step_time_s", "breakdown", "memory",
                                                   "memory_by_stage", "memory_per_stage")
                          if k in predicted},
            "measured": measured,
-           "step_error": predicted["step_time_s"] / measured["step_time_s"] - 1}
+           "step_error": predicted["step_time_s"] / step - 1,
+           "predicted_step_time_s": predicted["step_time_s"], "measured_step_time_s": step}
+    if search_rank is not None:
+        row["search_rank"] = search_rank
+    if rounds_s:
+        row.update(judge(predicted["step_time_s"], rounds_s, tolerance))
     errors: dict[str, float] = {}
     for pkey, mkey in MEMORY.items():
         worst = 0.0
@@ -107,14 +127,21 @@ def spearman(a: list[float], b: list[float]) -> float:
     return cov / den if den else 0.0
 
 
-def summarize(rows: list[dict]) -> dict[str, Any]:
-    """The targets' statistics over all rows."""
+def summarize(rows: list[dict], tolerance: float = DEFAULT_TOLERANCE) -> dict[str, Any]:
+    """The targets' statistics over all rows (errors against the measured step time, which is
+    the median over rounds where the rows carry rounds), plus the protocol's figures: the share
+    within their spread (widened by `tolerance`), the pick (planner.noise.pick) and the
+    machine's noise (median over plans of (max - min) / median; None for one round)."""
+    if not rows:
+        raise ValueError("summarize needs at least one row, got 0")
     pred = [r["predicted"]["step_time_s"] for r in rows]
     meas = [r["measured"]["step_time_s"] for r in rows]
     errs = [abs(r["step_error"]) for r in rows]
     best_pred = min(range(len(rows)), key=lambda i: pred[i])
     best_meas = min(meas)
     mem = {k: [r["memory_errors"][k] for r in rows] for k in rows[0]["memory_errors"]}
+    noise, noise_plans = machine_noise(rows)
+    counts = [len(r["measured_rounds_s"]) for r in rows if r.get("measured_rounds_s")]
     return {
         "plans": len(rows),
         "step_mape_pct": 100 * statistics.fmean(errs),
@@ -127,4 +154,10 @@ def summarize(rows: list[dict]) -> dict[str, Any]:
                        "max_error_pct": 100 * max(v),
                        "within_5_pct": sum(e <= 0.05 for e in v) / len(v)}
                    for k, v in mem.items()},
+        "within_spread_share": within_spread_share(rows, tolerance),
+        "spread_tolerance": tolerance,
+        "rounds_per_plan": {"min": min(counts), "max": max(counts)} if counts else None,
+        "pick": pick(rows),
+        "machine_noise": noise,
+        "machine_noise_plans": noise_plans,
     }

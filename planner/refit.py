@@ -25,6 +25,7 @@ import numpy as np
 from planner.cost.evaluate import evaluate
 from planner.hardware import Cluster
 from planner.measurement import Measurement
+from planner.noise import DEFAULT_TOLERANCE, within_spread
 from planner.plan import Plan
 from planner.plan_arrays import PlanArrays
 from planner.schema import InputError, validate_as
@@ -35,12 +36,16 @@ from planner.validity import plan_problems
 
 @dataclass(frozen=True)
 class Run:
-    """One measured plan."""
+    """One measured plan. `measured_s`: its step time (for a validate-local file, the median
+    over rounds); `spread_s`: (min, max) over rounds where it was measured in rounds, and the
+    `tolerance` that widens it (the run's --spread-tolerance)."""
 
     spec: TransformerSpec
     plan: Plan
     measured_s: float
     source: str
+    spread_s: tuple[float, float] | None = None
+    tolerance: float = DEFAULT_TOLERANCE
 
 
 @dataclass(frozen=True)
@@ -73,11 +78,19 @@ FIELDS: tuple[Field, ...] = (
 
 
 def runs_from(data: Any, source: str) -> list[Run]:
-    """Runs in one loaded JSON file: a Measurement, or a predicted_vs_measured.json."""
+    """Runs in one loaded JSON file: a Measurement, or a predicted_vs_measured.json (whose
+    rows' measured step time is the median over rounds, `measured_step_time_s`, in files
+    written with rounds; older files have only `measured.step_time_s`, the same figure)."""
     if isinstance(data, dict) and "rows" in data and "transformer" in data:
         spec = validate_as(TransformerSpec, data["transformer"], f"{source}: transformer")
-        return [Run(spec, validate_as(Plan, r["plan"], f"{source}: plan"),
-                    float(r["measured"]["step_time_s"]), source) for r in data["rows"]]
+        tol = float((data.get("protocol") or {}).get("spread_tolerance", DEFAULT_TOLERANCE))
+        out = []
+        for r in data["rows"]:
+            band = r.get("measured_spread_s")
+            out.append(Run(spec, validate_as(Plan, r["plan"], f"{source}: plan"),
+                           float(r.get("measured_step_time_s", r["measured"]["step_time_s"])),
+                           source, (band["min"], band["max"]) if band else None, tol))
+        return out
     m = validate_as(Measurement, data, f"measurement {source}")
     return [Run(m.transformer, m.plan, m.step_time_s, source)]
 
@@ -221,12 +234,21 @@ def fit(profile: dict, runs: list[Run], iterations: int = 30) -> tuple[dict, lis
 
 
 def errors(pred: np.ndarray, runs: list[Run]) -> dict[str, float]:
-    """Mean absolute, max and mean signed error (%), and the share within 15%."""
+    """Mean absolute, max and mean signed error (%) and the share within 15% of the measured
+    step time (the median over rounds); with runs measured in rounds, also `within_spread`:
+    the share of those whose prediction lies in their [min, max] widened by their
+    tolerance, and `spread_runs`, how many there were."""
     e = pred / np.array([r.measured_s for r in runs]) - 1.0
-    return {"mean_abs_pct": 100 * float(np.mean(np.abs(e))),
-            "max_abs_pct": 100 * float(np.max(np.abs(e))),
-            "mean_signed_pct": 100 * float(np.mean(e)),
-            "within_15": float(np.mean(np.abs(e) <= 0.15))}
+    out = {"mean_abs_pct": 100 * float(np.mean(np.abs(e))),
+           "max_abs_pct": 100 * float(np.max(np.abs(e))),
+           "mean_signed_pct": 100 * float(np.mean(e)),
+           "within_15": float(np.mean(np.abs(e) <= 0.15))}
+    inside = [within_spread(float(p), {"min": r.spread_s[0], "max": r.spread_s[1]},
+                            r.tolerance) for p, r in zip(pred, runs) if r.spread_s]
+    if inside:
+        out["within_spread"] = float(np.mean(inside))
+        out["spread_runs"] = len(inside)
+    return out
 
 
 def cross_validate(profile: dict, runs: list[Run], folds: int) -> np.ndarray:
@@ -276,9 +298,13 @@ def _annotate(fitted: dict, moved: list[Field], runs: list[Run], report: dict) -
             fitted["sources"][f.path] = text
     b, a = report["before"], report["after"]
     cv = report.get("cross_validated")
+    spread = "" if "within_spread" not in a else (
+        f"; within the spread over rounds {100 * b['within_spread']:.0f}% -> "
+        f"{100 * a['within_spread']:.0f}%" + (f" ({100 * cv['within_spread']:.0f}% held out)"
+                                              if cv else ""))
     fitted["notes"].append(
         f"Refitted to {len(runs)} runs on {today}: step-time mean error {b['mean_abs_pct']:.1f}% "
         f"-> {a['mean_abs_pct']:.1f}% in sample" + (
             f", {cv['mean_abs_pct']:.1f}% on runs left out of the fit ({report['folds']}-fold)"
-            if cv else ""))
+            if cv else "") + spread)
 

@@ -1,15 +1,62 @@
-"""`paraplan calibrate`: measure this machine into a Cluster profile (raw numbers beside it)."""
+"""`paraplan calibrate`: measure this machine into a Cluster profile (raw numbers beside it).
+A world of more threads (ranks x threads per rank) than the machine has cores is oversubscribed:
+it measures the contention between the ranks, not the plan; calibrate warns and says so in the
+profile's notes and in the raw file (`oversubscription`)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
+from typing import Callable
 
 
 MEASURE_FLAGS = {"backend": "--backend", "world_size": "--world-size", "threads": "--threads",
                  "quick": "--quick", "name": "--name"}
 REFIT_FLAGS = {"profile": "--profile", "folds": "--folds"}
+
+
+def oversubscription(world: int, threads: int, cpus: int | None = None) -> dict:
+    """{"oversubscribed", "world_size", "threads_per_rank", "threads", "cpu_count"}: whether
+    `world` ranks of `threads` threads each ask for more threads than `cpus` (default
+    os.cpu_count())."""
+    if world < 1 or threads < 1:
+        raise ValueError(f"world size and threads per rank must be >= 1, got {world} x {threads}")
+    cpus = cpus or os.cpu_count() or 1
+    return {"oversubscribed": world * threads > cpus, "world_size": world,
+            "threads_per_rank": threads, "threads": world * threads, "cpu_count": cpus}
+
+
+def oversubscribed_text(info: dict) -> str:
+    """The warning (and profile note) for an oversubscribed world."""
+    return (f"oversubscribed: true ({info['world_size']} ranks x {info['threads_per_rank']} "
+            f"thread(s) per rank = {info['threads']} threads on {info['cpu_count']} CPU cores): "
+            "the measurements include the ranks' contention for the cores, not the plan alone")
+
+
+def warn_oversubscribed(info: dict, echo: Callable[[str], None]) -> None:
+    """Print the warning when `info` (oversubscription()) is oversubscribed."""
+    if info["oversubscribed"]:
+        echo(f"[yellow]warning:[/] {oversubscribed_text(info)}")
+
+
+def record_oversubscription(profile_path: Path, raw_path: Path | None, info: dict) -> None:
+    """Write `info` into the raw calibration file (key `oversubscription`) and, when
+    oversubscribed, a note into the profile's `notes` (the Cluster schema has no key for it)."""
+    from planner.hardware import Cluster
+    from planner.schema import validate_as, write_json_atomic
+    if raw_path is not None and raw_path.is_file():
+        raw = json.loads(raw_path.read_text())
+        raw["oversubscription"] = info
+        write_json_atomic(raw_path, raw)
+    if info["oversubscribed"]:
+        profile = json.loads(profile_path.read_text())
+        note = oversubscribed_text(info)
+        if note not in profile.setdefault("notes", []):
+            profile["notes"].append(note)
+        write_json_atomic(profile_path, validate_as(Cluster, profile, "calibrated profile")
+                          .model_dump())
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -76,11 +123,14 @@ def run(args: argparse.Namespace) -> int:
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.world_size)
     name = args.name or f"cpu_{args.world_size}x{threads}"
     out = console()
+    info = oversubscription(args.world_size, threads)
+    warn_oversubscribed(info, out.print)
     out.print(f"calibrating {args.world_size} gloo ranks x {threads} thread(s) "
               f"({'quick' if args.quick else 'full'}; a few minutes on 2 cores) ...")
     from executor.calibration_run import calibrate
     cluster, raw_path = calibrate(args.world_size, threads, args.quick, name, Path(args.out),
                                   echo=out.print)
+    record_oversubscription(Path(args.out), raw_path, info)
     g, link = cluster.gpu, cluster.intra_node
     out.print(f"fp32 peak {g.peak_tflops.fp32 * 1e3:.1f} GFLOP/s, memory "
               f"{g.hbm_bandwidth_GBps:.1f} GB/s, kernel overhead {g.kernel_overhead_s * 1e6:.1f} us, "
@@ -88,4 +138,5 @@ def run(args: argparse.Namespace) -> int:
               f"{link.bandwidth_GBps:.2f} GB/s, {link.latency_s * 1e6:.0f} us/step + "
               f"{link.call_latency_s * 1e6:.0f} us/call")
     out.print(f"profile written to [bold]{args.out}[/] (raw measurements: {raw_path})")
+    warn_oversubscribed(info, out.print)
     return 0
