@@ -10,8 +10,6 @@ section 2.2.1). Chunk 0, on rank 0, holds the embedding; the last chunk, on rank
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import numpy as np
 
 from planner.plan import Plan
@@ -56,26 +54,42 @@ def rank_layers(num_layers: int, pp: np.ndarray, vpp: np.ndarray,
     return vpp * base + np.where(pp_rank == 0, at_zero, others)
 
 
-@lru_cache(maxsize=4096)
-def _moe_count(spec_key: tuple, num_layers: int, pp: int, vpp: int, pp_rank: int) -> int:
-    first, freq = spec_key
-    return sum(1 for i in rank_layer_ids(num_layers, pp, vpp, pp_rank)
-               if i >= first and (i - first) % freq == 0)
-
-
 def rank_moe_layers(spec, pp: np.ndarray, vpp: np.ndarray, pp_rank: np.ndarray) -> np.ndarray:
     """How many of pipeline rank `pp_rank`'s blocks have routed experts (planner/moe.py
-    ffn_is_moe), over arrays of plans; zeros for a dense spec. Counted per distinct
-    (pp, v, rank) from `rank_layer_ids`, the same cut the executor makes."""
-    pp, vpp, pp_rank = np.broadcast_arrays(np.asarray(pp), np.asarray(vpp), np.asarray(pp_rank))
+    ffn_is_moe: block i >= first_dense_layers with (i - first) % moe_layer_freq == 0), over
+    arrays of plans; zeros for a dense spec. Closed form over the rank's chunks (the cut of
+    `layer_split`: chunk c starts at c base + min(max(c - 1, 0), extra)), so the search pays
+    one vectorized pass per virtual stage, not one per plan; tests/test_stages.py holds it
+    against `rank_layer_ids`."""
+    pp, vpp, pp_rank = (np.asarray(a, dtype=np.int64) for a in np.broadcast_arrays(
+        np.asarray(pp), np.asarray(vpp), np.asarray(pp_rank)))
     if spec.moe is None:
         return np.zeros(pp.shape)
-    key = (spec.moe.first_dense_layers, spec.moe.moe_layer_freq)
-    combos = np.stack([pp.ravel(), vpp.ravel(), pp_rank.ravel()], axis=1).astype(np.int64)
-    uniq, inv = np.unique(combos, axis=0, return_inverse=True)
-    counts = np.array([_moe_count(key, spec.num_layers, int(a), int(b), int(c))
-                       for a, b, c in uniq], dtype=float)
-    return counts[inv.reshape(-1)].reshape(pp.shape)
+    L, first, freq = spec.num_layers, spec.moe.first_dense_layers, spec.moe.moe_layer_freq
+    chunks = pp * vpp
+    base, extra = L // chunks, L % chunks
+    if freq == 1:
+        # Every block from `first` on is MoE: the rank's blocks minus those below `first`,
+        # which only chunks starting below `first` hold (chunk c starts at >= c).
+        dense = np.zeros(pp.shape, dtype=np.int64)
+        for k in range(int(vpp.max(initial=1))):
+            c = pp_rank + k * pp
+            if int(c.min(initial=first)) >= first:
+                break
+            start = c * base + np.minimum(np.maximum(c - 1, 0), extra)
+            size = base + ((c >= 1) & (c <= extra))
+            dense += np.where(k < vpp, np.clip(first - start, 0, size), 0)
+        return (rank_layers(L, pp, vpp, pp_rank) - dense).astype(float)
+
+    def upto(x: np.ndarray) -> np.ndarray:  # MoE blocks among ids < x
+        return np.where(x > first, -(-(x - first) // freq), 0)
+    out = np.zeros(pp.shape, dtype=np.int64)
+    for k in range(int(vpp.max(initial=1))):
+        c = pp_rank + k * pp
+        start = c * base + np.minimum(np.maximum(c - 1, 0), extra)
+        size = base + ((c >= 1) & (c <= extra))
+        out += np.where(k < vpp, upto(start + size) - upto(start), 0)
+    return out.astype(float)
 
 
 def holds_embedding(pp_rank: np.ndarray) -> np.ndarray:

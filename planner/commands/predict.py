@@ -71,8 +71,10 @@ def show(r: dict[str, Any], plan) -> None:
     m.add_column("GiB", justify="right")
     mem = r["memory"]
     for k, v in mem.items():
-        if k not in ("peak_bytes", "capacity_bytes"):
+        if k not in ("peak_bytes", "capacity_bytes", "experts"):
             m.add_row(k.removesuffix("_bytes"), gib(v))
+    for k, v in mem.get("experts", {}).items():  # the routed experts' share of the above
+        m.add_row(f"  of which experts: {k.removesuffix('_bytes')}", gib(v))
     verdict = "[green]fits[/]" if r["fits"] else "[red]does NOT fit[/]"
     m.add_row("[bold]peak[/]", f"[bold]{gib(mem['peak_bytes'])}[/]")
     out.print(m)

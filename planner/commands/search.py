@@ -141,9 +141,17 @@ def _search_with_progress(spec, cluster, gbs, precision, quiet) -> SearchResult:
         return search(spec, cluster, gbs, precision, progress=tick)
 
 
+def _moe(res: SearchResult) -> bool:
+    """Whether the searched plans split experts (any ep or etp > 1): show those columns."""
+    return bool(len(res.plans) and ((res.plans.ep > 1) | (res.plans.etp > 1)).any())
+
+
 def _row(res: SearchResult, i: int) -> list[str]:
     p = res.plan(i)
-    cells = [str(p.dp), str(p.tp), str(p.pp), str(p.cp), str(p.micro_batch_size),
+    cells = [str(p.dp), str(p.tp), str(p.pp), str(p.cp)]
+    if _moe(res):
+        cells += [str(p.ep), str(p.etp)]
+    cells += [str(p.micro_batch_size),
              str(p.virtual_pipeline_stages), p.schedule, str(p.zero_stage), p.recompute,
              "on" if p.sequence_parallel else "-", seconds(res.step_time_s[i]),
              f"{res.tokens_per_s[i]:,.0f}", f"{res.mfu[i] * 100:.1f}%", gib(res.peak_bytes[i])]
@@ -156,8 +164,8 @@ def _row(res: SearchResult, i: int) -> list[str]:
 
 def _table(title: str, res: SearchResult, rows) -> Table:
     t = Table(title=title, title_justify="left")
-    cols = ["#", "dp", "tp", "pp", "cp", "mbs", "v", "schedule", "zero", "recompute", "sp",
-            "step s", "tokens/s", "MFU", "GiB"]
+    cols = ["#", "dp", "tp", "pp", "cp"] + (["ep", "etp"] if _moe(res) else []) + [
+        "mbs", "v", "schedule", "zero", "recompute", "sp", "step s", "tokens/s", "MFU", "GiB"]
     if "goodput_fraction" in res.extra:
         cols += ["goodput", "adj. s", "stall s"]
     for col in cols:

@@ -104,7 +104,8 @@ def predict(spec: TransformerSpec, cluster: Cluster, plan: Plan,
         "links": {k: {"size": g.size, "tier": g.tier, "link": g.link_name,
                       "bandwidth_GBps": g.bandwidth_GBps, "ranks_per_node": g.ranks_per_node,
                       "nodes_spanned": g.nodes_spanned}
-                  for k, g in layouts[0].items() if g.size > 1},
+                  for k, g in layouts[0].items()
+                  if g.size > 1 and (spec.moe is not None or k not in ("ep", "etp", "edp"))},
         "params": total_params(spec),
         "active_params": active_params(spec),
         "model_flops_per_step": float(model_flops_per_step(spec, np.array([plan.global_batch_size]))[0]),
