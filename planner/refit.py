@@ -156,7 +156,7 @@ def predict_runs(cluster: Cluster, runs: list[Run]) -> np.ndarray:
         groups.setdefault(r.spec.model_dump_json(), []).append(i)
     for idx in groups.values():
         P = PlanArrays.from_plans([runs[i].plan for i in idx])
-        out[idx] = evaluate(runs[idx[0]].spec, cluster, topo, P)["step_time_s"]
+        out[idx] = evaluate(runs[idx[0]].spec, cluster, topo, P, with_memory=False)["step_time_s"]
     return out
 
 

@@ -29,13 +29,17 @@ MEMORY_KEYS = ("weights_bytes", "gradients_bytes", "optimizer_bytes", "activatio
 
 
 def evaluate(spec: TransformerSpec, cluster: Cluster, topo: Topology,
-             P: PlanArrays) -> dict[str, np.ndarray]:
-    """Every figure for every plan in `P` (plans must be valid: see validity.invalid_masks)."""
+             P: PlanArrays, with_memory: bool = True) -> dict[str, np.ndarray]:
+    """Every figure for every plan in `P` (plans must be valid: see validity.invalid_masks).
+    `with_memory=False` leaves out the memory figures and `fits` (the search has them from
+    `peak_memory` already)."""
     links, _ = link_arrays(topo, P)
     sh = shapes(cluster, P)
     out = step_breakdown(spec, cluster, P, sh, links)
-    mem = memory_breakdown(spec, cluster, P, sh, cluster.stack.flash_attention)
-    out.update({f"memory.{k}": v for k, v in mem.items()})
+    if with_memory:
+        mem = memory_breakdown(spec, cluster, P, sh, cluster.stack.flash_attention)
+        out.update({f"memory.{k}": v for k, v in mem.items()})
+        out["fits"] = mem["peak_bytes"] <= cluster.gpu.memory_bytes
     step = out["step_time_s"]
     n = cluster.num_gpus
     model = model_flops_per_step(spec, P.gbs)
@@ -44,7 +48,6 @@ def evaluate(spec: TransformerSpec, cluster: Cluster, topo: Topology,
     out["model_tflops_per_gpu"] = model / (step * n) / 1e12
     out["hardware_tflops_per_gpu"] = hw / (step * n) / 1e12
     out["mfu"] = model / (step * n * sh.peak)
-    out["fits"] = mem["peak_bytes"] <= cluster.gpu.memory_bytes
     return out
 
 

@@ -143,7 +143,7 @@ def search(spec: TransformerSpec, cluster: Cluster, global_batch_size: int,
             r = {"step_time_s": np.full(len(V), np.inf), "memory.peak_bytes": peak,
                  "fits": fits, "mfu": np.zeros(len(V)), "tokens_per_s": np.zeros(len(V))}
             if fits.any():
-                ev = evaluate(spec, cluster, topo, V.take(fits))
+                ev = evaluate(spec, cluster, topo, V.take(fits), with_memory=False)
                 for k in ("step_time_s", "mfu", "tokens_per_s"):
                     r[k][fits] = ev[k]
             kept.append(V)

@@ -54,7 +54,8 @@ def step_time_grid(runs: list[PublishedRun], grid: np.ndarray = GRID,
                              + "; ".join(problems))
         topo, P = Topology(base), PlanArrays.from_plans([run.plan])
         for j, f in enumerate(grid):
-            out[i, j] = evaluate(run.transformer, with_fraction(base, float(f)), topo, P)["step_time_s"][0]
+            out[i, j] = evaluate(run.transformer, with_fraction(base, float(f)), topo, P,
+                                 with_memory=False)["step_time_s"][0]
     return out
 
 
