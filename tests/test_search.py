@@ -32,7 +32,7 @@ def test_search_figures_equal_predict(small_search):
         assert r["step_time_s"] == pytest.approx(res.step_time_s[i], rel=1e-12)
         assert r["memory"]["peak_bytes"] == pytest.approx(res.peak_bytes[i], abs=1)
         assert r["fits"] and res.fits[i]
-    r = predict(spec, cluster, res.plan(res.valid - 1))  # a plan that does not fit
+    r = predict(spec, cluster, res.plan(len(res.plans) - 1))  # a plan that does not fit
     assert r["memory"]["peak_bytes"] == pytest.approx(res.peak_bytes[-1], abs=1)
     assert not r["fits"] and not res.fits[-1] and res.step_time_s[-1] == np.inf
 
@@ -51,7 +51,7 @@ def test_ranking_and_counts(small_search):
 
 def test_kept_plans_are_valid_and_pruned_examples_are_true(small_search):
     spec, cluster, res = small_search
-    for i in np.linspace(0, res.valid - 1, 25).astype(int):
+    for i in np.linspace(0, len(res.plans) - 1, 25).astype(int):
         assert plan_problems(res.plan(int(i)), spec, cluster) == []
     assert res.examples  # every rule that pruned something shows one real message
     for reason, msg in res.examples.items():

@@ -32,6 +32,7 @@ REDUNDANT = {
         "stage 2 is kept"),
 }
 NO_FIT = "does not fit in GPU memory"
+KEEP_NOT_FITTING = 1000  # plans that do not fit kept per block, smallest peak memory first
 
 
 @dataclass
@@ -46,7 +47,9 @@ class SearchResult:
     valid: int
     fitting: int
     plans: PlanArrays
-    """Valid candidates sorted by (fits first, step time, peak memory)."""
+    """The fitting candidates sorted by (step time, peak memory), then the non-fitting ones
+    kept (the smallest peak memory of each block: KEEP_NOT_FITTING) by peak memory; `valid`
+    counts every valid candidate."""
     step_time_s: np.ndarray
     """Seconds per step (inf for plans that do not fit: not evaluated)."""
     peak_bytes: np.ndarray
@@ -73,7 +76,7 @@ def rerank_fitting(res: SearchResult, key: np.ndarray, name: str,
     current order; tie-break memory) and the Pareto front recomputed on (`key`, memory); the
     plans that do not fit stay behind them. The vectorized search itself is untouched."""
     n = res.fitting
-    order = np.concatenate([np.lexsort((res.peak_bytes[:n], key)), np.arange(n, res.valid)])
+    order = np.concatenate([np.lexsort((res.peak_bytes[:n], key)), np.arange(n, len(res.plans))])
     pick = lambda a: a[order]  # noqa: E731
     out = SearchResult(
         candidates=res.candidates, pruned=res.pruned, examples=res.examples, valid=res.valid,
@@ -131,32 +134,39 @@ def search(spec: TransformerSpec, cluster: Cluster, global_batch_size: int,
     cols: dict[str, list[np.ndarray]] = {k: [] for k in
                                           ("step_time_s", "memory.peak_bytes", "fits", "mfu",
                                            "tokens_per_s")}
-    done = 0
+    done = valid = 0
     per_block = max(1, block_candidates // space.per_layout)
     for n_layouts, P in space.blocks(global_batch_size, per_block):
         keep = _prune(spec, cluster, P, counts, examples)
         if keep.any():
             V = P.take(keep)
+            valid += len(V)
             # Memory first (cheap); step time only for plans that fit.
             peak = peak_memory(spec, cluster, V)
             fits = peak <= cluster.gpu.memory_bytes
-            r = {"step_time_s": np.full(len(V), np.inf), "memory.peak_bytes": peak,
-                 "fits": fits, "mfu": np.zeros(len(V)), "tokens_per_s": np.zeros(len(V))}
-            if fits.any():
+            # Of the plans that do not fit only the smallest few are kept (for "the smallest
+            # needs ..."); copying millions of them is most of a large search's time.
+            spare = np.flatnonzero(~fits)
+            spare = spare[np.argsort(peak[spare], kind="stable")[:KEEP_NOT_FITTING]]
+            sel = np.concatenate([np.flatnonzero(fits), spare])
+            r = {"step_time_s": np.full(len(sel), np.inf), "memory.peak_bytes": peak[sel],
+                 "fits": fits[sel], "mfu": np.zeros(len(sel)), "tokens_per_s": np.zeros(len(sel))}
+            n_fit = int(fits.sum())
+            if n_fit:
                 ev = evaluate(spec, cluster, topo, V.take(fits), with_memory=False)
                 for k in ("step_time_s", "mfu", "tokens_per_s"):
-                    r[k][fits] = ev[k]
-            kept.append(V)
+                    r[k][:n_fit] = ev[k]
+            kept.append(V.take(sel))
             for k in cols:
                 cols[k].append(np.asarray(r[k]))
         done += len(P)
         if progress:
             progress(done, space.size)
-    return _rank(space.size, counts, examples, kept, cols, time.perf_counter() - t0)
+    return _rank(space.size, counts, examples, kept, cols, time.perf_counter() - t0, valid)
 
 
 def _rank(total: int, counts: dict[str, int], examples: dict[str, str], kept: list[PlanArrays],
-          cols: dict[str, list[np.ndarray]], seconds: float) -> SearchResult:
+          cols: dict[str, list[np.ndarray]], seconds: float, valid: int) -> SearchResult:
     if kept:
         P = PlanArrays(**{f: np.concatenate([getattr(k, f) for k in kept])
                           for f in PlanArrays.__dataclass_fields__})
@@ -166,7 +176,7 @@ def _rank(total: int, counts: dict[str, int], examples: dict[str, str], kept: li
         c = {k: np.zeros(0) for k in cols}
     step, peak, fits = c["step_time_s"], c["memory.peak_bytes"], c["fits"].astype(bool)
     order = np.lexsort((peak, step, ~fits))
-    valid, fitting = len(step), int(fits.sum())
+    fitting = int(fits.sum())
     if valid - fitting:
         counts[NO_FIT] = valid - fitting
     res = SearchResult(
