@@ -169,6 +169,7 @@ class Topology:
         D = gpus_per_domain(cluster)
         self._one_node_domains = D == cluster.gpus_per_node
         self._cache: dict[tuple, dict[str, GroupLink]] = {}
+        self._expert_cache: dict[tuple, dict[str, GroupLink]] = {}
         self._intra_path = self._path_edges(0, 1) if min(D, cluster.num_gpus) > 1 else []
         self._inter_path = self._path_edges(0, D) if cluster.num_gpus > D else []
 
@@ -179,21 +180,27 @@ class Topology:
         return [self.graph.edges[u, v] for u, v in zip(path, path[1:])]
 
     def links(self, tp: int, cp: int, dp: int, pp: int, order: str, ep: int = 1,
-              etp: int = 1) -> dict[str, GroupLink]:
-        """GroupLink for each group kind of ALL_KINDS (tp, cp, dp, pp, dpcp; and the expert
-        groups ep, etp, edp of parallel folding, planner/expert_layout.py) under this layout
-        (cached per layout and ep, etp)."""
-        key = (tp, cp, dp, pp, order, ep, etp)
+              etp: int = 1, experts: bool = True) -> dict[str, GroupLink]:
+        """GroupLink for each group kind of ALL_KINDS (tp, cp, dp, pp, dpcp; and, unless
+        `experts` is false (a dense model's plans never use them), the expert groups ep, etp,
+        edp of parallel folding, planner/expert_layout.py) under this layout (cached per
+        layout and ep, etp)."""
+        key = (tp, cp, dp, pp, order)
         if key not in self._cache:
             sizes = {"tp": tp, "cp": cp, "dp": dp, "pp": pp}
             if tp * cp * dp * pp != self.cluster.num_gpus:
                 raise ValueError(f"layout {sizes} needs {tp * cp * dp * pp} GPUs, cluster has "
                                  f"{self.cluster.num_gpus}")
-            out = {k: self._link(k, rank_groups(sizes, order, k)) for k in KINDS}
-            for k in EXPERT_KINDS:
-                out[k] = self._link(k, expert_rank_groups(sizes, order, ep, etp, k))
-            self._cache[key] = out
-        return self._cache[key]
+            self._cache[key] = {k: self._link(k, rank_groups(sizes, order, k)) for k in KINDS}
+        if not experts:
+            return self._cache[key]
+        ekey = key + (ep, etp)
+        if ekey not in self._expert_cache:
+            sizes = {"tp": tp, "cp": cp, "dp": dp, "pp": pp}
+            self._expert_cache[ekey] = {
+                k: self._link(k, expert_rank_groups(sizes, order, ep, etp, k))
+                for k in EXPERT_KINDS}
+        return {**self._cache[key], **self._expert_cache[ekey]}
 
     def _link(self, kind: str, groups: np.ndarray) -> GroupLink:
         n_groups, size = groups.shape

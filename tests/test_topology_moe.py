@@ -146,7 +146,8 @@ def test_links_old_signature_and_cache_key():
     topo = Topology(load_cluster("dgx_h100", num_nodes=16))
     old = topo.links(1, 1, 128, 1, DEFAULT)
     assert set(old) == set(ALL_KINDS) and old["ep"].size == 1 and old["edp"].size == 128
-    assert topo.links(1, 1, 128, 1, DEFAULT, ep=1, etp=1) is old
+    assert topo.links(1, 1, 128, 1, DEFAULT, ep=1, etp=1) == old  # cached: same GroupLinks
+    assert set(topo.links(1, 1, 128, 1, DEFAULT, experts=False)) == set(KINDS)
     e8, e64 = topo.links(1, 1, 128, 1, DEFAULT, ep=8), topo.links(1, 1, 128, 1, DEFAULT, ep=64)
     assert (e8["ep"].size, e8["ep"].tier) == (8, "intra_node")
     assert (e64["ep"].size, e64["ep"].tier) == (64, "inter_node")

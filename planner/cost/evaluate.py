@@ -33,7 +33,7 @@ def evaluate(spec: TransformerSpec, cluster: Cluster, topo: Topology,
     """Every figure for every plan in `P` (plans must be valid: see validity.invalid_masks).
     `with_memory=False` leaves out the memory figures and `fits` (the search has them from
     `peak_memory` already)."""
-    links, _ = link_arrays(topo, P)
+    links, _ = link_arrays(topo, P, experts=spec.moe is not None)
     sh = shapes(cluster, P)
     out = step_breakdown(spec, cluster, P, sh, links)
     if with_memory:
@@ -66,7 +66,7 @@ def predict(spec: TransformerSpec, cluster: Cluster, plan: Plan,
     topo = topo or Topology(cluster)
     P = PlanArrays.from_plans([plan])
     r = {k: v[0] for k, v in evaluate(spec, cluster, topo, P).items()}
-    _, layouts = link_arrays(topo, P)
+    _, layouts = link_arrays(topo, P, experts=spec.moe is not None)
     sh, flash = shapes(cluster, P), cluster.stack.flash_attention
 
     def whole(comp: dict[str, np.ndarray]) -> dict[str, int]:
@@ -107,8 +107,7 @@ def predict(spec: TransformerSpec, cluster: Cluster, plan: Plan,
         "links": {k: {"size": g.size, "tier": g.tier, "link": g.link_name,
                       "bandwidth_GBps": g.bandwidth_GBps, "ranks_per_node": g.ranks_per_node,
                       "nodes_spanned": g.nodes_spanned}
-                  for k, g in layouts[0].items()
-                  if g.size > 1 and (spec.moe is not None or k not in ("ep", "etp", "edp"))},
+                  for k, g in layouts[0].items() if g.size > 1},
         "params": total_params(spec),
         "active_params": active_params(spec),
         "model_flops_per_step": float(model_flops_per_step(spec, np.array([plan.global_batch_size]))[0]),

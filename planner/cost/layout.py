@@ -8,7 +8,7 @@ import numpy as np
 from planner.cost.comms import Link
 from planner.plan import ORDERS
 from planner.plan_arrays import PlanArrays
-from planner.topology import ALL_KINDS, Topology
+from planner.topology import ALL_KINDS, KINDS, Topology
 
 _TIERS = ("none", "intra_node", "inter_node")
 _INTRA, _INTER = _TIERS.index("intra_node"), _TIERS.index("inter_node")
@@ -34,18 +34,19 @@ def _layout_index(P: PlanArrays) -> tuple[np.ndarray, np.ndarray]:
     return first, inv.reshape(-1)
 
 
-def link_arrays(topo: Topology, P: PlanArrays) -> tuple[dict[str, Link], list[dict]]:
-    """(kind -> Link over plans, per-distinct-layout GroupLinks) for tp, cp, dp, pp, dpcp and
-    the expert groups ep, etp, edp."""
+def link_arrays(topo: Topology, P: PlanArrays,
+                experts: bool = True) -> tuple[dict[str, Link], list[dict]]:
+    """(kind -> Link over plans, per-distinct-layout GroupLinks) for tp, cp, dp, pp, dpcp and,
+    with `experts` (an MoE spec), the expert groups ep, etp, edp."""
     first, inv = _layout_index(P)
     per_layout = [topo.links(int(P.tp[i]), int(P.cp[i]), int(P.dp[i]), int(P.pp[i]),
-                             ORDERS[int(P.order[i])], int(P.ep[i]), int(P.etp[i]))
+                             ORDERS[int(P.order[i])], int(P.ep[i]), int(P.etp[i]), experts)
                   for i in first]
     c = topo.cluster
     curves = (((1.0, 1.0),), tuple(map(tuple, c.intra_node.efficiency)),
               tuple(map(tuple, c.inter_node.efficiency)) if c.inter_node else ((1.0, 1.0),))
     out = {}
-    for kind in ALL_KINDS:
+    for kind in (ALL_KINDS if experts else KINDS):
         gl = [links[kind] for links in per_layout]
 
         def col(field: str, dtype: type = float) -> np.ndarray:
