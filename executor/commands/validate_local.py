@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     _check(args)
     spec = load_transformer(args.transformer)
     out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)  # calibration writes its probes there first
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.world_size)
     out = console()
     info = oversubscription(args.world_size, threads)
