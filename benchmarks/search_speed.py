@@ -1,6 +1,11 @@
 """Search speed: the whole plan space of GPT-3 175B on 1,024 A100 GPUs (128 DGX A100 nodes),
 global batch 1536. Prints candidates, wall time and candidates per second (target: <= 10 s on a
-2-core machine). Run: python benchmarks/search_speed.py [--repeat 3]"""
+2-core machine). Run: python benchmarks/search_speed.py [--repeat 3]
+
+Other cases the issues name:
+    --transformer llama3-405b --cluster dgx_h100 --num-nodes 2048 --global-batch-size 1024
+    --transformer deepseek-v3 --cluster dgx_h100 --num-nodes 256 --global-batch-size 1024
+(the mixture-of-experts space adds ep and etp: issue 13's target is 10 s for DeepSeek-V3)"""
 
 from __future__ import annotations
 
