@@ -27,9 +27,10 @@ import math
 import numpy as np
 
 from planner.cost.comms import Link
-from planner.cost.compute import Shapes
-from planner.cost.efficiency import gemm_time, memory_time, transfer_time
-from planner.hardware import GPU
+from planner.cost.compute import Shapes, mlp_times
+from planner.cost.efficiency import gemm_time, memory_time, overlapped, transfer_time
+from planner.hardware import GPU, Cluster
+from planner.plan_arrays import R_FULL, PlanArrays
 from planner.transformer import TransformerSpec
 
 
@@ -160,3 +161,26 @@ def moe_activation_bytes(spec: TransformerSpec, sh: Shapes) -> tuple[np.ndarray,
         stored = stored + mats * tokens * m.num_shared_experts * m.shared_width / sh.tp * e
     transient = 2.0 * rows * h * e
     return stored, transient
+
+
+def per_moe_layer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
+                  links: dict[str, Link], dense: dict[str, tuple[np.ndarray, np.ndarray]]
+                  ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """An MoE block: the dense block with its MLP replaced by the MoE FFN
+    (planner/cost/moe_cost.py); full recompute runs the FFN's forward and its dispatch again."""
+    traffic = cluster.stack.elementwise_traffic
+    mf, mb, _ = mlp_times(spec, cluster.gpu, sh, traffic)
+    mo = moe_ffn_times(spec, cluster.gpu, sh, links, traffic, cluster.stack.ep_dispatcher)
+    full = P.recompute == R_FULL
+    cf, cb = dense["compute"]
+    fwd = cf - mf + mo.fwd
+    bwd = cb - mb - np.where(full, mf, 0.0) + mo.bwd + np.where(full, mo.fwd, 0.0)
+    ep_b = mo.ep_bwd + np.where(full, mo.ep_fwd, 0.0)
+    if cluster.stack.ep_comm_overlap:
+        # Dispatch / combine of one micro-batch hidden behind another's compute (Megatron-Core
+        # overlap_moe_expert_parallel_comm; DeepSeek-V3 DualPipe, arXiv 2412.19437 section
+        # 3.2.1): only what the block's compute cannot cover is exposed.
+        ep_f, ep_b = overlapped(cluster.gpu, mo.ep_fwd, fwd), overlapped(cluster.gpu, ep_b, bwd)
+    else:
+        ep_f = mo.ep_fwd
+    return {**dense, "compute": (fwd, bwd), "ep": (ep_f, ep_b)}

@@ -15,9 +15,9 @@ import numpy as np
 
 from planner.cost.comms import Link
 from planner.cost.grad_sync import grad_all_reduce
-from planner.cost.compute import Shapes, embedding_times, head_times, layer_times, mlp_times
+from planner.cost.compute import Shapes, embedding_times, head_times, layer_times
 from planner.cost.efficiency import memory_time, overlapped
-from planner.cost.moe_cost import moe_ffn_times
+from planner.cost.moe_cost import per_moe_layer
 from planner.cost.zero import fsdp2_exposed
 from planner.cost.params import (layer_params_per_rank, stage_expert_params_per_rank,
                                  stage_params_per_rank, stage_tensor_count)
@@ -109,36 +109,13 @@ def _per_layer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shape
             "dp": (dp_f, dp_b), "ep": (zero, zero)}
 
 
-def _per_moe_layer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
-                   links: dict[str, Link], dense: dict[str, tuple[np.ndarray, np.ndarray]]
-                   ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """An MoE block: the dense block with its MLP replaced by the MoE FFN
-    (planner/cost/moe_cost.py); full recompute runs the FFN's forward and its dispatch again."""
-    traffic = cluster.stack.elementwise_traffic
-    mf, mb, _ = mlp_times(spec, cluster.gpu, sh, traffic)
-    mo = moe_ffn_times(spec, cluster.gpu, sh, links, traffic, cluster.stack.ep_dispatcher)
-    full = P.recompute == R_FULL
-    cf, cb = dense["compute"]
-    fwd = cf - mf + mo.fwd
-    bwd = cb - mb - np.where(full, mf, 0.0) + mo.bwd + np.where(full, mo.fwd, 0.0)
-    ep_b = mo.ep_bwd + np.where(full, mo.ep_fwd, 0.0)
-    if cluster.stack.ep_comm_overlap:
-        # Dispatch / combine of one micro-batch hidden behind another's compute (Megatron-Core
-        # overlap_moe_expert_parallel_comm; DeepSeek-V3 DualPipe, arXiv 2412.19437 section
-        # 3.2.1): only what the block's compute cannot cover is exposed.
-        ep_f, ep_b = overlapped(cluster.gpu, mo.ep_fwd, fwd), overlapped(cluster.gpu, ep_b, bwd)
-    else:
-        ep_f = mo.ep_fwd
-    return {**dense, "compute": (fwd, bwd), "ep": (ep_f, ep_b)}
-
-
 def _stages(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
             links: dict[str, Link]) -> dict[str, np.ndarray]:
     """Per-micro-batch time of the slowest pipeline rank by category, and the sum over ranks.
     Ranks hold different numbers of blocks when they do not divide (planner.stages.layer_split);
     the first holds the embedding, the last the head."""
     per = _per_layer(spec, cluster, P, sh, links)
-    per_moe = _per_moe_layer(spec, cluster, P, sh, links, per) if spec.moe else per
+    per_moe = per_moe_layer(spec, cluster, P, sh, links, per) if spec.moe else per
     dense_l = {c: f + b for c, (f, b) in per.items()}
     moe_l = {c: f + b for c, (f, b) in per_moe.items()}
     L = spec.num_layers
