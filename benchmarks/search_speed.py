@@ -26,17 +26,20 @@ def main() -> None:
     ap.add_argument("--cluster", default="dgx_a100_80g")
     ap.add_argument("--num-nodes", type=int, default=128)
     ap.add_argument("--global-batch-size", type=int, default=1536)
+    ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                    help="processes sharing the blocks (default: the cores, at most 4; "
+                         "paraplan search uses the same)")
     args = ap.parse_args()
     spec = load_transformer(args.transformer)
     cluster = load_cluster(args.cluster, args.num_nodes)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"python {platform.python_version()}")
     print(f"{spec.name} on {cluster.name} x {cluster.num_nodes} ({cluster.num_gpus} GPUs), "
-          f"global batch {args.global_batch_size}")
+          f"global batch {args.global_batch_size}, {args.workers} worker process(es)")
     walls = []
     for i in range(args.repeat):
         t0 = time.perf_counter()
-        res = search(spec, cluster, args.global_batch_size)
+        res = search(spec, cluster, args.global_batch_size, workers=args.workers)
         wall = time.perf_counter() - t0
         walls.append(wall)
         print(f"run {i + 1}: {res.candidates:,} candidates, {res.valid:,} valid, "

@@ -115,3 +115,17 @@ def test_more_data_parallel_gpus_never_slow_compute(tp, pp, mbs, recompute):
                     recompute=recompute)
         times.append(predict(spec, cluster, plan)["breakdown"]["compute_s"])
     assert times[1] <= times[0] * (1 + 1e-12)
+
+
+def test_parallel_search_equals_serial(monkeypatch):
+    """Blocks shared among processes merge in block order: the same counts, examples, ranking
+    and figures as one process."""
+    monkeypatch.setattr("planner.search.search.PARALLEL_MIN_CANDIDATES", 0)
+    spec, cluster = load_transformer("llama3-8b"), load_cluster("dgx_h100", 2)
+    a = search(spec, cluster, 64, block_candidates=20_000)
+    b = search(spec, cluster, 64, block_candidates=20_000, workers=2)
+    assert (a.candidates, a.valid, a.fitting, a.pruned, a.examples) == (
+        b.candidates, b.valid, b.fitting, b.pruned, b.examples)
+    assert np.array_equal(a.step_time_s, b.step_time_s) and np.array_equal(a.pareto, b.pareto)
+    assert all(np.array_equal(getattr(a.plans, f), getattr(b.plans, f))
+               for f in a.plans.__dataclass_fields__)

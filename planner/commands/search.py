@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -130,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _search_with_progress(spec, cluster, gbs, precision, quiet) -> SearchResult:
     if quiet or not sys.stderr.isatty():
-        return search(spec, cluster, gbs, precision)
+        return search(spec, cluster, gbs, precision, workers=search_workers())
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn(
             "{task.completed:,}/{task.total:,} candidates"), TimeElapsedColumn(),
             console=console(True), transient=True) as prog:
@@ -138,12 +139,17 @@ def _search_with_progress(spec, cluster, gbs, precision, quiet) -> SearchResult:
 
         def tick(done: int, total: int) -> None:
             prog.update(task, completed=done, total=total)
-        return search(spec, cluster, gbs, precision, progress=tick)
+        return search(spec, cluster, gbs, precision, progress=tick, workers=search_workers())
 
 
 def _moe(res: SearchResult) -> bool:
     """Whether the searched plans split experts (any ep or etp > 1): show those columns."""
     return bool(len(res.plans) and ((res.plans.ep > 1) | (res.plans.etp > 1)).any())
+
+
+def search_workers() -> int:
+    """Processes for one search: the machine's cores, at most 4 (the blocks are independent)."""
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 def _row(res: SearchResult, i: int) -> list[str]:

@@ -5,8 +5,9 @@ memory), and keep the Pareto front of step time vs. memory."""
 from __future__ import annotations
 
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -33,6 +34,7 @@ REDUNDANT = {
 }
 NO_FIT = "does not fit in GPU memory"
 KEEP_NOT_FITTING = 1000  # plans that do not fit kept per block, smallest peak memory first
+PARALLEL_MIN_CANDIDATES = 1_000_000  # smaller spaces take less than starting the processes
 
 
 @dataclass
@@ -120,48 +122,100 @@ def pareto_front(step: np.ndarray, peak: np.ndarray) -> np.ndarray:
     return order[keep]
 
 
-def search(spec: TransformerSpec, cluster: Cluster, global_batch_size: int,
-           precision: str = "bf16", progress: Callable[[int, int], None] | None = None,
-           block_candidates: int = 400_000) -> SearchResult:
-    """Search the whole space (see planner/search/space.py) for `spec` on `cluster`."""
-    t0 = time.perf_counter()
+def _evaluate_block(spec: TransformerSpec, cluster: Cluster, topo: Topology,
+                    P: PlanArrays) -> tuple:
+    """One block of candidates: (pruned counts, examples, valid count, kept plans or None,
+    their figures or None)."""
+    counts: dict[str, int] = {}
+    examples: dict[str, str] = {}
+    keep = _prune(spec, cluster, P, counts, examples)
+    if not keep.any():
+        return counts, examples, 0, None, None
+    V = P.take(keep)
+    # Memory first (cheap); step time only for plans that fit.
+    peak = peak_memory(spec, cluster, V)
+    fits = peak <= cluster.gpu.memory_bytes
+    # Of the plans that do not fit only the smallest few are kept (for "the smallest needs
+    # ..."); copying millions of them is most of a large search's time.
+    spare = np.flatnonzero(~fits)
+    spare = spare[np.argsort(peak[spare], kind="stable")[:KEEP_NOT_FITTING]]
+    sel = np.concatenate([np.flatnonzero(fits), spare])
+    r = {"step_time_s": np.full(len(sel), np.inf), "memory.peak_bytes": peak[sel],
+         "fits": fits[sel], "mfu": np.zeros(len(sel)), "tokens_per_s": np.zeros(len(sel))}
+    n_fit = int(fits.sum())
+    if n_fit:
+        ev = evaluate(spec, cluster, topo, V.take(fits), with_memory=False)
+        for k in ("step_time_s", "mfu", "tokens_per_s"):
+            r[k][:n_fit] = ev[k]
+    return counts, examples, len(V), V.take(sel), r
+
+
+def _blocks(spec: TransformerSpec, cluster: Cluster, global_batch_size: int, precision: str,
+            block_candidates: int, part: int, parts: int) -> Iterator[tuple]:
+    """(block index, candidates, _evaluate_block's result) for blocks part, part + parts, ...
+    of the space."""
     space = Space.build(cluster.num_gpus, spec.num_layers, global_batch_size, precision,
                         spec.moe)
     topo = Topology(cluster)
+    per_block = max(1, block_candidates // space.per_layout)
+    for b, (_, P) in enumerate(space.blocks(global_batch_size, per_block)):
+        if b % parts == part:
+            yield b, len(P), _evaluate_block(spec, cluster, topo, P)
+
+
+def _worker(*args) -> list[tuple]:
+    """A process's share of the blocks (see _blocks)."""
+    return list(_blocks(*args))
+
+
+def search(spec: TransformerSpec, cluster: Cluster, global_batch_size: int,
+           precision: str = "bf16", progress: Callable[[int, int], None] | None = None,
+           block_candidates: int = 400_000, workers: int = 1) -> SearchResult:
+    """Search the whole space (see planner/search/space.py) for `spec` on `cluster`. With
+    `workers` > 1 the blocks are shared among that many processes (spaces of a million
+    candidates or more); the result is the same, merged in block order."""
+    t0 = time.perf_counter()
+    space = Space.build(cluster.num_gpus, spec.num_layers, global_batch_size, precision,
+                        spec.moe)
+    args = (spec, cluster, global_batch_size, precision, block_candidates)
+    if workers > 1 and space.size >= PARALLEL_MIN_CANDIDATES:
+        parts = 4 * workers  # more parts than workers: progress, and balance across blocks
+        blocks: list[tuple] = []
+        done = 0
+        with ProcessPoolExecutor(workers) as pool:
+            for fut in as_completed([pool.submit(_worker, *args, k, parts)
+                                     for k in range(parts)]):
+                got = fut.result()
+                blocks += got
+                done += sum(n for _, n, _ in got)
+                if progress:
+                    progress(done, space.size)
+        blocks.sort(key=lambda b: b[0])
+    else:
+        blocks = []
+        done = 0
+        for b, n, res in _blocks(*args, 0, 1):
+            blocks.append((b, n, res))
+            done += n
+            if progress:
+                progress(done, space.size)
     counts: dict[str, int] = {}
     examples: dict[str, str] = {}
     kept: list[PlanArrays] = []
     cols: dict[str, list[np.ndarray]] = {k: [] for k in
                                           ("step_time_s", "memory.peak_bytes", "fits", "mfu",
                                            "tokens_per_s")}
-    done = valid = 0
-    per_block = max(1, block_candidates // space.per_layout)
-    for n_layouts, P in space.blocks(global_batch_size, per_block):
-        keep = _prune(spec, cluster, P, counts, examples)
-        if keep.any():
-            V = P.take(keep)
-            valid += len(V)
-            # Memory first (cheap); step time only for plans that fit.
-            peak = peak_memory(spec, cluster, V)
-            fits = peak <= cluster.gpu.memory_bytes
-            # Of the plans that do not fit only the smallest few are kept (for "the smallest
-            # needs ..."); copying millions of them is most of a large search's time.
-            spare = np.flatnonzero(~fits)
-            spare = spare[np.argsort(peak[spare], kind="stable")[:KEEP_NOT_FITTING]]
-            sel = np.concatenate([np.flatnonzero(fits), spare])
-            r = {"step_time_s": np.full(len(sel), np.inf), "memory.peak_bytes": peak[sel],
-                 "fits": fits[sel], "mfu": np.zeros(len(sel)), "tokens_per_s": np.zeros(len(sel))}
-            n_fit = int(fits.sum())
-            if n_fit:
-                ev = evaluate(spec, cluster, topo, V.take(fits), with_memory=False)
-                for k in ("step_time_s", "mfu", "tokens_per_s"):
-                    r[k][:n_fit] = ev[k]
-            kept.append(V.take(sel))
+    valid = 0
+    for _, _, (c, e, v, V, r) in blocks:  # block order: the serial search's counts, examples
+        for k, n in c.items():
+            counts[k] = counts.get(k, 0) + n
+        for k, msg in e.items():
+            examples.setdefault(k, msg)
+        valid += v
+        if V is not None:
+            kept.append(V)
             for k in cols:
                 cols[k].append(np.asarray(r[k]))
-        done += len(P)
-        if progress:
-            progress(done, space.size)
     return _rank(space.size, counts, examples, kept, cols, time.perf_counter() - t0, valid)
 
 
