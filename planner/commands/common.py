@@ -107,6 +107,8 @@ def seconds(s: float) -> str:
 def plan_short(plan: Plan) -> str:
     """One-line plan summary."""
     extra = []
+    if plan.ep > 1 or plan.etp > 1:
+        extra.append(f"ep={plan.ep}" + (f" etp={plan.etp}" if plan.etp > 1 else ""))
     if plan.virtual_pipeline_stages > 1:
         extra.append(f"v={plan.virtual_pipeline_stages}")
     if plan.zero_stage:

@@ -20,7 +20,9 @@ from planner.report.page import table, write_page
 
 def label(plan: dict) -> str:
     p = plan
-    extra = [f"v{p['virtual_pipeline_stages']}"] if p["virtual_pipeline_stages"] > 1 else []
+    ep, etp = p.get("ep", 1), p.get("etp", 1)  # older files have no expert keys
+    extra = [f"ep{ep}" + (f" etp{etp}" if etp > 1 else "")] if ep > 1 or etp > 1 else []
+    extra += [f"v{p['virtual_pipeline_stages']}"] if p["virtual_pipeline_stages"] > 1 else []
     extra += [f"z{p['zero_stage']}"] if p["zero_stage"] else []
     extra += [p["recompute"]] if p["recompute"] != "none" else []
     extra += ["sp"] if p["sequence_parallel"] else []
