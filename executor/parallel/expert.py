@@ -33,7 +33,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from executor.parallel.grad_norm import clip_grad_norm_
+from executor.parallel.grad_norm import clip_grad_norm_, scale_grads_to
 from planner.plan import Plan
 
 
@@ -260,10 +260,4 @@ def clip_grad_norm_moe_(params: list[nn.Parameter], experts: list[nn.Parameter],
             dist.all_reduce(sq, group=groups[kind])
     if pp_group is not None and dist.get_world_size(pp_group) > 1:
         dist.all_reduce(sq, group=pp_group)
-    total = math.sqrt(dense ** 2 + float(sq))
-    coef = min(1.0, max_norm / (total + 1e-6))
-    if coef < 1.0:
-        for p in params:
-            if p.grad is not None:
-                p.grad.mul_(coef)
-    return total
+    return scale_grads_to(params, math.sqrt(dense ** 2 + float(sq)), max_norm)

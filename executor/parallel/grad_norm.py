@@ -39,7 +39,12 @@ def clip_grad_norm_(params: list[nn.Parameter], max_norm: float,
         sq = sq + part
     if pp_group is not None and dist.get_world_size(pp_group) > 1:
         dist.all_reduce(sq, group=pp_group)
-    total = float(sq.sqrt())
+    return scale_grads_to(params, float(sq.sqrt()), max_norm)
+
+
+def scale_grads_to(params: list[nn.Parameter], total: float, max_norm: float) -> float:
+    """Scale every gradient by min(1, max_norm / (total + 1e-6)), torch's clip coefficient;
+    returns `total`."""
     coef = min(1.0, max_norm / (total + 1e-6))
     if coef < 1.0:
         for p in params:

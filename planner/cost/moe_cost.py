@@ -75,16 +75,16 @@ def blocks_hit(spec: TransformerSpec, blocks: np.ndarray) -> np.ndarray:
     1 + (k - 1) / B of them on average."""
     m = spec.moe
     E, k = float(m.num_experts), float(m.top_k)
-    block = E / blocks
     if m.routing == "round_robin":
-        return np.minimum(blocks, 1.0 + (k - 1.0) / block)
-    lgamma = np.vectorize(math.lgamma, otypes=[float])
+        return np.minimum(blocks, 1.0 + (k - 1.0) * blocks / E)
+    # Plans share a handful of group sizes: the log-binomials once per distinct size.
+    sizes, inv = np.unique(np.asarray(blocks, dtype=float), return_inverse=True)
 
-    def log_choose(a, b):
-        return lgamma(a + 1) - lgamma(b + 1) - lgamma(np.maximum(a - b, 0) + 1)
-    rest = E - block
-    miss = np.where(rest >= k, np.exp(log_choose(rest, k) - log_choose(E, k)), 0.0)
-    return blocks * (1.0 - miss)
+    def log_choose(a: float, b: float) -> float:
+        return math.lgamma(a + 1) - math.lgamma(b + 1) - math.lgamma(max(a - b, 0) + 1)
+    miss = np.array([math.exp(log_choose(E - E / d, k) - log_choose(E, k)) if E - E / d >= k
+                     else 0.0 for d in sizes])
+    return (sizes * (1.0 - miss))[inv.reshape(np.shape(blocks))]
 
 
 def dedup_scales(spec: TransformerSpec, link: Link) -> tuple[np.ndarray, np.ndarray]:

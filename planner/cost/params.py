@@ -18,10 +18,6 @@ from planner.moe import (attention_matrices, attention_norm_params, expert_param
 from planner.transformer import TransformerSpec
 
 
-def _mlp_mats(spec: TransformerSpec) -> int:
-    return mlp_mats(spec)
-
-
 def attention_params(spec: TransformerSpec) -> int:
     """Weights of the attention block's matrices (and MLA's latent norms)."""
     return sum(i * o for i, o, _ in attention_matrices(spec)) + attention_norm_params(spec)
@@ -36,7 +32,7 @@ def attention_params_per_rank(spec: TransformerSpec, tp: np.ndarray) -> np.ndarr
 
 def layer_matmul_params(spec: TransformerSpec) -> int:
     """Weights of the matrices in one dense block (attention, MLP)."""
-    return attention_params(spec) + _mlp_mats(spec) * spec.hidden_size * spec.ffn_hidden_size
+    return attention_params(spec) + mlp_mats(spec) * spec.hidden_size * spec.ffn_hidden_size
 
 
 def layer_split_vector_params(spec: TransformerSpec) -> int:
@@ -121,7 +117,7 @@ def padded_vocab(spec: TransformerSpec, tp: np.ndarray) -> np.ndarray:
 
 def layer_params_per_rank(spec: TransformerSpec, tp: np.ndarray) -> np.ndarray:
     """Parameters of one dense block on one tp rank (MLA's whole down-projections included)."""
-    mlp = _mlp_mats(spec) * spec.hidden_size * spec.ffn_hidden_size
+    mlp = mlp_mats(spec) * spec.hidden_size * spec.ffn_hidden_size
     return (attention_params_per_rank(spec, tp) + (mlp + layer_split_vector_params(spec)) / tp
             + layer_replicated_params(spec))
 

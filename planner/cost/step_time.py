@@ -22,6 +22,7 @@ from planner.cost.zero import fsdp2_exposed
 from planner.cost.params import (layer_params_per_rank, stage_expert_params_per_rank,
                                  stage_params_per_rank, stage_tensor_count)
 from planner.hardware import PRECISIONS, Cluster
+from planner.moe import moe_layer_count
 from planner.plan_arrays import G_PS, R_FULL, R_SELECTIVE, PlanArrays
 from planner.stages import heaviest_middle, rank_layers, rank_moe_layers
 from planner.transformer import TransformerSpec
@@ -144,7 +145,7 @@ def _stages(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
     slow = {c: np.select([t["first"] >= np.maximum(t_last, t["mid"]), t_last >= t["mid"]],
                          [first[c], last[c]], mid[c]) for c in dense_l}
     t_max = sum(slow.values())
-    n_moe = rank_moe_layers(spec, np.ones(1), np.ones(1), np.zeros(1))[0]
+    n_moe = moe_layer_count(spec)
     t_sum = (sum(blocks(L, n_moe, dense_l).values()) + sum(emb.values())
              + sum(head.values()))
     # The last micro-batch's backward through the first rank's blocks: what gradient reduction
@@ -169,31 +170,31 @@ def _embedding_comm(spec: TransformerSpec, P: PlanArrays, sh: Shapes, link: Link
     return np.where(P.tp > 1, np.where(sh.sp, sp, link.all_reduce(msg)), 0.0)
 
 
-def _stage_params(spec: TransformerSpec, P: PlanArrays, sh: Shapes,
-                  experts: bool = False) -> np.ndarray:
-    """Parameters of the most loaded pipeline rank (first, heaviest middle or last): the
-    dense part (tp-split, replicated over dp x cp), or with `experts` the routed experts
-    (split over ep x etp, replicated over edp)."""
+def _stage_params(spec: TransformerSpec, P: PlanArrays,
+                  sh: Shapes) -> tuple[np.ndarray, np.ndarray]:
+    """Parameters of the most loaded pipeline rank (first, heaviest middle or last): (the
+    dense part, tp-split and replicated over dp x cp; the routed experts, split over ep x etp
+    and replicated over edp: zeros for a dense spec)."""
     L, one = spec.num_layers, P.pp == 1
     mid_rank = heaviest_middle(P.pp)
     ranks = (np.zeros(len(P)), P.pp - 1, np.maximum(mid_rank, 0))
     flags = ((True, one), (one, True), (False, False))
-    out = []
+    dense, experts = [], []
     for r, (first, last) in zip(ranks, flags):
         n, k = rank_layers(L, P.pp, P.vpp, r), rank_moe_layers(spec, P.pp, P.vpp, r)
-        if experts:
-            out.append(stage_expert_params_per_rank(spec, sh.ep, sh.etp, k))
-        else:
-            out.append(stage_params_per_rank(spec, sh.tp, n, first, last, k))
-    out[2] = np.where(mid_rank > 0, out[2], 0.0)
-    return np.maximum(np.maximum(out[0], out[1]), out[2])
+        dense.append(stage_params_per_rank(spec, sh.tp, n, first, last, k))
+        experts.append(stage_expert_params_per_rank(spec, sh.ep, sh.etp, k))
+    has_mid = mid_rank > 0
+    return tuple(np.maximum(np.maximum(a, b), np.where(has_mid, c, 0.0))
+                 for a, b, c in (dense, experts))
 
 
 def _dp_exposed(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
-                links: dict[str, Link], window: np.ndarray,
-                fwd_window: np.ndarray) -> np.ndarray:
-    """Gradient reduction (and ZeRO-1/2 parameter all-gather) not hidden behind backward."""
-    params = _stage_params(spec, P, sh)
+                links: dict[str, Link], window: np.ndarray, fwd_window: np.ndarray,
+                stage: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Gradient reduction (and ZeRO-1/2 parameter all-gather) not hidden behind backward;
+    `stage`: _stage_params."""
+    params, expert_params = stage
     g = params * np.where(P.precision == 3, 4.0, 2.0)
     link, sw = links["dpcp"], cluster.stack
     if sw.zero_impl == "fsdp2":
@@ -204,7 +205,7 @@ def _dp_exposed(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shap
     if spec.moe is not None:
         # Routed experts' gradients are reduced over edp, the ranks holding the same experts
         # (Megatron-Core's expert data-parallel group), in the same backward window.
-        ge = _stage_params(spec, P, sh, experts=True) * np.where(P.precision == 3, 4.0, 2.0)
+        ge = expert_params * np.where(P.precision == 3, 4.0, 2.0)
         edp = links["edp"]
         reduce = reduce + np.where(P.zero == 0, edp.all_reduce(ge), edp.reduce_scatter(ge))
     tail = reduce * np.minimum(1.0, sw.grad_bucket_bytes / g)  # the last bucket never overlaps
@@ -240,7 +241,7 @@ def _dp_exposed(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shap
 
 
 def _optimizer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
-               links: dict[str, Link]) -> np.ndarray:
+               links: dict[str, Link], stage: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """The step's epilogue. Adam, memory-bound: fp32 master weight, m and v read and written
     (24 bytes), the gradient read twice (norm for clipping, update) and the 16-bit weight
     written; plus a fixed cost per parameter tensor, and the small collectives every step
@@ -249,10 +250,10 @@ def _optimizer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shape
     # A parameter server's shard owner runs Adam on 1/S of the model (planner/cost/grad_sync.py).
     shards = np.where(P.zero >= 1, P.dp * P.cp, np.where(P.grad_sync == G_PS,
                                                           np.maximum(P.ps_servers, 1), 1))
-    params = _stage_params(spec, P, sh) / shards
+    params, expert_params = stage
+    params = params / shards
     if spec.moe is not None:  # expert state shards over edp under ZeRO (distributed optimizer)
-        params = params + _stage_params(spec, P, sh, experts=True) / np.where(
-            P.zero >= 1, P.edp, 1)
+        params = params + expert_params / np.where(P.zero >= 1, P.edp, 1)
     per_param = np.where(P.precision == 3, 24.0 + 2 * 4.0, 24.0 + 2 * 2.0 + 2.0)
     tensors = stage_tensor_count(spec, rank_layers(spec.num_layers, P.pp, P.vpp,
                                                    np.zeros(len(P))), True, P.pp == 1)
@@ -268,6 +269,7 @@ def step_breakdown(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: S
                    links: dict[str, Link]) -> dict[str, np.ndarray]:
     """Seconds per step by category; they add up to `step_time_s`."""
     st = _stages(spec, cluster, P, sh, links)
+    stage = _stage_params(spec, P, sh)  # gradient sync and optimizer share it
     m, v = P.micro_batches.astype(float), P.vpp.astype(float)
     msg = sh.act_bytes * sh.mbs * spec.seq_len / sh.cp * spec.hidden_size / sh.tp
     slots = m * v + P.pp - 1  # chunk slots on the critical path
@@ -280,11 +282,11 @@ def step_breakdown(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: S
         "ep_comm_s": m * st["max_ep"],
         "pp_comm_s": pp_comm,
         "dp_comm_s": m * st["max_dp"] + _dp_exposed(spec, cluster, P, sh, links, st["bwd_window"],
-                                                     st["fwd_window"]),
+                                                     st["fwd_window"], stage),
         # Clamped: with one stage t_sum and t_max are the same sum in another order, and the
         # float difference can come out -1e-20 (tests/test_stack_properties.py found it).
         "bubble_s": np.maximum(0.0, st["t_sum"] - st["t_max"]) / v,
-        "optimizer_s": _optimizer(spec, cluster, P, sh, links),
+        "optimizer_s": _optimizer(spec, cluster, P, sh, links, stage),
     }
     out["step_time_s"] = sum(out.values())
     return out

@@ -148,27 +148,21 @@ class Comparison:
         return self.prediction["memory"]["peak_bytes"] / GiB / self.run.measured_peak_memory_gib - 1
 
 
-@lru_cache(maxsize=1)
-def _stack_map() -> dict[str, dict]:
-    """Runs whose documented software differs from their framework's default stack
-    (stack_map.json: torch.compile on, from each run's own notes). Read once, like
-    hardware_map.json: `run_stack` is called for every run of every CV fold."""
-    path = Path(str(resources.files("planner"))) / "validation" / "stack_map.json"
-    return read_json(path, f"stack map {path}") if path.is_file() else {}
-
-
-@lru_cache(maxsize=1)
-def _spec_map() -> dict[str, dict]:
-    """Runs whose benchmark setting changes what the spec keys cannot say (spec_map.json: a
-    forced round-robin MoE gate), from each run's documented configs."""
-    path = Path(str(resources.files("planner"))) / "validation" / "spec_map.json"
-    return read_json(path, f"spec map {path}") if path.is_file() else {}
+@lru_cache(maxsize=None)
+def _run_map(name: str) -> dict[str, dict]:
+    """A packaged run-name map, read once (`run_stack` and `run_transformer` are called for
+    every run of every CV fold, like hardware_map.json): stack_map.json, runs whose documented
+    software differs from their framework's default stack (torch.compile on, DeepEP, ...);
+    spec_map.json, runs whose benchmark setting the spec keys cannot say (a forced round-robin
+    MoE gate)."""
+    path = Path(str(resources.files("planner"))) / "validation" / f"{name}.json"
+    return read_json(path, f"{name} {path}") if path.is_file() else {}
 
 
 def run_transformer(run: PublishedRun) -> TransformerSpec:
     """The spec a run is predicted with: its own, with the MoE routing its benchmark forced
     (spec_map.json) where that differs from a learned router."""
-    mapped = _spec_map().get(run.name)
+    mapped = _run_map("spec_map").get(run.name)
     if not mapped or run.transformer.moe is None:
         return run.transformer
     moe = run.transformer.moe.model_copy(update=mapped.get("moe", {}))
@@ -178,7 +172,7 @@ def run_transformer(run: PublishedRun) -> TransformerSpec:
 def run_stack(run: PublishedRun) -> str:
     """The stack a run is predicted with: the one its notes document (stack_map.json), else
     the one its `framework` names."""
-    mapped = _stack_map().get(run.name)
+    mapped = _run_map("stack_map").get(run.name)
     if mapped:
         return mapped["stack"]
     return stack_for_framework(run.framework) if run.framework else DEFAULT_STACK
