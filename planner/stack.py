@@ -114,6 +114,10 @@ class Stack(FrozenModel):
     each remote node (scale-up domain) holding any of its experts and forwards it over NVLink
     inside that node (DeepSeek-AI, DeepEP README, 'normal kernels'; arXiv 2412.19437 section
     3.2.2)."""
+    ep_link_efficiency: float | None = Field(default=None, gt=0, le=1)
+    """Fraction of the link's per-direction bandwidth the dispatcher's dispatch / combine
+    kernels reach on large messages, in one kernel per call (no per-peer steps). None: an NCCL
+    all-to-all, read off the profile's collective curve with n-1 pairwise steps."""
     ep_comm_overlap: bool = False
     """Expert-parallel dispatch / combine all-to-alls overlap compute of another micro-batch
     (Megatron-Core overlap_moe_expert_parallel_comm; DeepSeek-V3's DualPipe): exposed EP time is

@@ -85,7 +85,8 @@ class Link:
                               collective=False)
 
     def all_to_all(self, msg_bytes: np.ndarray, remote_scale: np.ndarray | float = 1.0,
-                   local_scale: np.ndarray | float = 1.0) -> np.ndarray:
+                   local_scale: np.ndarray | float = 1.0,
+                   kernel_efficiency: float | None = None) -> np.ndarray:
         """All-to-all where each rank sends `msg_bytes` in total, msg/n to each of the n ranks
         (its own 1/n never leaves it). Bus volume (n-1)/n msg, as nccl-tests' alltoall busbw
         (doc/PERFORMANCE.md @03a204a). Efficiency: read at msg, the size nccl-tests reports an
@@ -100,7 +101,9 @@ class Link:
         two paths are disjoint and NCCL issues all sends of one all-to-all together (one
         grouped call), so the slower part bounds the time (max, not sum). `remote_scale`
         shrinks the part that leaves the domain (a dispatcher that sends a token once per remote
-        node: planner/cost/moe_cost.py)."""
+        node: planner/cost/moe_cost.py). `kernel_efficiency` (a dispatcher's own kernels,
+        stack.ep_link_efficiency) replaces the curves by one measured fraction of the link and
+        the n-1 pairwise steps by one: every peer is written from one kernel."""
         n = self.n
         msg = np.broadcast_to(np.asarray(msg_bytes, dtype=float), n.shape)
         active = n > 1
@@ -113,10 +116,16 @@ class Link:
         bw_l = self.bandwidth_GBps if bw_l is None else bw_l
         bw_r = self.remote_bandwidth_GBps
         bw_r = self.bandwidth_GBps if bw_r is None else bw_r
+        if kernel_efficiency is None:
+            eff_l = self.efficiency(msg, self.local_curve_id)
+            eff_r = self.efficiency(msg, self.remote_curve_id)
+            steps = n - 1.0
+        else:
+            eff_l = eff_r = kernel_efficiency
+            steps = 1.0
         with np.errstate(divide="ignore", invalid="ignore"):
-            t_local = np.where(local > 0, local * msg / (
-                np.asarray(bw_l) * 1e9 * self.efficiency(msg, self.local_curve_id)), 0.0)
-            t_remote = np.where(remote > 0, remote * msg / (
-                np.asarray(bw_r) * 1e9 * self.efficiency(msg, self.remote_curve_id)), 0.0)
-        t = self.call_latency_s + (n - 1.0) * self.latency_s + np.maximum(t_local, t_remote)
+            t_local = np.where(local > 0, local * msg / (np.asarray(bw_l) * 1e9 * eff_l), 0.0)
+            t_remote = np.where(remote > 0, remote * msg / (np.asarray(bw_r) * 1e9 * eff_r),
+                                0.0)
+        t = self.call_latency_s + steps * self.latency_s + np.maximum(t_local, t_remote)
         return np.where(active, t, 0.0)

@@ -105,7 +105,8 @@ def dedup_scales(spec: TransformerSpec, link: Link) -> tuple[np.ndarray, np.ndar
 
 
 def moe_ffn_times(spec: TransformerSpec, gpu: GPU, sh: Shapes, links: dict[str, Link],
-                  traffic: float = 1.0, dispatcher: str = "alltoall") -> MoETimes:
+                  traffic: float = 1.0, dispatcher: str = "alltoall",
+                  kernel_efficiency: float | None = None) -> MoETimes:
     """The MoE FFN of one block (see module docstring)."""
     m, h = spec.moe, spec.hidden_size
     mats = 3 if spec.mlp == "swiglu" else 2
@@ -139,8 +140,8 @@ def moe_ffn_times(spec: TransformerSpec, gpu: GPU, sh: Shapes, links: dict[str, 
     # the counts exchange first (one small all-to-all).
     msg = t_r * m.top_k * h * e * imb
     remote, local = dedup_scales(spec, links["ep"]) if dispatcher == "deepep" else (1.0, 1.0)
-    a2a = (2 * links["ep"].all_to_all(msg, remote, local)
-           + links["ep"].all_to_all(4.0 * links["ep"].n))
+    a2a = (2 * links["ep"].all_to_all(msg, remote, local, kernel_efficiency)
+           + links["ep"].all_to_all(4.0 * links["ep"].n, kernel_efficiency=kernel_efficiency))
     etp = links["etp"].all_gather(msg * sh.etp) + links["etp"].reduce_scatter(msg * sh.etp)
     return MoETimes(fwd=fwd, bwd=bwd, ep_fwd=a2a + etp, ep_bwd=a2a + etp)
 
@@ -170,7 +171,8 @@ def per_moe_layer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Sh
     (planner/cost/moe_cost.py); full recompute runs the FFN's forward and its dispatch again."""
     traffic = cluster.stack.elementwise_traffic
     mf, mb, _ = mlp_times(spec, cluster.gpu, sh, traffic)
-    mo = moe_ffn_times(spec, cluster.gpu, sh, links, traffic, cluster.stack.ep_dispatcher)
+    mo = moe_ffn_times(spec, cluster.gpu, sh, links, traffic, cluster.stack.ep_dispatcher,
+                       cluster.stack.ep_link_efficiency)
     full = P.recompute == R_FULL
     cf, cb = dense["compute"]
     fwd = cf - mf + mo.fwd

@@ -67,21 +67,26 @@ class PublishedRun(BaseModel):
     """Seconds per optimizer step (converted from the published figure where needed)."""
     measured_peak_memory_gib: float | None = Field(default=None, gt=0)
     """Peak memory per GPU, where published."""
+    recompute_stated: bool = True
+    """False where the source does not say which activation recompute ran (`recompute:
+    "unknown"` in the file): `run_plan` then takes the lightest setting that fits."""
 
     @model_validator(mode="before")
     @classmethod
     def _normalise_plan(cls, data: Any) -> Any:
         """The MoE set writes `schedule: "none"` for runs without pipelining (pp = 1: the plan
         contract's 1f1b runs the micro-batches back to back, the same thing) and `recompute:
-        "unknown"` where the source does not say (planned without recompute, the frameworks'
-        default; ../shared/validation/README.md, third set)."""
+        "unknown"` where the source does not say (../shared/validation/README.md, third set):
+        kept as none here and marked, so that `run_plan` can pick the lightest recompute the
+        run fits with."""
         if isinstance(data, dict) and isinstance(data.get("plan"), dict):
             plan = dict(data["plan"])
             if plan.get("schedule") == "none" and plan.get("pp", 1) == 1:
                 plan["schedule"] = "1f1b"
+            stated = True
             if plan.get("recompute") == "unknown":
-                plan["recompute"] = "none"
-            data = {**data, "plan": plan}
+                plan["recompute"], stated = "none", False
+            data = {**data, "plan": plan, "recompute_stated": stated}
         return data
 
 
@@ -135,6 +140,8 @@ class Comparison:
     prediction: dict[str, Any]
     gpu: str = ""
     """The bound cluster's GPU profile name (e.g. `a100_80g`)."""
+    plan: Plan | None = None
+    """The plan predicted (`run_plan`: the run's, with an unstated recompute resolved)."""
 
     @property
     def error(self) -> float:
@@ -203,9 +210,23 @@ def compare(runs: list[PublishedRun], adjust: Callable[[Cluster], Cluster] | Non
         cluster = run_cluster(run, stack)
         if adjust:
             cluster = adjust(cluster)
-        out.append(Comparison(run, predict(run_transformer(run), cluster, run.plan),
-                              cluster.gpu.name))
+        spec = run_transformer(run)
+        plan = run_plan(run, spec, cluster)
+        out.append(Comparison(run, predict(spec, cluster, plan), cluster.gpu.name, plan))
     return out
+
+
+def run_plan(run: PublishedRun, spec: TransformerSpec, cluster: Cluster) -> Plan:
+    """The run's plan; where its source does not state the recompute, the lightest of none,
+    selective and full under which the model's memory estimate fits the GPU (the published run
+    did fit: a framework that runs out of memory reports no step time), else full."""
+    if run.recompute_stated:
+        return run.plan
+    for mode in ("none", "selective", "full"):
+        plan = run.plan.model_copy(update={"recompute": mode})
+        if predict(spec, cluster, plan)["fits"]:
+            return plan
+    return plan
 
 
 def run_cluster(run: PublishedRun, stack: "str | Stack | None" = None) -> Cluster:
