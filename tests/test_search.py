@@ -129,3 +129,53 @@ def test_parallel_search_equals_serial(monkeypatch):
     assert np.array_equal(a.step_time_s, b.step_time_s) and np.array_equal(a.pareto, b.pareto)
     assert all(np.array_equal(getattr(a.plans, f), getattr(b.plans, f))
                for f in a.plans.__dataclass_fields__)
+
+
+@pytest.mark.parametrize("name,cluster,nodes,gbs", [
+    ("llama3-8b", "dgx_h100", 2, 64), ("tiny-moe", "dgx_h100", 1, 64),
+    ("llama2-7b", "mi300x_8", 1, 48)])
+def test_factored_pruning_equals_every_rule_on_every_candidate(name, cluster, nodes, gbs):
+    """planner/search/prune.py evaluates each rule on rows, columns or alive cells only: the
+    same kept candidates, first-failing counts and examples as validity.invalid_masks over the
+    whole block."""
+    from planner.plan_arrays import S_GPIPE
+    from planner.search.prune import REDUNDANT, prune_grid, rules, sides
+    from planner.validity import CHECKS, invalid_masks
+    spec, c = load_transformer(name), load_cluster(cluster, nodes)
+    space = Space.build(c.num_gpus, spec.num_layers, gbs, "bf16", spec.moe)
+    rs = None
+    for grid in space.grids(gbs, 7):
+        rs = rs or rules(c)
+        counts, examples = {}, {}
+        r, col = prune_grid(spec, c, grid, rs, sides(spec, c, grid, rs), counts, examples)
+        P = grid.row_cells(np.arange(grid.shape[0]))
+        masks = invalid_masks(spec, c, P)
+        masks["zero_without_dp"] = (P.zero > 0) & (P.dp * P.cp == 1)
+        masks["gpipe_without_pp"] = (P.schedule == S_GPIPE) & (P.pp == 1)
+        masks["zero1_under_fsdp2"] = (P.zero == 1) & (c.stack.zero_impl == "fsdp2")
+        checks = {ch.key: ch for ch in CHECKS}
+        bad, want, want_ex = np.zeros(len(P), bool), {}, {}
+        for key, m in masks.items():
+            first = m & ~bad
+            if first.any():
+                s = checks[key].summary if key in checks else REDUNDANT[key][0]
+                want[s] = int(first.sum())
+                want_ex[s] = (checks[key].message(spec, c, P, int(np.argmax(first)))
+                              if key in checks else REDUNDANT[key][1])
+            bad |= m
+        assert counts == want and examples == want_ex
+        assert list(counts) == list(want)  # same order: the tables list them so
+        assert np.array_equal(r * grid.shape[1] + col, np.flatnonzero(~bad))
+
+
+def test_chunked_cost_model_calls_change_no_figure(monkeypatch):
+    """The search calls the cost model in chunks (planner/search/steps.py): element-wise, so the
+    same figures bit for bit as one call per block."""
+    spec, cluster = load_transformer("llama3-8b"), load_cluster("dgx_h100", 2)
+    a = search(spec, cluster, 64)
+    monkeypatch.setattr("planner.search.steps.CHUNK", 97)
+    b = search(spec, cluster, 64)
+    assert np.array_equal(a.step_time_s, b.step_time_s)
+    assert np.array_equal(a.peak_bytes, b.peak_bytes) and np.array_equal(a.pareto, b.pareto)
+    assert all(np.array_equal(getattr(a.plans, f), getattr(b.plans, f))
+               for f in a.plans.__dataclass_fields__)

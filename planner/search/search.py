@@ -11,27 +11,16 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from planner.cost.evaluate import evaluate, peak_memory
 from planner.hardware import Cluster
 from planner.plan import Plan
-from planner.plan_arrays import S_GPIPE, PlanArrays
+from planner.plan_arrays import PlanArrays
+from planner.search.prune import REDUNDANT  # noqa: F401  (re-exported: its old home)
+from planner.search.prune import Grid, Rule, prune_grid, rules, sides
 from planner.search.space import Space
+from planner.search.steps import STEP_KEYS, peaks, step_figures
 from planner.topology import Topology
 from planner.transformer import TransformerSpec
-from planner.validity import CHECKS, invalid_masks
 
-# Valid but pointless duplicates of another candidate, so not emitted: summary, and why.
-REDUNDANT = {
-    "zero_without_dp": ("ZeRO stage > 0 with dp*cp = 1 (same as stage 0)",
-                        "nothing to shard over: one data-parallel replica"),
-    "gpipe_without_pp": ("schedule gpipe with pp = 1 (same as 1f1b)",
-                         "one stage: both schedules run the micro-batches back to back"),
-    "zero1_under_fsdp2": (
-        "ZeRO stage 1 under FSDP2 (same plan as stage 2)",
-        "stack.zero_impl fsdp2 shards weights, gradients and optimizer state at stage 1 "
-        "as at stage 2 (fully_shard, reshard_after_forward=False: executor/parallel/data.py); "
-        "stage 2 is kept"),
-}
 NO_FIT = "does not fit in GPU memory"
 KEEP_NOT_FITTING = 1000  # plans that do not fit kept per block, smallest peak memory first
 PARALLEL_MIN_CANDIDATES = 1_000_000  # smaller spaces take less than starting the processes
@@ -91,28 +80,6 @@ def rerank_fitting(res: SearchResult, key: np.ndarray, name: str,
     return out
 
 
-def _prune(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, counts: dict[str, int],
-           examples: dict[str, str]) -> np.ndarray:
-    """Boolean keep-mask; tallies the first failing reason of every pruned candidate."""
-    masks = invalid_masks(spec, cluster, P)
-    masks["zero_without_dp"] = (P.zero > 0) & (P.dp * P.cp == 1)
-    masks["gpipe_without_pp"] = (P.schedule == S_GPIPE) & (P.pp == 1)
-    masks["zero1_under_fsdp2"] = (P.zero == 1) & (cluster.stack.zero_impl == "fsdp2")
-    bad = np.zeros(len(P), dtype=bool)
-    checks = {c.key: c for c in CHECKS}
-    for key, mask in masks.items():
-        first = mask & ~bad
-        n = int(first.sum())
-        if n:
-            summary = checks[key].summary if key in checks else REDUNDANT[key][0]
-            counts[summary] = counts.get(summary, 0) + n
-            if summary not in examples:
-                examples[summary] = (checks[key].message(spec, cluster, P, int(np.argmax(first)))
-                                     if key in checks else REDUNDANT[key][1])
-        bad |= mask
-    return ~bad
-
-
 def pareto_front(step: np.ndarray, peak: np.ndarray) -> np.ndarray:
     """Indices of points not dominated on (step, peak), sorted by step then peak."""
     order = np.lexsort((peak, step))
@@ -122,18 +89,25 @@ def pareto_front(step: np.ndarray, peak: np.ndarray) -> np.ndarray:
     return order[keep]
 
 
-def _evaluate_block(spec: TransformerSpec, cluster: Cluster, topo: Topology,
-                    P: PlanArrays) -> tuple:
+def _front_of_sorted(peak: np.ndarray) -> np.ndarray:
+    """pareto_front of points already sorted by (step, peak)."""
+    keep = np.ones(len(peak), dtype=bool)
+    keep[1:] = peak[1:] < np.minimum.accumulate(peak)[:-1]
+    return np.flatnonzero(keep)
+
+
+def _evaluate_block(spec: TransformerSpec, cluster: Cluster, topo: Topology, grid: Grid,
+                    checks: tuple[list[Rule], list[str]]) -> tuple:
     """One block of candidates: (pruned counts, examples, valid count, kept plans or None,
     their figures or None)."""
     counts: dict[str, int] = {}
     examples: dict[str, str] = {}
-    keep = _prune(spec, cluster, P, counts, examples)
-    if not keep.any():
+    r, c = prune_grid(spec, cluster, grid, *checks, counts, examples)
+    if not len(r):
         return counts, examples, 0, None, None
-    V = P.take(keep)
+    V = grid.cells(r, c)
     # Memory first (cheap); step time only for plans that fit.
-    peak = peak_memory(spec, cluster, V)
+    peak = peaks(spec, cluster, V)
     fits = peak <= cluster.gpu.memory_bytes
     # Of the plans that do not fit only the smallest few are kept (for "the smallest needs
     # ..."); copying millions of them is most of a large search's time.
@@ -144,8 +118,8 @@ def _evaluate_block(spec: TransformerSpec, cluster: Cluster, topo: Topology,
          "fits": fits[sel], "mfu": np.zeros(len(sel)), "tokens_per_s": np.zeros(len(sel))}
     n_fit = int(fits.sum())
     if n_fit:
-        ev = evaluate(spec, cluster, topo, V.take(fits), with_memory=False)
-        for k in ("step_time_s", "mfu", "tokens_per_s"):
+        ev = step_figures(spec, cluster, topo, V.take(fits))
+        for k in STEP_KEYS:
             r[k][:n_fit] = ev[k]
     return counts, examples, len(V), V.take(sel), r
 
@@ -158,9 +132,14 @@ def _blocks(spec: TransformerSpec, cluster: Cluster, global_batch_size: int, pre
                         spec.moe)
     topo = Topology(cluster)
     per_block = max(1, block_candidates // space.per_layout)
-    for b, (_, P) in enumerate(space.blocks(global_batch_size, per_block)):
+    checks = None
+    for b, grid in enumerate(space.grids(global_batch_size, per_block)):
         if b % parts == part:
-            yield b, len(P), _evaluate_block(spec, cluster, topo, P)
+            if checks is None:  # which side of the grid each rule reads, once per search
+                rs = rules(cluster)
+                checks = (rs, sides(spec, cluster, grid, rs))
+            yield b, grid.shape[0] * grid.shape[1], _evaluate_block(spec, cluster, topo, grid,
+                                                                    checks)
 
 
 def _worker(*args) -> list[tuple]:
@@ -178,27 +157,7 @@ def search(spec: TransformerSpec, cluster: Cluster, global_batch_size: int,
     space = Space.build(cluster.num_gpus, spec.num_layers, global_batch_size, precision,
                         spec.moe)
     args = (spec, cluster, global_batch_size, precision, block_candidates)
-    if workers > 1 and space.size >= PARALLEL_MIN_CANDIDATES:
-        parts = 4 * workers  # more parts than workers: progress, and balance across blocks
-        blocks: list[tuple] = []
-        done = 0
-        with ProcessPoolExecutor(workers) as pool:
-            for fut in as_completed([pool.submit(_worker, *args, k, parts)
-                                     for k in range(parts)]):
-                got = fut.result()
-                blocks += got
-                done += sum(n for _, n, _ in got)
-                if progress:
-                    progress(done, space.size)
-        blocks.sort(key=lambda b: b[0])
-    else:
-        blocks = []
-        done = 0
-        for b, n, res in _blocks(*args, 0, 1):
-            blocks.append((b, n, res))
-            done += n
-            if progress:
-                progress(done, space.size)
+    blocks = _run(args, space.size, workers, progress)
     counts: dict[str, int] = {}
     examples: dict[str, str] = {}
     kept: list[PlanArrays] = []
@@ -216,18 +175,45 @@ def search(spec: TransformerSpec, cluster: Cluster, global_batch_size: int,
             kept.append(V)
             for k in cols:
                 cols[k].append(np.asarray(r[k]))
-    return _rank(space.size, counts, examples, kept, cols, time.perf_counter() - t0, valid)
-
-
-def _rank(total: int, counts: dict[str, int], examples: dict[str, str], kept: list[PlanArrays],
-          cols: dict[str, list[np.ndarray]], seconds: float, valid: int) -> SearchResult:
     if kept:
         P = PlanArrays(**{f: np.concatenate([getattr(k, f) for k in kept])
                           for f in PlanArrays.__dataclass_fields__})
-        c = {k: np.concatenate(v) for k, v in cols.items()}
+        figs = {k: np.concatenate(v) for k, v in cols.items()}
     else:
-        P = None
-        c = {k: np.zeros(0) for k in cols}
+        P, figs = _empty(), {k: np.zeros(0) for k in cols}
+    res = _rank(space.size, counts, examples, P, figs, valid)
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def _run(args: tuple, size: int, workers: int,
+         progress: Callable[[int, int], None] | None) -> list[tuple]:
+    """Every block's result, in block order (shared among `workers` processes if large)."""
+    blocks: list[tuple] = []
+    done = 0
+    if workers > 1 and size >= PARALLEL_MIN_CANDIDATES:
+        parts = 4 * workers  # more parts than workers: progress, and balance across blocks
+        with ProcessPoolExecutor(workers) as pool:
+            for fut in as_completed([pool.submit(_worker, *args, k, parts)
+                                     for k in range(parts)]):
+                got = fut.result()
+                blocks += got
+                done += sum(n for _, n, _ in got)
+                if progress:
+                    progress(done, size)
+        blocks.sort(key=lambda b: b[0])
+    else:
+        for b, n, res in _blocks(*args, 0, 1):
+            blocks.append((b, n, res))
+            done += n
+            if progress:
+                progress(done, size)
+    return blocks
+
+
+def _rank(total: int, counts: dict[str, int], examples: dict[str, str], P: PlanArrays,
+          c: dict[str, np.ndarray], valid: int) -> SearchResult:
+    """Sort the kept plans: fitting by step time, then memory; the rest by memory."""
     step, peak, fits = c["step_time_s"], c["memory.peak_bytes"], c["fits"].astype(bool)
     order = np.lexsort((peak, step, ~fits))
     fitting = int(fits.sum())
@@ -235,11 +221,13 @@ def _rank(total: int, counts: dict[str, int], examples: dict[str, str], kept: li
         counts[NO_FIT] = valid - fitting
     res = SearchResult(
         candidates=total, pruned=counts, examples=examples, valid=valid, fitting=fitting,
-        plans=P.take(order) if P is not None else _empty(), step_time_s=step[order],
+        plans=P.take(order), step_time_s=step[order],
         peak_bytes=peak[order], fits=fits[order], mfu=c["mfu"][order],
-        tokens_per_s=c["tokens_per_s"][order], seconds=seconds)
+        tokens_per_s=c["tokens_per_s"][order])
     if fitting:
-        res.pareto = pareto_front(res.step_time_s[:fitting], res.peak_bytes[:fitting])
+        # The fitting plans are sorted by (step, peak) already, ties in block order, which is
+        # the order pareto_front's stable sort would give: only its scan is left to do.
+        res.pareto = _front_of_sorted(res.peak_bytes[:fitting])
     return res
 
 

@@ -29,6 +29,7 @@ import numpy as np
 from planner.hardware import PRECISIONS
 from planner.plan import DEFAULT_ORDER, ORDERS, RECOMPUTE, SCHEDULES
 from planner.plan_arrays import PlanArrays
+from planner.search.prune import Grid
 
 
 # Default global batch: 4 x 2^20 tokens, Llama 3 405B's initial batch (Llama Team 2024,
@@ -118,25 +119,24 @@ class Space:
         """Total candidates."""
         return len(self.layouts) * self.per_layout
 
-    def blocks(self, global_batch: int, layouts_per_block: int) -> Iterator[tuple[int, PlanArrays]]:
-        """(layouts in block, candidates as PlanArrays) for consecutive blocks of layouts."""
+    def grids(self, global_batch: int, layouts_per_block: int) -> Iterator[Grid]:
+        """Consecutive blocks of layouts, each as a Grid (layouts x the other settings), which
+        validity pruning reads factored (planner/search/prune.py)."""
         sched, vpp = self.schedules
         grid = np.meshgrid(self.mbs, np.arange(len(sched)), np.arange(4),
                            np.arange(len(RECOMPUTE)), np.array([False, True]), indexing="ij")
         grid = [g.ravel() for g in grid]
-        other = [grid[0], vpp[grid[1]], sched[grid[1]], grid[2], grid[3], grid[4]]
-        k = len(other[0])
+        cols = {"mbs": grid[0], "vpp": vpp[grid[1]], "schedule": sched[grid[1]],
+                "zero": grid[2], "recompute": grid[3], "sp": grid[4]}
+        const = {"gbs": global_batch, "precision": PRECISIONS.index(self.precision),
+                 "order": ORDERS.index(self.order), "grad_sync": 0, "ps_servers": 0,
+                 "ps_placement": 0}  # ring gradient sync, as PlanArrays' defaults
         for start in range(0, len(self.layouts), layouts_per_block):
             lay = self.layouts[start:start + layouts_per_block]
-            rep = np.repeat(lay, k, axis=0)
-            n = len(rep)
+            rows = {k: lay[:, i] for i, k in enumerate(("tp", "cp", "dp", "pp", "ep", "etp"))}
+            yield Grid(rows=rows, cols=cols, const=const)
 
-            def tile(a: np.ndarray) -> np.ndarray:
-                return np.tile(a, len(lay))
-            yield len(lay), PlanArrays(
-                tp=rep[:, 0], cp=rep[:, 1], dp=rep[:, 2], pp=rep[:, 3], ep=rep[:, 4],
-                etp=rep[:, 5], mbs=tile(other[0]),
-                gbs=np.full(n, global_batch, dtype=np.int64), vpp=tile(other[1]),
-                schedule=tile(other[2]), zero=tile(other[3]), recompute=tile(other[4]),
-                sp=tile(other[5]), precision=np.full(n, PRECISIONS.index(self.precision)),
-                order=np.full(n, ORDERS.index(self.order)))
+    def blocks(self, global_batch: int, layouts_per_block: int) -> Iterator[tuple[int, PlanArrays]]:
+        """(layouts in block, candidates as PlanArrays) for consecutive blocks of layouts."""
+        for g in self.grids(global_batch, layouts_per_block):
+            yield g.shape[0], g.row_cells(np.arange(g.shape[0]))
