@@ -10,11 +10,16 @@ from typing import Callable
 from executor.calibrate import PROBE, measure, measure_write_bandwidth
 from executor.local import run_plans
 from executor.train import TrainConfig
-from planner.calibration import fit_linear, profile_dict, storage_dict
+from planner.calibration import fit_linear, median_raw, profile_dict, storage_dict
 from planner.cost.evaluate import predict
 from planner.hardware import Cluster
 from planner.plan import Plan
 from planner.schema import validate_as, write_json_atomic
+
+
+# Calibration rounds: each benchmark and probe plan measured this many times, the median kept
+# (the same protocol as validate-local's plans: executor/rounds.py).
+ROUNDS = 3
 
 
 def with_fit(profile: dict, k: float, slowdown: float, gpus: int | None = None) -> Cluster:
@@ -45,18 +50,25 @@ def overhead_probes(world: int) -> list[tuple[str, Plan]]:
             ("fsdp_unit_overhead_s", plan(zero_stage=3)),
             ("tp_block_overhead_s", plan(dp=half, tp=2)),
             ("sp_block_overhead_s", plan(dp=half, tp=2, sequence_parallel=True)),
-            ("pp_microbatch_overhead_s", plan(dp=half, pp=2, m=4))]
+            ("pp_microbatch_overhead_s", plan(dp=half, pp=2, m=4)),
+            ("cp_block_overhead_s", plan(dp=half, cp=2))]
 
 
-def fit_overheads(profile: dict, world: int, threads: int) -> list[dict]:
-    """Run the probe plans with the executor and set each overhead so the cost model matches
-    its probe (linear in the overhead); returns the raw probe measurements."""
+def fit_overheads(profile: dict, world: int, threads: int, rounds: int = 3) -> list[dict]:
+    """Run the probe plans with the executor in `rounds` rounds (each its own launch, every
+    probe once per round, as validate-local measures plans) and set each overhead so the cost
+    model matches its probe's median over rounds (linear in the overhead); returns the raw
+    probe measurements."""
     probes = overhead_probes(world)
-    res = run_plans(world, [(k, PROBE, p) for k, p in probes], TrainConfig(steps=7, warmup=2),
-                    threads=threads)
+    per_round = []
+    for _ in range(rounds):
+        res = run_plans(world, [(k, PROBE, p) for k, p in probes],
+                        TrainConfig(steps=7, warmup=2), threads=threads)
+        per_round.append({k: statistics.median(r["step_times_s"][2:]) for k, r in res.items()})
     out = []
     for key, plan in probes:
-        measured = statistics.median(res[key]["step_times_s"][2:])
+        rounds_s = [r[key] for r in per_round]
+        measured = statistics.median(rounds_s)
 
         def predict_one(x: list[float]) -> list[float]:
             trial = json.loads(json.dumps(profile))
@@ -69,13 +81,24 @@ def fit_overheads(profile: dict, world: int, threads: int) -> list[dict]:
         src[key] = src["optimizer_tensor_overhead_s"] + \
             f"; fitted to the probe plan {plan.model_dump_json()}"
         out.append({"overhead": key, "plan": plan.to_json_dict(), "measured_s": measured,
-                    "fitted_s": value, "predicted_s": predict_one([value])[0]})
+                    "rounds_s": rounds_s, "fitted_s": value,
+                    "predicted_s": predict_one([value])[0]})
     return out
 
 
 def calibrate(world: int, threads: int, quick: bool, name: str, out: Path,
-              echo: Callable[[str], None] = print) -> tuple[Cluster, Path]:
-    raw = measure(world, threads, quick, checkpoint_dir=out.resolve().parent)
+              echo: Callable[[str], None] = print,
+              rounds: int = ROUNDS) -> tuple[Cluster, Path]:
+    """Measure in `rounds` rounds (each its own launch) and fit to the medians: one short
+    measurement of a shared machine is a snapshot of its load (docs/local_validation.md).
+    `quick` measures once."""
+    rounds = 1 if quick else max(1, rounds)
+    raws = []
+    for i in range(rounds):
+        if rounds > 1:
+            echo(f"calibrate: micro-benchmark round {i + 1}/{rounds} ...")
+        raws.append(measure(world, threads, quick, checkpoint_dir=out.resolve().parent))
+    raw = median_raw(raws)
     profile = profile_dict(raw, name)
     probes = [Plan(**p["plan"]) for p in raw["ranks"][0]["probe"]]
     measured = [sum(r["probe"][i]["seconds"] for r in raw["ranks"]) / len(raw["ranks"])
@@ -96,7 +119,7 @@ def calibrate(world: int, threads: int, quick: bool, name: str, out: Path,
     profile["gpu"]["sources"]["gemm_sustained_fraction"] = profile["gpu"]["sources"][
         "kernel_overhead_s"]
     echo("calibrate: distributed probe steps (framework overheads) ...")
-    raw["overhead_probes"] = fit_overheads(profile, world, threads)
+    raw["overhead_probes"] = fit_overheads(profile, world, threads, rounds)
     echo("calibrate: checkpoint write bandwidth (write + fsync) ...")
     # Measured where the profile is written (paraplan run checkpoints beside it by default).
     raw["storage"] = measure_write_bandwidth(out.resolve().parent)

@@ -150,7 +150,8 @@ def stack_dict(name: str, optimizer_tensor_overhead_s: float, how: str) -> dict[
     sources = {k: EXECUTOR + why for k, (_, why) in EXECUTOR_STACK.items()}
     fitted_later = {"elementwise_traffic": 1.0, "dp_step_overhead_s": 0.0,
                     "fsdp_unit_overhead_s": 0.0, "tp_block_overhead_s": 0.0,
-                    "sp_block_overhead_s": 0.0, "pp_microbatch_overhead_s": 0.0}
+                    "sp_block_overhead_s": 0.0, "pp_microbatch_overhead_s": 0.0,
+                    "cp_block_overhead_s": 0.0}
     sources.update({k: how + "; fitted to probe steps" for k in fitted_later})
     return {"name": f"{name}-stack", "description": "paraplan's executor (PyTorch, gloo) on "
             "this machine, as calibrated", **fields, **fitted_later,
@@ -190,6 +191,24 @@ def storage_dict(measured: dict, saves: dict, name: str, when: str) -> dict[str,
 
             "notes": ["GB/s = 1e9 bytes per second per node (not Gb/s).",
                       "One writer; paraplan run's ranks write their shard files at once."]}
+
+
+def median_raw(raws: list[dict]) -> dict:
+    """Raw measurements of several calibration rounds as one: every number the median of its
+    value over the rounds (sizes and counts are the same in each, so they stay), everything else
+    the first round's. The rounds have the same structure (the same benchmarks in the same
+    order), as executor/calibrate.measure writes them."""
+    def merge(values: list) -> Any:
+        first = values[0]
+        if isinstance(first, dict):
+            return {k: merge([v[k] for v in values]) for k in first}
+        if isinstance(first, list) and all(len(v) == len(first) for v in values):
+            return [merge(list(items)) for items in zip(*values)]
+        if isinstance(first, (int, float)) and not isinstance(first, bool) and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            return statistics.median(values)
+        return first
+    return {**merge(raws), "rounds": len(raws)}
 
 
 def profile_dict(raw: dict, name: str) -> dict[str, Any]:

@@ -95,6 +95,10 @@ class Stack(FrozenModel):
     kernels and collectives; calibrated on CPU."""
     sp_block_overhead_s: float = Field(ge=0)
     """Additional framework time per block per micro-batch with sequence parallelism."""
+    cp_block_overhead_s: float = Field(default=0.0, ge=0)
+    """Additional framework time per block per micro-batch with context parallelism (the
+    executor's K/V gathers and chunk bookkeeping in Python); calibrated on CPU, 0 on GPU
+    stacks (not modelled there)."""
     pp_microbatch_overhead_s: float = Field(ge=0)
     """Framework time per micro-batch per pipeline chunk on the critical path (schedule
     bookkeeping, send/receive setup); calibrated on CPU."""

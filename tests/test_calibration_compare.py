@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from planner.calibration import fit_link, fit_linear, line_fit
+from planner.calibration import fit_link, fit_linear, line_fit, median_raw
 from planner.compare import (MEMORY, compare_one, rank_memory, rank_stage, ranks, spearman,
                              summarize)
 from planner.hardware import Cluster
@@ -31,6 +31,24 @@ def test_line_fit_and_linear_least_squares():
     truth = [2 + 3 * 0.5 * p + 5 * 2 * q for p, q in xs]
     model = lambda v: [2 + 3 * v[0] * p + 5 * v[1] * q for p, q in xs]  # noqa: E731
     assert fit_linear(model, [0.0, 0.0], truth, [1e-3, 1e-3]) == pytest.approx([0.5, 2.0])
+
+
+def test_calibration_rounds_merge_to_medians():
+    """Three rounds of raw measurements become one: each timing the median over the rounds,
+    sizes and names kept, lists merged element by element; one slow round moves nothing."""
+    def raw(t):
+        return {"ranks": [{"compute": {"dispatch_s": t, "gemm": [
+            {"m": 8, "k": 8, "n": 8, "dtype": "float32", "seconds": 2 * t}]},
+            "checkpoint": {"probes": [{"tensors": 3, "bytes": 100, "seconds": [t, 3 * t]}]}}],
+            "world": 2, "host": "h", "quick": False}
+    merged = median_raw([raw(1.0), raw(50.0), raw(2.0)])
+    rank = merged["ranks"][0]
+    assert rank["compute"]["dispatch_s"] == 2.0
+    assert rank["compute"]["gemm"] == [{"m": 8, "k": 8, "n": 8, "dtype": "float32",
+                                        "seconds": 4.0}]
+    assert rank["checkpoint"]["probes"][0] == {"tensors": 3, "bytes": 100, "seconds": [2.0, 6.0]}
+    assert merged["world"] == 2 and merged["host"] == "h" and merged["quick"] is False
+    assert merged["rounds"] == 3
 
 
 def test_link_fit_recovers_latencies_and_bandwidth():
@@ -182,7 +200,8 @@ def test_quick_calibration_reproduces_what_it_measured(tmp_path):
         assert any(p > m for p, m in zip(predicted, measured)), (predicted, measured)
     assert [p["overhead"] for p in raw["overhead_probes"]] == [
         "dp_step_overhead_s", "fsdp_unit_overhead_s", "tp_block_overhead_s",
-        "sp_block_overhead_s", "pp_microbatch_overhead_s"]
+        "sp_block_overhead_s", "pp_microbatch_overhead_s", "cp_block_overhead_s"]
+    assert raw["rounds"] == 1 and all(len(p["rounds_s"]) == 1 for p in raw["overhead_probes"])
     for p in raw["overhead_probes"]:
         value = getattr(cluster.stack, p["overhead"])
         predicted = predict(PROBE, cluster, Plan(**p["plan"]))["step_time_s"]

@@ -3,6 +3,8 @@ source says (hardware_profiles/stacks/*.json). Each flips one field of the stack
 
 from __future__ import annotations
 
+import pytest
+
 from planner.cost.evaluate import predict
 from planner.hardware import load_cluster
 from planner.plan import Plan
@@ -95,3 +97,31 @@ def test_overlap_slowdown_is_not_free():
     plan = Plan(dp=8, tp=1, pp=1, micro_batch_size=2, global_batch_size=16, zero_stage=3)
     assert predict(spec, c, plan)["breakdown"]["dp_comm_s"] > \
         predict(spec, free, plan)["breakdown"]["dp_comm_s"]
+
+
+def test_megatron_core_sync_dp_exposes_the_distributed_optimizer():
+    """megatron-core-sync-dp (FlagPerf's launch: no --overlap-grad-reduce /
+    --overlap-param-gather) exposes the gradient reduce-scatter and parameter all-gather that
+    megatron-core hides behind compute; nothing else changes."""
+    over = _predict("megatron-core", nodes=4, dp=16, tp=2, global_batch_size=128, zero_stage=1,
+                    sequence_parallel=True)
+    sync = _predict("megatron-core-sync-dp", nodes=4, dp=16, tp=2, global_batch_size=128,
+                    zero_stage=1, sequence_parallel=True)
+    assert sync["breakdown"]["dp_comm_s"] > 3 * over["breakdown"]["dp_comm_s"]
+    assert sync["breakdown"]["compute_s"] == over["breakdown"]["compute_s"]
+    assert sync["step_time_s"] > over["step_time_s"]
+
+
+def test_cp_block_overhead_adds_to_context_parallel_plans_only():
+    """The calibrated per-block framework time of context parallelism (stack
+    cp_block_overhead_s, fitted by `paraplan calibrate` on a cp=2 probe) is paid by cp > 1 plans,
+    once per block per micro-batch (again for the recomputed forward), and by no other plan."""
+    stack = load_stack("megatron-core")
+    slow = stack.model_copy(update={"cp_block_overhead_s": 1e-3})
+    cp = dict(nodes=1, cp=2, dp=4, global_batch_size=8)
+    base, more = _predict(stack, **cp), _predict(slow, **cp)
+    blocks_x_mb = 32 * 8 // 4  # 32 blocks, 2 micro-batches per rank of 4 dp replicas
+    assert more["breakdown"]["cp_comm_s"] - base["breakdown"]["cp_comm_s"] == \
+        pytest.approx(blocks_x_mb * 1e-3, rel=1e-6)
+    dp_only = dict(nodes=1, dp=8, global_batch_size=8)
+    assert _predict(slow, **dp_only)["step_time_s"] == _predict(stack, **dp_only)["step_time_s"]

@@ -13,7 +13,7 @@ from typing import Callable
 
 
 MEASURE_FLAGS = {"backend": "--backend", "world_size": "--world-size", "threads": "--threads",
-                 "quick": "--quick", "name": "--name"}
+                 "quick": "--quick", "rounds": "--rounds", "name": "--name"}
 REFIT_FLAGS = {"profile": "--profile", "folds": "--folds"}
 
 
@@ -64,7 +64,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     argument groups and a two-line usage, so --help says which flag belongs to which."""
     p = sub.add_parser(
         "calibrate", help="measure this machine into a hardware profile, or refit one to runs",
-        usage="paraplan calibrate [--world-size N] [--threads T] [--quick] [--name NAME] "
+        usage="paraplan calibrate [--world-size N] [--threads T] [--quick] [--rounds R] [--name NAME] "
               "[--backend {gloo,nccl}] --out F\n"
               "       paraplan calibrate --from-runs RUN [RUN ...] [--profile P] [--folds K] "
               "--out F",
@@ -80,7 +80,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--world-size", type=int, metavar="N", help="ranks on this machine (default 2)")
     m.add_argument("--threads", type=int, metavar="T",
                    help="threads per rank (default cores / world size)")
-    m.add_argument("--quick", action="store_true", help="fewer sizes, shorter timings (~1 min)")
+    m.add_argument("--quick", action="store_true", help="fewer sizes, shorter timings, one round "
+                                                         "(~1 min)")
+    m.add_argument("--rounds", type=int, metavar="R",
+                   help="measure every benchmark and probe plan R times, each round its own "
+                        "launch, and fit to the medians (default 3)")
     m.add_argument("--name", help="profile name (default cpu_<world>x<threads>)")
     r = p.add_argument_group("refit a profile to measured runs (--from-runs)")
     r.add_argument("--from-runs", nargs="+", metavar="RUN",
@@ -128,8 +132,10 @@ def run(args: argparse.Namespace) -> int:
     out.print(f"calibrating {args.world_size} gloo ranks x {threads} thread(s) "
               f"({'quick' if args.quick else 'full'}; a few minutes on 2 cores) ...")
     from executor.calibration_run import calibrate
+    if args.rounds is not None and args.rounds < 1:
+        raise InputError(f"--rounds must be >= 1, got {args.rounds}")
     cluster, raw_path = calibrate(args.world_size, threads, args.quick, name, Path(args.out),
-                                  echo=out.print)
+                                  echo=out.print, rounds=args.rounds or 3)
     record_oversubscription(Path(args.out), raw_path, info)
     g, link = cluster.gpu, cluster.intra_node
     out.print(f"fp32 peak {g.peak_tflops.fp32 * 1e3:.1f} GFLOP/s, memory "

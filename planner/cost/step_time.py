@@ -94,6 +94,10 @@ def _per_layer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shape
         half = kv_msg / 2 * sh.cp
         cp_f = 2 * links["cp"].all_gather(half)
         cp_b = 2 * links["cp"].reduce_scatter(half)
+    # Framework time of a context-parallel block (calibrated; 0 on GPU stacks), split like its
+    # compute: a third forward, two thirds backward.
+    cp_over = np.where(sh.cp > 1, sw.cp_block_overhead_s, 0.0)
+    cp_f, cp_b = cp_f + cp_over / 3, cp_b + 2 * cp_over / 3
     cp_b = cp_b + np.where(full, cp_f, 0.0)
     # ZeRO-3 as DeepSpeed: gather the block's weights before forward and backward (and again
     # for the recomputed forward), reduce-scatter its grads, every micro-batch; prefetched behind
