@@ -179,3 +179,18 @@ def test_chunked_cost_model_calls_change_no_figure(monkeypatch):
     assert np.array_equal(a.peak_bytes, b.peak_bytes) and np.array_equal(a.pareto, b.pareto)
     assert all(np.array_equal(getattr(a.plans, f), getattr(b.plans, f))
                for f in a.plans.__dataclass_fields__)
+
+
+def test_times_shared_per_distinct_shape_change_no_figure(monkeypatch):
+    """Block, head and embedding times are computed once per distinct Shapes row and spread
+    back (planner/cost/shape_cache.py): the same figures bit for bit as computing them for every
+    plan, dense and mixture-of-experts, fp8 and bf16."""
+    for model, nodes, gbs in (("llama3-8b", 2, 64), ("tiny-moe", 1, 64)):
+        spec, cluster = load_transformer(model), load_cluster("dgx_h100", nodes)
+        a = search(spec, cluster, gbs, precision="fp8")
+        monkeypatch.setattr("planner.cost.shape_cache.MIN_PLANS", 10**12)  # never shared
+        b = search(spec, cluster, gbs, precision="fp8")
+        monkeypatch.undo()
+        assert len(a.plans) == len(b.plans) > 100
+        assert np.array_equal(a.step_time_s, b.step_time_s)
+        assert np.array_equal(a.peak_bytes, b.peak_bytes) and np.array_equal(a.pareto, b.pareto)

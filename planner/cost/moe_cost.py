@@ -29,6 +29,7 @@ import numpy as np
 from planner.cost.comms import Link
 from planner.cost.compute import Shapes, mlp_times
 from planner.cost.efficiency import gemm_time, memory_time, overlapped, transfer_time
+from planner.cost.shape_cache import by_shape
 from planner.hardware import GPU, Cluster
 from planner.plan_arrays import R_FULL, PlanArrays
 from planner.transformer import TransformerSpec
@@ -170,7 +171,7 @@ def per_moe_layer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Sh
     """An MoE block: the dense block with its MLP replaced by the MoE FFN
     (planner/cost/moe_cost.py); full recompute runs the FFN's forward and its dispatch again."""
     traffic = cluster.stack.elementwise_traffic
-    mf, mb, _ = mlp_times(spec, cluster.gpu, sh, traffic)
+    mf, mb, _ = by_shape(lambda s: mlp_times(spec, cluster.gpu, s, traffic), sh)
     mo = moe_ffn_times(spec, cluster.gpu, sh, links, traffic, cluster.stack.ep_dispatcher,
                        cluster.stack.ep_link_efficiency)
     full = P.recompute == R_FULL

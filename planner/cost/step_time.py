@@ -16,6 +16,7 @@ import numpy as np
 from planner.cost.comms import Link
 from planner.cost.grad_sync import grad_all_reduce
 from planner.cost.compute import Shapes, embedding_times, head_times, layer_times
+from planner.cost.shape_cache import by_shape
 from planner.cost.efficiency import memory_time, overlapped
 from planner.cost.moe_cost import per_moe_layer
 from planner.cost.zero import fsdp2_exposed
@@ -50,7 +51,8 @@ def _per_layer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shape
                links: dict[str, Link]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """category -> (forward, backward incl. recompute) seconds of one block, one micro-batch."""
     flash = cluster.stack.flash_attention
-    lt = layer_times(spec, cluster.gpu, sh, flash, cluster.stack.elementwise_traffic)
+    lt = by_shape(lambda s: layer_times(spec, cluster.gpu, s, flash,
+                                        cluster.stack.elementwise_traffic), sh)
     full, sel = P.recompute == R_FULL, P.recompute == R_SELECTIVE
     # Selective recompute redoes the attention core (Korthikanti et al. 2022), or in torchtitan's
     # op-level policy every op but the saved ones: sdpa and every other matmul are kept, so the
@@ -133,8 +135,8 @@ def _stages(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
 
     def blocks(n, k, d):  # n blocks of which k are MoE, per category
         return {c: (n - k) * d[c] + k * moe_l[c] for c in d}
-    ef, eb = embedding_times(spec, cluster.gpu, sh)
-    hf, hb = head_times(spec, cluster.gpu, sh)
+    ef, eb = by_shape(lambda s: embedding_times(spec, cluster.gpu, s), sh)
+    hf, hb = by_shape(lambda s: head_times(spec, cluster.gpu, s), sh)
     tokens = sh.mbs * spec.seq_len / sh.cp
     ce_comm = 3 * links["tp"].all_reduce(4.0 * tokens)  # vocab-parallel max, sum, target logit
     one = P.pp == 1

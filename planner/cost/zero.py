@@ -16,6 +16,7 @@ import numpy as np
 from planner.cost.comms import Link
 from planner.cost.compute import Shapes, layer_times
 from planner.cost.efficiency import overlapped
+from planner.cost.shape_cache import by_shape
 from planner.cost.params import layer_params_per_rank, stage_params_per_rank
 from planner.hardware import Cluster
 from planner.stages import rank_layers
@@ -38,8 +39,8 @@ def fsdp2_exposed(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Sh
     if not cluster.stack.grad_overlap:
         return (gathers * (layers * ag_block + ag_root) + layers * rs_block + rs_root
                 + framework)
-    lt = layer_times(spec, cluster.gpu, sh, cluster.stack.flash_attention,
-                     cluster.stack.elementwise_traffic)
+    lt = by_shape(lambda s: layer_times(spec, cluster.gpu, s, cluster.stack.flash_attention,
+                                        cluster.stack.elementwise_traffic), sh)
     gpu = cluster.gpu
     first = ag_root + layers * overlapped(gpu, ag_block, lt.fwd)  # prefetch behind forward
     again = np.where(P.zero >= 3, P.micro_batches * layers * overlapped(gpu, ag_block, lt.bwd),
