@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from functools import cached_property
 
 import numpy as np
 
@@ -57,9 +58,11 @@ class PlanArrays:
         """Expert data-parallel width tp*cp*dp / (etp*ep), floored (validity checks it)."""
         return self.tp * self.cp * self.dp // (self.etp * self.ep)
 
-    @property
+    @cached_property
     def micro_batches(self) -> np.ndarray:
-        """m = global batch / (dp * micro-batch), floored (validity checks divisibility)."""
+        """m = global batch / (dp * micro-batch), floored (validity checks divisibility).
+        Computed once per PlanArrays (the cost model reads it a dozen times; integer division
+        over 16k plans is not free). The fields are never rebound (frozen), so it stays right."""
         return self.gbs // (self.dp * self.mbs)
 
     def take(self, idx: np.ndarray) -> "PlanArrays":

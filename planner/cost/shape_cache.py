@@ -34,11 +34,28 @@ def _spread(value, inverse: np.ndarray):
     return arr[inverse] if arr.ndim else value
 
 
+# The distinct rows of the last Shapes seen: one cost-model call times blocks, head and
+# embedding on the same Shapes, so the uniques are found once (keyed by the object itself).
+_last: list = [None, None]
+
+
 def by_shape(fn: Callable[[Shapes], T], sh: Shapes) -> T:
     """fn(sh), computed on sh's distinct rows only."""
     n = len(np.asarray(sh.tp))
     if n < MIN_PLANS:
         return fn(sh)
+    if _last[0] is not sh:
+        _last[0], _last[1] = sh, _distinct(sh, n)
+    found = _last[1]
+    if found is None:
+        return fn(sh)
+    small, inverse = found
+    return _spread(fn(small), inverse)
+
+
+def _distinct(sh: Shapes, n: int) -> tuple[Shapes, np.ndarray] | None:
+    """(the distinct rows as a Shapes, each plan's row in it), or None where sharing saves
+    little (more than half the rows distinct) or the codes would overflow."""
     # One integer code per plan from each field's own codes (1-D uniques are fast sorts).
     code = np.zeros(n, dtype=np.int64)
     cols, span = [], 1
@@ -47,13 +64,13 @@ def by_shape(fn: Callable[[Shapes], T], sh: Shapes) -> T:
         values, idx = np.unique(col, return_inverse=True)
         span *= len(values)
         if span > 2**62:  # the codes would overflow: no sharing to be had anyway
-            return fn(sh)
+            return None
         code = code * len(values) + idx.reshape(-1)
         cols.append(col)
     _, first, inverse = np.unique(code, return_index=True, return_inverse=True)
     if len(first) > n // 2:
-        return fn(sh)
+        return None
     small = dataclasses.replace(sh, **{
         f: (cols[i][first] > 0.5 if f in BOOLS else cols[i][first])
         for i, f in enumerate(FIELDS)})
-    return _spread(fn(small), inverse.reshape(-1))
+    return small, inverse.reshape(-1)

@@ -12,6 +12,7 @@ that reads only layout fields has the same verdict for every column of a row, an
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable
 
 import numpy as np
@@ -76,8 +77,8 @@ class _Cells:
 
     def __getattr__(self, name: str):
         attr = getattr(PlanArrays, name, None)
-        if isinstance(attr, property):
-            return attr.fget(self)
+        if isinstance(attr, (property, cached_property)):
+            return (attr.fget if isinstance(attr, property) else attr.func)(self)
         g = self._grid
         if name in g.rows:
             v = g.rows[name][self._r][:, None]
@@ -100,8 +101,8 @@ class _Recorder:
 
     def __getattr__(self, name: str):
         attr = getattr(PlanArrays, name, None)
-        if isinstance(attr, property):
-            return attr.fget(self)
+        if isinstance(attr, (property, cached_property)):
+            return (attr.fget if isinstance(attr, property) else attr.func)(self)
         self.read.add(name)
         return getattr(self._P, name)
 
