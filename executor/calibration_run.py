@@ -47,6 +47,7 @@ def overhead_probes(world: int) -> list[tuple[str, Plan]]:
         base.pop("m", None)
         return Plan(global_batch_size=base["dp"] * base["micro_batch_size"] * m, **base)
     return [("dp_step_overhead_s", plan()),
+            ("recompute_block_overhead_s", plan(recompute="full")),
             ("fsdp_unit_overhead_s", plan(zero_stage=3)),
             ("tp_block_overhead_s", plan(dp=half, tp=2)),
             ("sp_block_overhead_s", plan(dp=half, tp=2, sequence_parallel=True)),

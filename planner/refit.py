@@ -69,6 +69,7 @@ FIELDS: tuple[Field, ...] = (
     Field("stack.sp_block_overhead_s"),
     Field("stack.pp_microbatch_overhead_s"),
     Field("stack.cp_block_overhead_s"),
+    Field("stack.recompute_block_overhead_s"),
     Field("intra_node.latency_s"),
     Field("intra_node.call_latency_s"),
     Field("intra_node.bandwidth_GBps", inverse=True, low=1e-6),

@@ -95,6 +95,10 @@ class Stack(FrozenModel):
     kernels and collectives; calibrated on CPU."""
     sp_block_overhead_s: float = Field(ge=0)
     """Additional framework time per block per micro-batch with sequence parallelism."""
+    recompute_block_overhead_s: float = Field(default=0.0, ge=0)
+    """Additional framework time per recomputed region (one per block under selective or full
+    recompute) per micro-batch: the checkpoint wrapper saving its inputs and re-entering the
+    forward during backward; calibrated on CPU, 0 on GPU stacks (not modelled there)."""
     cp_block_overhead_s: float = Field(default=0.0, ge=0)
     """Additional framework time per block per micro-batch with context parallelism (the
     executor's K/V gathers and chunk bookkeeping in Python); calibrated on CPU, 0 on GPU

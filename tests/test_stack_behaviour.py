@@ -125,3 +125,19 @@ def test_cp_block_overhead_adds_to_context_parallel_plans_only():
         pytest.approx(blocks_x_mb * 1e-3, rel=1e-6)
     dp_only = dict(nodes=1, dp=8, global_batch_size=8)
     assert _predict(slow, **dp_only)["step_time_s"] == _predict(stack, **dp_only)["step_time_s"]
+
+
+def test_recompute_block_overhead_adds_to_recomputing_plans_only():
+    """The calibrated framework time of a checkpointed region (stack
+    recompute_block_overhead_s, fitted by `paraplan calibrate` on a full-recompute probe) is
+    paid once per block per micro-batch by selective and full recompute, by no plan without."""
+    stack = load_stack("megatron-core")
+    slow = stack.model_copy(update={"recompute_block_overhead_s": 1e-3})
+    blocks_x_mb = 32 * 8 // 8  # 32 blocks, 1 micro-batch per rank of 8 dp replicas
+    for mode in ("selective", "full"):
+        plan = dict(nodes=1, dp=8, global_batch_size=8, recompute=mode)
+        assert _predict(slow, **plan)["breakdown"]["compute_s"] - \
+            _predict(stack, **plan)["breakdown"]["compute_s"] == \
+            pytest.approx(blocks_x_mb * 1e-3, rel=1e-6)
+    plain = dict(nodes=1, dp=8, global_batch_size=8)
+    assert _predict(slow, **plain)["step_time_s"] == _predict(stack, **plain)["step_time_s"]

@@ -62,6 +62,8 @@ def _per_layer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shape
     else:
         selective = lt.attn_fwd
     recompute = np.where(full, lt.fwd, np.where(sel, selective, 0.0))
+    # Framework time of re-entering a checkpointed region (calibrated; 0 on GPU stacks).
+    recompute = recompute + np.where(full | sel, cluster.stack.recompute_block_overhead_s, 0.0)
     tokens = sh.mbs * spec.seq_len / sh.cp
     # TP: two all-reduces (or all-gather + reduce-scatter with SP, same volume) per direction
     # (Shoeybi et al. 2019, Fig. 4; Korthikanti et al. 2022, Fig. 5); full recompute repeats them.
