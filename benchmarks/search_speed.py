@@ -14,6 +14,7 @@ import os
 import platform
 import time
 
+from planner.commands.search import search_workers
 from planner.hardware import load_cluster
 from planner.search.search import search
 from planner.transformer import load_transformer
@@ -26,7 +27,7 @@ def main() -> None:
     ap.add_argument("--cluster", default="dgx_a100_80g")
     ap.add_argument("--num-nodes", type=int, default=128)
     ap.add_argument("--global-batch-size", type=int, default=1536)
-    ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+    ap.add_argument("--workers", type=int, default=search_workers(),
                     help="processes sharing the blocks (default: the cores, at most 4; "
                          "paraplan search uses the same)")
     args = ap.parse_args()

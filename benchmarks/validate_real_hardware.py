@@ -32,7 +32,7 @@ def main(paths: list[str]) -> None:
             e = c.error
             if ref is not None:
                 cl = load_cluster(ref, c.run.num_nodes, run_stack(c.run))
-                p = predict(c.run.transformer, cl, c.plan or c.run.plan)
+                p = predict(c.run.transformer, cl, c.plan)
                 e = p["step_time_s"] / c.run.measured_step_time_s - 1
                 print(f"{c.run.name[:46]:46s} {c.run.cluster:>14s} {100 * c.error:+6.1f}%  "
                       f"{ref:>22s} {100 * e:+6.1f}%")

@@ -55,7 +55,7 @@ def overhead_probes(world: int) -> list[tuple[str, Plan]]:
             ("cp_block_overhead_s", plan(dp=half, cp=2))]
 
 
-def fit_overheads(profile: dict, world: int, threads: int, rounds: int = 3) -> list[dict]:
+def fit_overheads(profile: dict, world: int, threads: int, rounds: int = ROUNDS) -> list[dict]:
     """Run the probe plans with the executor in `rounds` rounds (each its own launch, every
     probe once per round, as validate-local measures plans) and set each overhead so the cost
     model matches its probe's median over rounds (linear in the overhead); returns the raw

@@ -131,11 +131,11 @@ def run(args: argparse.Namespace) -> int:
     warn_oversubscribed(info, out.print)
     out.print(f"calibrating {args.world_size} gloo ranks x {threads} thread(s) "
               f"({'quick' if args.quick else 'full'}; a few minutes on 2 cores) ...")
-    from executor.calibration_run import calibrate
+    from executor.calibration_run import ROUNDS, calibrate
     if args.rounds is not None and args.rounds < 1:
         raise InputError(f"--rounds must be >= 1, got {args.rounds}")
     cluster, raw_path = calibrate(args.world_size, threads, args.quick, name, Path(args.out),
-                                  echo=out.print, rounds=args.rounds or 3)
+                                  echo=out.print, rounds=args.rounds or ROUNDS)
     record_oversubscription(Path(args.out), raw_path, info)
     g, link = cluster.gpu, cluster.intra_node
     out.print(f"fp32 peak {g.peak_tflops.fp32 * 1e3:.1f} GFLOP/s, memory "

@@ -123,7 +123,7 @@ def _run_table(name: str, comps: list[Comparison]) -> Table:
         err = f"{100 * c.error:+.1f}%"
         if abs(c.error) > 0.2:
             err = f"[red]{err}[/]"
-        t.add_row(c.run.name, str(c.prediction["num_gpus"]), c.gpu, plan_compact(c.plan or c.run.plan),
+        t.add_row(c.run.name, str(c.prediction["num_gpus"]), c.gpu, plan_compact(c.plan),
                   f"{c.prediction['step_time_s']:.2f}", f"{c.run.measured_step_time_s:.2f}", err)
     return t
 

@@ -10,7 +10,9 @@ Backward GEMMs are two GEMMs (input grad, weight grad) of the forward's FLOPs.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -38,6 +40,36 @@ class Shapes:
     attn_eff: float | None = None  # the stack's attention kernel on this GPU (None: profile's)
     ep: np.ndarray | float = 1.0   # expert parallel (MoE blocks, planner/cost/moe_cost.py)
     etp: np.ndarray | float = 1.0  # expert tensor parallel
+
+    @cached_property
+    def distinct(self) -> "tuple[Shapes, np.ndarray] | None":
+        """(the distinct plans' Shapes, each plan's row in it), found once per Shapes: block,
+        head and embedding times are computed on those (planner/cost/shape_cache.py). None
+        where sharing saves little (more than half the rows distinct) or the codes overflow."""
+        n = len(np.asarray(self.tp))
+        # One integer code per plan from each field's own codes (1-D uniques are fast sorts).
+        code = np.zeros(n, dtype=np.int64)
+        cols, span = [], 1
+        for f in PER_PLAN_FIELDS:
+            col = np.broadcast_to(np.asarray(getattr(self, f), dtype=float), (n,))
+            values, idx = np.unique(col, return_inverse=True)
+            span *= len(values)
+            if span > 2**62:  # the codes would overflow: no sharing to be had anyway
+                return None
+            code = code * len(values) + idx.reshape(-1)
+            cols.append(col)
+        _, first, inverse = np.unique(code, return_index=True, return_inverse=True)
+        if len(first) > n // 2:
+            return None
+        small = dataclasses.replace(self, **{
+            f: (cols[i][first] > 0.5 if f in ("sp", "fp8") else cols[i][first])
+            for i, f in enumerate(PER_PLAN_FIELDS)})
+        return small, inverse.reshape(-1)
+
+
+# The per-plan fields of Shapes (cast_bytes and attn_eff are one value for the whole call).
+PER_PLAN_FIELDS = ("tp", "cp", "mbs", "sp", "peak", "attn_peak", "fp8", "act_bytes", "gemm_bytes",
+                   "ep", "etp")
 
 
 @dataclass(frozen=True)

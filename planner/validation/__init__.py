@@ -138,10 +138,10 @@ class Comparison:
 
     run: PublishedRun
     prediction: dict[str, Any]
+    plan: Plan
+    """The plan predicted (`run_plan`: the run's, with an unstated recompute resolved)."""
     gpu: str = ""
     """The bound cluster's GPU profile name (e.g. `a100_80g`)."""
-    plan: Plan | None = None
-    """The plan predicted (`run_plan`: the run's, with an unstated recompute resolved)."""
 
     @property
     def error(self) -> float:
@@ -212,7 +212,7 @@ def compare(runs: list[PublishedRun], adjust: Callable[[Cluster], Cluster] | Non
             cluster = adjust(cluster)
         spec = run_transformer(run)
         plan = run_plan(run, spec, cluster)
-        out.append(Comparison(run, predict(spec, cluster, plan), cluster.gpu.name, plan))
+        out.append(Comparison(run, predict(spec, cluster, plan), plan, cluster.gpu.name))
     return out
 
 

@@ -28,7 +28,8 @@ from planner.schema import InputError
 from planner.stack import Stack
 from planner.topology import Topology
 from planner.uncertainty import gpu_generation, stack_family
-from planner.validation import FIT_SETS, PublishedRun, load_sets, run_cluster
+from planner.validation import (FIT_SETS, PublishedRun, load_sets, run_cluster, run_plan,
+                               run_transformer)
 from planner.validation.groups import source_group
 from planner.validity import plan_problems
 
@@ -47,14 +48,16 @@ def step_time_grid(runs: list[PublishedRun], grid: np.ndarray = GRID,
     """Predicted step time of every run (rows) at every fraction of `grid` (columns)."""
     out = np.empty((len(runs), len(grid)))
     for i, run in enumerate(runs):
-        base = run_cluster(run, stack)
-        problems = plan_problems(run.plan, run.transformer, base)
+        base, spec = run_cluster(run, stack), run_transformer(run)
+        problems = plan_problems(run.plan, spec, base)
         if problems:
             raise InputError(f"run {run.name}: plan is invalid for its model and cluster: "
                              + "; ".join(problems))
-        topo, P = Topology(base), PlanArrays.from_plans([run.plan])
+        # The spec and plan `compare` predicts (spec_map.json settings, an unstated recompute
+        # resolved), so the folds predict what `paraplan validate` does.
+        topo, P = Topology(base), PlanArrays.from_plans([run_plan(run, spec, base)])
         for j, f in enumerate(grid):
-            out[i, j] = evaluate(run.transformer, with_fraction(base, float(f)), topo, P,
+            out[i, j] = evaluate(spec, with_fraction(base, float(f)), topo, P,
                                  with_memory=False)["step_time_s"][0]
     return out
 
