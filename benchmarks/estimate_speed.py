@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import time
 
 from planner.estimate import DEFAULT_GPUS, estimate
@@ -39,6 +40,7 @@ def main() -> None:
         print(f"run {i + 1}: {len(est.options)} options; {searched:,} candidates in the "
               f"searches of the options and smallest fits (the sweep's misses not counted); "
               f"wall {walls[-1]:.2f} s")
+    print(f"median of {args.repeat}: {statistics.median(walls):.2f} s")
     print(f"best of {args.repeat}: {min(walls):.2f} s")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import time
 
 from planner.commands.search import search_workers
@@ -47,6 +48,7 @@ def main() -> None:
               f"{res.fitting:,} fit; wall {wall:.2f} s; {res.candidates / wall / 1e6:.2f}M "
               "candidates/s")
     best = min(walls)
+    print(f"median of {args.repeat}: {statistics.median(walls):.2f} s")
     print(f"best of {args.repeat}: {best:.2f} s, {res.candidates / best / 1e6:.2f}M candidates/s; "
           f"best plan: {res.plan(0).model_dump_json()} at {res.step_time_s[0]:.2f} s/step")
 

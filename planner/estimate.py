@@ -7,9 +7,10 @@ import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Callable
 
-from planner.hardware import load_cluster
+from planner.hardware import Cluster, load_cluster
 from planner.money import (Estimate, GoodputInputs, GoodputSettings, Option, best_option,
                            goodput_inputs)
+from planner.search.shared import shared_space
 from planner.stack import Stack, load_stack
 from planner.schema import InputError
 from planner.transformer import TransformerSpec
@@ -53,8 +54,10 @@ def estimate(spec: TransformerSpec, cluster_names: list[str], tokens: float, glo
              precision: str = "bf16", progress: Callable[[str], None] | None = None,
              workers: int | None = None, max_gpus: int = MAX_GPUS,
              goodput: GoodputSettings | None = None) -> Estimate:
-    """Options for every GPU type (one process per GPU type, up to `workers` at once), each
-    with its goodput figures (`goodput` overrides the reliability and storage data)."""
+    """Options for every GPU type, each with its goodput figures (`goodput` overrides the
+    reliability and storage data), computed by up to `workers` processes: one search per task
+    (each GPU type's smallest-fit sweep, and each cluster size asked for), or with a deadline
+    one task per GPU type (its sizes depend on each other)."""
     check_inputs(cluster_names, sizes, precision)
     # Resolved once, so a bad name or file fails before any work; None: each profile's own
     # stack, else the default (planner.hardware.load_cluster).
@@ -64,14 +67,16 @@ def estimate(spec: TransformerSpec, cluster_names: list[str], tokens: float, glo
               for name in cluster_names}
     jobs = [(spec, name, tokens, global_batch, sizes, deadline_days, (rents or {}).get(name),
              stack, precision, max_gpus, losses[name]) for name in cluster_names]
-    workers = min(len(jobs), workers or os.cpu_count() or 1)
+    workers = workers or os.cpu_count() or 1
     est = Estimate(options=[], losses=losses)
-    if workers <= 1:
+    if deadline_days is None and workers > 1:
+        results = _shared(jobs, workers, progress)
+    elif min(len(jobs), workers) <= 1:
         results = [_one_gpu(*job) for job in jobs]
         if progress:
             progress(f"{len(jobs)} GPU types done")
     else:
-        with ProcessPoolExecutor(workers) as pool:
+        with ProcessPoolExecutor(min(len(jobs), workers)) as pool:
             futures = [pool.submit(_one_gpu, *job) for job in jobs]
             for done, fut in enumerate(as_completed(futures), 1):
                 fut.result()
@@ -85,14 +90,74 @@ def estimate(spec: TransformerSpec, cluster_names: list[str], tokens: float, glo
     return est
 
 
+def _base(name: str, stack: Stack | None, rent: float | None) -> tuple[Cluster, float | None]:
+    """A GPU type's cluster profile and its rent (the profile's price unless given)."""
+    base = load_cluster(name, stack=stack)
+    if rent is None and base.prices is not None:
+        rent = base.prices.rent_per_gpu_hour_usd
+    return base, rent
+
+
+def _sweep(spec: TransformerSpec, name: str, tokens: float, global_batch: int,
+           sizes: list[int] | None, deadline_days: float | None, rent: float | None,
+           stack: Stack | None, precision: str, max_gpus: int,
+           losses: GoodputInputs | None = None) -> tuple[dict[int, Option], Option | None]:
+    """(every node count tried, the smallest that fits) of the powers-of-two-nodes sweep."""
+    base, rent = _base(name, stack, rent)
+    tried: dict[int, Option] = {}
+    for nodes in _powers_of_two_nodes(base.gpus_per_node, max_gpus):
+        tried[nodes] = best_option(spec, base.with_num_nodes(nodes), global_batch, tokens, rent,
+                                   precision, losses)
+        if tried[nodes].fits:
+            return tried, tried[nodes]
+    return tried, None
+
+
+def _size(jobs: list[tuple], gpus: int) -> list[Option]:
+    """The option of every job (_one_gpu's arguments) at `gpus` GPUs, in job order. The GPU
+    types search one space, so they share its validity and memory (planner/search/shared.py)."""
+    out = []
+    with shared_space():
+        for spec, name, tokens, global_batch, _, _, rent, stack, precision, _, losses in jobs:
+            base, rent = _base(name, stack, rent)
+            out.append(best_option(spec, base.with_num_nodes(gpus // base.gpus_per_node),
+                                   global_batch, tokens, rent, precision, losses))
+    return out
+
+
+def _shared(jobs: list[tuple], workers: int,
+            progress: Callable[[str], None] | None) -> list[tuple[list[Option], Option | None]]:
+    """What _one_gpu gives for each job (no deadline), its searches shared among processes:
+    each GPU type's sweep is a task, and each cluster size asked for (every GPU type at that
+    size, sharing what does not depend on the GPU) is one, largest first, so the longest
+    start first and the processes finish together. A size the sweep tried keeps the sweep's
+    option, as in _one_gpu (the size task's is dropped)."""
+    sizes = jobs[0][4] or DEFAULT_SIZES  # one list for every job
+    order = sorted(set(sizes), reverse=True)
+    with ProcessPoolExecutor(min(workers, len(jobs) + len(order))) as pool:
+        sweeps = [pool.submit(_sweep, *job) for job in jobs]
+        at = {g: pool.submit(_size, jobs, g) for g in order}
+        for done, fut in enumerate(as_completed([*sweeps, *at.values()]), 1):
+            fut.result()  # a failure surfaces here
+            if progress:
+                progress(f"{done}/{len(sweeps) + len(at)} tasks done (a smallest-fit sweep per "
+                         "GPU type, then each size on every GPU type)")
+        results = []
+        for j, job in enumerate(jobs):
+            tried, smallest = sweeps[j].result()
+            gpn = load_cluster(job[1], stack=job[7]).gpus_per_node
+            for g in sizes:
+                tried.setdefault(g // gpn, at[g].result()[j])
+            results.append(([tried[g // gpn] for g in sizes], smallest))
+    return results
+
+
 def _one_gpu(spec: TransformerSpec, name: str, tokens: float, global_batch: int,
              sizes: list[int] | None, deadline_days: float | None, rent: float | None,
              stack: Stack | None, precision: str, max_gpus: int,
              losses: GoodputInputs | None = None) -> tuple[list[Option], Option | None]:
     """The smallest fitting cluster and the options at the wanted sizes for one GPU type."""
-    base = load_cluster(name, stack=stack)
-    if rent is None and base.prices is not None:
-        rent = base.prices.rent_per_gpu_hour_usd
+    base, rent = _base(name, stack, rent)
 
     def run(nodes: int) -> Option:
         return best_option(spec, base.with_num_nodes(nodes), global_batch, tokens, rent, precision,

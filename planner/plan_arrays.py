@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from functools import cached_property
+from typing import Sequence
 
 import numpy as np
 
@@ -16,6 +17,67 @@ S_1F1B, S_GPIPE, S_INTERLEAVED = (SCHEDULES.index(s) for s in ("1f1b", "gpipe", 
 R_NONE, R_SELECTIVE, R_FULL = (RECOMPUTE.index(r) for r in ("none", "selective", "full"))
 G_RING, G_TREE, G_HIER, G_PS = (GRAD_SYNCS.index(g) for g in GRAD_SYNCS)
 PS_COLOCATED, PS_DEDICATED = (PS_PLACEMENTS.index(p) for p in PS_PLACEMENTS)
+
+
+# The fields that fix a plan's parallel groups (its links: planner/cost/layout.py), in the order
+# the layouts are numbered.
+LAYOUT_FIELDS = ("tp", "cp", "pp", "dp", "order", "ep", "etp")
+
+
+# Fields whose values all lie in [0, _RAW) serve as their own (bounded, not dense) codes.
+_RAW = 64
+
+
+def _codes(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """(code of each value, number of distinct values), codes numbered in value order. Small
+    non-negative integers (every plan field) go through a table, O(n) without a sort."""
+    x = np.asarray(x)
+    if not len(x):
+        return np.zeros(0, dtype=np.intp), 0
+    lo, hi = int(x.min()), int(x.max())
+    if lo == hi:
+        return np.zeros(len(x), dtype=np.intp), 1
+    if hi - lo <= 2 * len(x) + 4096:
+        off = x - lo if lo else x
+        seen = np.zeros(hi - lo + 1, dtype=bool)
+        seen[off] = True
+        code = np.cumsum(seen, dtype=np.intp) - 1
+        return code[off], int(code[-1]) + 1
+    values, inverse = np.unique(x, return_inverse=True)
+    return inverse.reshape(-1).astype(np.intp), len(values)
+
+
+def _field_codes(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """Order-preserving codes of one column and a bound on them: the values themselves when
+    small (no table needed), else _codes."""
+    x = np.asarray(x)
+    if x.dtype == bool:
+        x = x.astype(np.intp)
+    if len(x) and int(x.min()) >= 0 and (hi := int(x.max())) < _RAW:
+        return x, hi + 1
+    return _codes(x)
+
+
+def group_codes(cols: Sequence[tuple[np.ndarray, int]]) -> tuple[np.ndarray, int]:
+    """Combine (codes, bound) pairs into one group per distinct tuple of codes, numbered 0..k-1
+    in the tuples' lexicographic order (mixed radix, re-coded densely whenever the radix
+    product would outgrow a table of a few times the rows)."""
+    code, k = cols[0]
+    limit = 2 * len(code) + 4096
+    for c, kc in cols[1:]:
+        if kc == 1:
+            continue  # one value: no information
+        if k * kc > limit:
+            code, k = _codes(code)
+        code, k = code * kc + c, k * kc
+    return _codes(code)
+
+
+def representatives(inverse: np.ndarray, k: int) -> np.ndarray:
+    """One row of each of the k groups (any: every row of a group has the same values)."""
+    rep = np.zeros(k, dtype=np.intp)
+    rep[inverse] = np.arange(len(inverse), dtype=np.intp)
+    return rep
 
 
 @dataclass(frozen=True)
@@ -65,9 +127,44 @@ class PlanArrays:
         over 16k plans is not free). The fields are never rebound (frozen), so it stays right."""
         return self.gbs // (self.dp * self.mbs)
 
-    def take(self, idx: np.ndarray) -> "PlanArrays":
-        """Subset (boolean mask or index array)."""
-        return PlanArrays(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
+    @cached_property
+    def _memo(self) -> dict:
+        """Groupings of these plans, computed once (the fields are never rebound)."""
+        return {}
+
+    def _field_codes(self, name: str) -> tuple[np.ndarray, int]:
+        key = ("codes", name)
+        if key not in self._memo:
+            self._memo[key] = (self.layout_groups[1], len(self.layout_groups[0])) \
+                if name == "layout" else _field_codes(getattr(self, name))
+        return self._memo[key]
+
+    @cached_property
+    def layout_groups(self) -> tuple[np.ndarray, np.ndarray]:
+        """(one plan of each distinct layout, each plan's layout), layouts numbered in the
+        order of their LAYOUT_FIELDS values."""
+        inv, k = group_codes([self._field_codes(f) for f in LAYOUT_FIELDS])
+        return representatives(inv, k), inv
+
+    def groups(self, *names: str) -> tuple[np.ndarray, np.ndarray]:
+        """(one plan of each distinct combination of the named fields, each plan's group);
+        "layout" stands for LAYOUT_FIELDS. The cost model computes a term that reads only
+        those fields once per group (planner/cost/shape_cache.py on_groups)."""
+        key = ("groups",) + names
+        if key not in self._memo:
+            inv, k = group_codes([self._field_codes(n) for n in names])
+            self._memo[key] = (representatives(inv, k), inv)
+        return self._memo[key]
+
+    def take(self, idx: np.ndarray, carry: bool = False) -> "PlanArrays":
+        """Subset (boolean mask or index array). With `carry`, per-plan arrays derived and kept
+        in the memo (keys starting "per_plan": (owner, {name: array})) come along, indexed."""
+        out = PlanArrays(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
+        if carry:
+            for key, (owner, arrays) in ((k, v) for k, v in self._memo.items()
+                                         if k[0] == "per_plan"):
+                out._memo[key] = (owner, {k: v[idx] for k, v in arrays.items()})
+        return out
 
     def plan(self, i: int) -> Plan:
         """Row i as a validated Plan."""

@@ -8,7 +8,7 @@ nccl-tests doc/PERFORMANCE.md @03a204a, "Summary" of bus bandwidth factors).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -45,6 +45,11 @@ class Link:
     """That rank's share of its node's NICs while every rank sends out at once."""
     remote_curve_id: np.ndarray | None = None
     """Efficiency curve of the NICs (index into `curves`)."""
+
+    def take(self, idx: np.ndarray) -> "Link":
+        """The link of plans `idx` (every per-plan array indexed; `curves` shared)."""
+        return Link(**{f.name: (v if f.name == "curves" or v is None else v[idx])
+                       for f in fields(self) for v in [getattr(self, f.name)]})
 
     def efficiency(self, nbytes: np.ndarray, curve_id: np.ndarray | None = None) -> np.ndarray:
         """Fraction of bandwidth reached for messages of `nbytes` (on `curve_id`'s curves,

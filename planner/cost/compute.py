@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +22,9 @@ from planner.cost.params import padded_vocab
 from planner.hardware import GPU
 from planner.moe import MLAAttention, attention_matrices, mean_attended, qk_width, v_width
 from planner.transformer import TransformerSpec
+
+if TYPE_CHECKING:
+    from planner.plan_arrays import PlanArrays
 
 
 @dataclass(frozen=True)
@@ -41,12 +45,25 @@ class Shapes:
     ep: np.ndarray | float = 1.0   # expert parallel (MoE blocks, planner/cost/moe_cost.py)
     etp: np.ndarray | float = 1.0  # expert tensor parallel
 
+    plans: "PlanArrays | None" = dataclasses.field(default=None, repr=False, compare=False)
+    """The PlanArrays these shapes are of (None: unknown): its groups give `distinct`
+    without sorting the float columns."""
+
     @cached_property
     def distinct(self) -> "tuple[Shapes, np.ndarray] | None":
         """(the distinct plans' Shapes, each plan's row in it), found once per Shapes: block,
         head and embedding times are computed on those (planner/cost/shape_cache.py). None
         where sharing saves little (more than half the rows distinct) or the codes overflow."""
         n = len(np.asarray(self.tp))
+        if self.plans is not None:
+            # Every per-plan field is a function of these plan fields (planner/cost/step_time
+            # shapes; sequence parallelism of sp and tp).
+            rep, inverse = self.plans.groups("tp", "cp", "mbs", "sp", "precision", "ep", "etp")
+            if len(rep) > n // 2:
+                return None
+            return dataclasses.replace(self, plans=None, **{
+                f: np.broadcast_to(np.asarray(getattr(self, f)), (n,))[rep]
+                for f in PER_PLAN_FIELDS}), inverse
         # One integer code per plan from each field's own codes (1-D uniques are fast sorts).
         code = np.zeros(n, dtype=np.int64)
         cols, span = [], 1

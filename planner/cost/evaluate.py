@@ -8,9 +8,11 @@ from typing import Any
 import numpy as np
 
 from planner.cost.flops import hardware_flops_per_step, model_flops_per_step
-from planner.cost.layout import link_arrays
+from planner.cost.layout import link_arrays, topology_for
 from planner.cost.memory import memory_breakdown, memory_by_stage, stage_memory
 from planner.cost.params import active_params, total_params
+from planner.cost.peak import peak_bytes
+from planner.cost.shape_cache import on_groups
 from planner.cost.step_time import shapes, step_breakdown
 from planner.hardware import Cluster
 from planner.plan import Plan
@@ -42,8 +44,9 @@ def evaluate(spec: TransformerSpec, cluster: Cluster, topo: Topology,
         out["fits"] = mem["peak_bytes"] <= cluster.gpu.memory_bytes
     step = out["step_time_s"]
     n = cluster.num_gpus
-    model = model_flops_per_step(spec, P.gbs)
-    hw = hardware_flops_per_step(spec, P.gbs, P.recompute)
+    model, hw = on_groups(lambda p, s, _: (model_flops_per_step(spec, p.gbs),
+                                           hardware_flops_per_step(spec, p.gbs, p.recompute)),
+                          P, sh, None, P.groups("gbs", "recompute"))
     out["tokens_per_s"] = P.gbs * spec.seq_len / step
     out["model_tflops_per_gpu"] = model / (step * n) / 1e12
     out["hardware_tflops_per_gpu"] = hw / (step * n) / 1e12
@@ -52,9 +55,10 @@ def evaluate(spec: TransformerSpec, cluster: Cluster, topo: Topology,
 
 
 def peak_memory(spec: TransformerSpec, cluster: Cluster, P: PlanArrays) -> np.ndarray:
-    """Peak bytes per GPU only (the search's cheap first pass, same function as evaluate's)."""
+    """Peak bytes per GPU only (the search's cheap first pass: memory_breakdown's peak_bytes,
+    planner/cost/peak.py)."""
     sh = shapes(cluster, P)
-    return memory_breakdown(spec, cluster, P, sh, cluster.stack.flash_attention)["peak_bytes"]
+    return peak_bytes(spec, cluster, P, sh, cluster.stack.flash_attention)
 
 
 def predict(spec: TransformerSpec, cluster: Cluster, plan: Plan,
@@ -63,7 +67,7 @@ def predict(spec: TransformerSpec, cluster: Cluster, plan: Plan,
     problems = plan_problems(plan, spec, cluster)
     if problems:
         raise InputError("plan is invalid for this model and cluster: " + "; ".join(problems))
-    topo = topo or Topology(cluster)
+    topo = topo or topology_for(cluster)
     P = PlanArrays.from_plans([plan])
     r = {k: v[0] for k, v in evaluate(spec, cluster, topo, P).items()}
     _, layouts = link_arrays(topo, P, experts=spec.moe is not None)

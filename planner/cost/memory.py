@@ -107,31 +107,49 @@ def zero_buffers(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Sha
     return np.where(active & (P.zero >= 3), 2 * unit * wb, 0.0)
 
 
-def _activations(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
-                 flash: bool, stage: np.ndarray, layers: np.ndarray, first,
-                 last, moe_layers: np.ndarray | float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+def block_terms(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
+                flash: bool) -> dict[str, np.ndarray]:
+    """The pieces of `stage_activations` no pipeline stage changes (per block or micro-batch),
+    so a caller charging several stages computes them once."""
+    e, tokens = sh.act_bytes, sh.mbs * spec.seq_len / sh.cp
+    t = {"e": e, "heads": np.where(P.schedule == S_GPIPE, P.micro_batches, 1),  # past the loss
+         "logits": tokens * padded_vocab(spec, sh.tp) / sh.tp,
+         "moe_delta": _moe_delta(spec, sh, P)}
+    if cluster.stack.activation_layout == "eager":
+        t["stored"], t["full"] = eager_block_bytes(spec, sh, P.recompute)
+        t["first"], t["last"] = eager_first_bytes(spec, sh), eager_last_bytes(spec, sh)
+    else:
+        t["stored"], t["full"] = layer_activation_bytes(spec, sh, P.recompute, flash)
+        t["th"] = tokens * spec.hidden_size / np.where(sh.sp, sh.tp, 1)
+    if spec.moe is not None:
+        t["moe_transient"] = moe_activation_bytes(spec, sh)[1]
+    return t
+
+
+def stage_activations(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
+                      flash: bool, stage: np.ndarray, layers: np.ndarray, first, last,
+                      moe_layers: np.ndarray | float = 0.0,
+                      terms: dict[str, np.ndarray] | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
     """(saved, transient): bytes saved for backward at the schedule's peak, and the largest
     short-lived working set on top of them: one block rebuilt by recompute in backward, or the
-    logits before the loss turns them into the (saved) log-softmax."""
-    e, tokens = sh.act_bytes, sh.mbs * spec.seq_len / sh.cp
+    logits before the loss turns them into the (saved) log-softmax. `terms`: block_terms."""
+    t = block_terms(spec, cluster, P, sh, flash) if terms is None else terms
+    e, heads, logits, stored, full = t["e"], t["heads"], t["logits"], t["stored"], t["full"]
     n_act = _in_flight(P, stage)
-    heads = np.where(P.schedule == S_GPIPE, P.micro_batches, 1)  # micro-batches past the loss
-    logits = tokens * padded_vocab(spec, sh.tp) / sh.tp
     if cluster.stack.activation_layout == "eager":
-        stored, full = eager_block_bytes(spec, sh, P.recompute)
-        saved = (n_act * (layers * stored + moe_layers * _moe_delta(spec, sh, P)) + np.where(first, n_act * eager_first_bytes(spec, sh), 0.0)
-                 + np.where(last, heads * eager_last_bytes(spec, sh), 0.0))
+        saved = (n_act * (layers * stored + moe_layers * t["moe_delta"])
+                 + np.where(first, n_act * t["first"], 0.0)
+                 + np.where(last, heads * t["last"], 0.0))
     else:
-        stored, full = layer_activation_bytes(spec, sh, P.recompute, flash)
-        th = tokens * spec.hidden_size / np.where(sh.sp, sh.tp, 1)
-        saved = n_act * (layers * stored + moe_layers * _moe_delta(spec, sh, P))
+        th = t["th"]
+        saved = n_act * (layers * stored + moe_layers * t["moe_delta"])
         saved = saved + np.where(np.asarray(first) & spec.is_gpt_family, n_act * th, 0.0)  # mask
         # fp32 softmax of the vocab-parallel loss (Megatron-LM) and the final norm's input
         saved = saved + np.where(last, heads * logits * 4 + th * e, 0.0)
     transient = np.maximum(full - stored, np.where(last, logits * e, 0.0))
     if spec.moe is not None:  # all-to-all send / receive buffers of the block in flight
-        transient = np.maximum(transient, np.where(moe_layers > 0,
-                                                   moe_activation_bytes(spec, sh)[1], 0.0))
+        transient = np.maximum(transient, np.where(moe_layers > 0, t["moe_transient"], 0.0))
     return saved, transient
 
 
@@ -145,18 +163,17 @@ def _moe_delta(spec: TransformerSpec, sh: Shapes, P: PlanArrays) -> np.ndarray:
     return np.where(P.recompute == R_FULL, 0.0, moe_activation_bytes(spec, sh)[0] - mlp)
 
 
-def stage_memory(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
-                 flash: bool, stage: np.ndarray, first, last) -> dict[str, np.ndarray]:
-    """Bytes by component on one rank of pipeline stage `stage` (holding the embedding if
-    `first`, the head if `last`), plus `peak_bytes`."""
-    layers = rank_layers(spec.num_layers, P.pp, P.vpp, stage)
-    k = rank_moe_layers(spec, P.pp, P.vpp, stage)
+def stage_state(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
+                layers: np.ndarray, k: np.ndarray, first, last
+                ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
+    """(weights, gradients and optimizer bytes, buffers, the routed experts' share of the
+    first) of a rank holding `layers` blocks of which `k` MoE: what stage_memory adds to the
+    activations. Reads no schedule, recompute or sequence-parallel field."""
     params = stage_params_per_rank(spec, sh.tp, layers, first, last, k)
     state = model_state_bytes(P, params, cluster.stack.zero_impl)
     experts = stage_expert_params_per_rank(spec, sh.ep, sh.etp, k)
     estate = model_state_bytes(P, experts, cluster.stack.zero_impl, P.edp)
     state = {key: v + estate[key] for key, v in state.items()}
-    act, transient = _activations(spec, cluster, P, sh, flash, stage, layers, first, last, k)
     e, tokens = sh.act_bytes, sh.mbs * spec.seq_len / sh.cp
     bufs = (zero_buffers(spec, cluster, P, sh, params)
             + np.where((P.dp * P.cp > 1) & (P.zero == 0), 2.0 * cluster.stack.grad_bucket_bytes,
@@ -164,6 +181,18 @@ def stage_memory(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Sha
             + np.where(P.pp > 1, 2 * e * tokens * spec.hidden_size / sh.tp, 0.0))  # p2p buffers
     if spec.moe is not None:
         bufs = bufs + _expert_zero_buffers(spec, cluster, P, sh, experts)
+    return state, bufs, estate
+
+
+def stage_memory(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
+                 flash: bool, stage: np.ndarray, first, last) -> dict[str, np.ndarray]:
+    """Bytes by component on one rank of pipeline stage `stage` (holding the embedding if
+    `first`, the head if `last`), plus `peak_bytes`."""
+    layers = rank_layers(spec.num_layers, P.pp, P.vpp, stage)
+    k = rank_moe_layers(spec, P.pp, P.vpp, stage)
+    state, bufs, estate = stage_state(spec, cluster, P, sh, layers, k, first, last)
+    act, transient = stage_activations(spec, cluster, P, sh, flash, stage, layers, first, last,
+                                       k)
     comp = {**state, "activations_bytes": act, "transient_bytes": transient, "buffers_bytes": bufs,
             "framework_bytes": np.full(len(P), float(cluster.stack.framework_memory_bytes))}
     comp["peak_bytes"] = sum(comp.values())

@@ -11,24 +11,34 @@ the critical path: 2 per chunk, (m v + p - 1) chunk slots.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from planner.cost.comms import Link
-from planner.cost.grad_sync import grad_all_reduce
 from planner.cost.compute import Shapes, embedding_times, head_times, layer_times
-from planner.cost.shape_cache import by_shape
-from planner.cost.efficiency import memory_time, overlapped
+from planner.cost.dp_sync import SYNC_FIELDS, dp_exposed, sync_terms
+from planner.cost.efficiency import overlapped
 from planner.cost.moe_cost import per_moe_layer
-from planner.cost.zero import fsdp2_exposed
-from planner.cost.params import (layer_params_per_rank, stage_expert_params_per_rank,
-                                 stage_params_per_rank, stage_tensor_count)
+from planner.cost.params import layer_params_per_rank
+from planner.cost.shape_cache import by_shape, on_groups
+from planner.cost.stage_blocks import stage_blocks
+from planner.cost.zero import fsdp2_overlaps
 from planner.hardware import PRECISIONS, Cluster
 from planner.moe import moe_layer_count
-from planner.plan_arrays import G_PS, R_FULL, R_SELECTIVE, PlanArrays
-from planner.stages import heaviest_middle, rank_layers, rank_moe_layers
+from planner.plan_arrays import R_FULL, R_SELECTIVE, PlanArrays
+from planner.stages import heaviest_middle
 from planner.transformer import TransformerSpec
 
 CATEGORIES = ("compute", "tp", "cp", "dp", "ep")
+# What _block_terms reads ("layout": tp, cp, pp, dp, order, ep, etp; with micro-batch, sequence
+# parallelism and precision, the Shapes): no virtual stage, schedule or micro-batch count, and
+# the ZeRO stage only through DeepSpeed's ZeRO-3 gathers (_per_layer: z3).
+BLOCK_FIELDS = ("layout", "mbs", "sp", "precision", "recompute")
+
+
+def _block_fields(cluster: Cluster) -> tuple[str, ...]:
+    return BLOCK_FIELDS + (("zero",) if cluster.stack.zero_impl == "deepspeed" else ())
 
 
 def shapes(cluster: Cluster, P: PlanArrays) -> Shapes:
@@ -44,11 +54,11 @@ def shapes(cluster: Cluster, P: PlanArrays) -> Shapes:
                   cast_bytes=cluster.stack.fp8_cast_bytes_per_element,
                   attn_eff=cluster.gpu.attention_efficiency_by_kernel.get(
                       cluster.stack.attention_kernel),
-                  ep=P.ep.astype(float), etp=P.etp.astype(float))
+                  ep=P.ep.astype(float), etp=P.etp.astype(float), plans=P)
 
 
 def _per_layer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
-               links: dict[str, Link]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+               links: Mapping[str, Link]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """category -> (forward, backward incl. recompute) seconds of one block, one micro-batch."""
     flash = cluster.stack.flash_attention
     lt = by_shape(lambda s: layer_times(spec, cluster.gpu, s, flash,
@@ -118,53 +128,85 @@ def _per_layer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shape
             "dp": (dp_f, dp_b), "ep": (zero, zero)}
 
 
-def _stages(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
-            links: dict[str, Link]) -> dict[str, np.ndarray]:
-    """Per-micro-batch time of the slowest pipeline rank by category, and the sum over ranks.
-    Ranks hold different numbers of blocks when they do not divide (planner.stages.layer_split);
-    the first holds the embedding, the last the head."""
+def _block_terms(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
+                 links: Mapping[str, Link]) -> dict[str, np.ndarray]:
+    """Everything _stages and step_breakdown read of one block, the embedding, the head and a
+    pipeline hop per micro-batch: dense and MoE blocks by category (forward + backward) and
+    their forward and backward sums, the whole model's blocks, embedding and head once
+    (`t_sum`), a hop's p2p time, FSDP2's prefetch overlaps. Reads _block_fields only."""
     per = _per_layer(spec, cluster, P, sh, links)
-    per_moe = per_moe_layer(spec, cluster, P, sh, links, per) if spec.moe else per
-    dense_l = {c: f + b for c, (f, b) in per.items()}
-    moe_l = {c: f + b for c, (f, b) in per_moe.items()}
-    L = spec.num_layers
-    ranks = (np.zeros(len(P)), P.pp - 1)
-    n_first, n_last = (rank_layers(L, P.pp, P.vpp, r) for r in ranks)
-    e_first, e_last = (rank_moe_layers(spec, P.pp, P.vpp, r) for r in ranks)
-    mid_rank = heaviest_middle(P.pp)
-    n_mid = np.where(mid_rank > 0, rank_layers(L, P.pp, P.vpp, np.maximum(mid_rank, 0)), 0)
-    e_mid = np.where(mid_rank > 0, rank_moe_layers(spec, P.pp, P.vpp, np.maximum(mid_rank, 0)), 0)
-
-    def blocks(n, k, d):  # n blocks of which k are MoE, per category
-        return {c: (n - k) * d[c] + k * moe_l[c] for c in d}
+    out = {}
+    for name, d in (("dense", per), ("moe", per_moe_layer(spec, cluster, P, sh, links, per)
+                                      if spec.moe else None)):
+        if d is not None:
+            out.update({f"{name}.{c}": f + b for c, (f, b) in d.items()})
+            out[f"{name}.fwd"] = sum(f for f, _ in d.values())
+            out[f"{name}.bwd"] = sum(b for _, b in d.values())
     ef, eb = by_shape(lambda s: embedding_times(spec, cluster.gpu, s), sh)
     hf, hb = by_shape(lambda s: head_times(spec, cluster.gpu, s), sh)
     tokens = sh.mbs * spec.seq_len / sh.cp
     ce_comm = 3 * links["tp"].all_reduce(4.0 * tokens)  # vocab-parallel max, sum, target logit
-    one = P.pp == 1
     emb = {"compute": ef + eb, "tp": _embedding_comm(spec, P, sh, links["tp"])}
     head = {"compute": hf + hb, "tp": ce_comm}
+    out.update({f"emb.{c}": v for c, v in emb.items()})
+    out.update({f"head.{c}": v for c, v in head.items()})
+    dense_l = {c: out[f"dense.{c}"] for c in CATEGORIES}
+    moe_l = {c: out[f"moe.{c}"] for c in CATEGORIES} if spec.moe else dense_l
+    L, n_moe = spec.num_layers, moe_layer_count(spec)
+    out["t_sum"] = (sum((L - n_moe) * dense_l[c] + n_moe * moe_l[c] for c in dense_l)
+                    + sum(emb.values()) + sum(head.values()))
+    msg = sh.act_bytes * sh.mbs * spec.seq_len / sh.cp * spec.hidden_size / sh.tp
+    out["pp_hop"] = 2 * links["pp"].p2p(msg) + cluster.stack.pp_microbatch_overhead_s
+    if cluster.stack.zero_impl == "fsdp2" and cluster.stack.grad_overlap:
+        out["fsdp.ov_f"], out["fsdp.ov_b"] = fsdp2_overlaps(spec, cluster, P, sh, links["dpcp"])
+    return out
+
+
+def _stages(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
+            links: Mapping[str, Link]) -> dict[str, np.ndarray]:
+    """Per-micro-batch time of the slowest pipeline rank by category, and the sum over ranks.
+    Ranks hold different numbers of blocks when they do not divide (planner.stages.layer_split);
+    the first holds the embedding, the last the head. The per-block terms are computed once
+    per distinct _block_fields combination (they read no virtual stage or schedule)."""
+    lay = on_groups(lambda p, s, ln: _block_terms(spec, cluster, p, s, ln), P, sh, links,
+                    P.groups(*_block_fields(cluster)))
+    dense_l = {c: lay[f"dense.{c}"] for c in CATEGORIES}
+    moe_l = {c: lay[f"moe.{c}"] for c in CATEGORIES} if spec.moe else dense_l
+    moe_name = "moe" if spec.moe else "dense"
+    sb = stage_blocks(spec, P)
+    n_first, n_last, e_first, e_last = (sb["first_layers"], sb["last_layers"], sb["first_moe"],
+                                        sb["last_moe"])
+    mid_rank = heaviest_middle(P.pp)
+    n_mid = np.where(mid_rank > 0, sb["mid_layers"], 0)
+    e_mid = np.where(mid_rank > 0, sb["mid_moe"], 0)
+
+    def blocks(n, k, d):  # n blocks of which k are MoE, per category
+        return {c: (n - k) * d[c] + k * moe_l[c] for c in d}
+    one = P.pp == 1
+    emb = {"compute": lay["emb.compute"], "tp": lay["emb.tp"]}
+    head = {"compute": lay["head.compute"], "tp": lay["head.tp"]}
     first = {c: v + emb.get(c, 0) + np.where(one, head.get(c, 0), 0)
              for c, v in blocks(n_first, e_first, dense_l).items()}
     last = {c: v + head.get(c, 0) for c, v in blocks(n_last, e_last, dense_l).items()}
     mid = blocks(n_mid, e_mid, dense_l)
     t = {k: sum(d.values()) for k, d in (("first", first), ("last", last), ("mid", mid))}
     t_last = np.where(one, 0.0, t["last"])
-    slow = {c: np.select([t["first"] >= np.maximum(t_last, t["mid"]), t_last >= t["mid"]],
-                         [first[c], last[c]], mid[c]) for c in dense_l}
+    # The slowest rank: the first if no other is slower, else the last if the middle is not,
+    # else the middle (np.select's choice, element for element).
+    first_slowest, last_slowest = t["first"] >= np.maximum(t_last, t["mid"]), t_last >= t["mid"]
+    slow = {c: np.where(first_slowest, first[c], np.where(last_slowest, last[c], mid[c]))
+            for c in dense_l}
     t_max = sum(slow.values())
-    n_moe = moe_layer_count(spec)
-    t_sum = (sum(blocks(L, n_moe, dense_l).values()) + sum(emb.values())
-             + sum(head.values()))
     # The last micro-batch's backward through the first rank's blocks: what gradient reduction
     # hides behind (that rank finishes its backward last).
-    dense_b = sum(b for _, b in per.values())
-    dense_f = sum(f for f, _ in per.values())
-    window = (n_first - e_first) * dense_b + e_first * sum(b for _, b in per_moe.values())
-    fwd_window = ((n_first - e_first) * dense_f
-                  + e_first * sum(f for f, _ in per_moe.values()))  # the first forward, next step
-    return {**{f"max_{c}": v for c, v in slow.items()}, "t_max": t_max, "t_sum": t_sum,
-            "bwd_window": window, "fwd_window": fwd_window}
+    window = (n_first - e_first) * lay["dense.bwd"] + e_first * lay[f"{moe_name}.bwd"]
+    fwd_window = ((n_first - e_first) * lay["dense.fwd"]
+                  + e_first * lay[f"{moe_name}.fwd"])  # the first forward, next step
+    out = {**{f"max_{c}": v for c, v in slow.items()}, "t_max": t_max, "t_sum": lay["t_sum"],
+           "bwd_window": window, "fwd_window": fwd_window, "pp_hop": lay["pp_hop"]}
+    if "fsdp.ov_f" in lay:
+        out["fsdp_overlaps"] = (lay["fsdp.ov_f"], lay["fsdp.ov_b"])
+    return out
 
 
 def _embedding_comm(spec: TransformerSpec, P: PlanArrays, sh: Shapes, link: Link) -> np.ndarray:
@@ -178,123 +220,29 @@ def _embedding_comm(spec: TransformerSpec, P: PlanArrays, sh: Shapes, link: Link
     return np.where(P.tp > 1, np.where(sh.sp, sp, link.all_reduce(msg)), 0.0)
 
 
-def _stage_params(spec: TransformerSpec, P: PlanArrays,
-                  sh: Shapes) -> tuple[np.ndarray, np.ndarray]:
-    """Parameters of the most loaded pipeline rank (first, heaviest middle or last): (the
-    dense part, tp-split and replicated over dp x cp; the routed experts, split over ep x etp
-    and replicated over edp: zeros for a dense spec)."""
-    L, one = spec.num_layers, P.pp == 1
-    mid_rank = heaviest_middle(P.pp)
-    ranks = (np.zeros(len(P)), P.pp - 1, np.maximum(mid_rank, 0))
-    flags = ((True, one), (one, True), (False, False))
-    dense, experts = [], []
-    for r, (first, last) in zip(ranks, flags):
-        n, k = rank_layers(L, P.pp, P.vpp, r), rank_moe_layers(spec, P.pp, P.vpp, r)
-        dense.append(stage_params_per_rank(spec, sh.tp, n, first, last, k))
-        experts.append(stage_expert_params_per_rank(spec, sh.ep, sh.etp, k))
-    has_mid = mid_rank > 0
-    return tuple(np.maximum(np.maximum(a, b), np.where(has_mid, c, 0.0))
-                 for a, b, c in (dense, experts))
-
-
-def _dp_exposed(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
-                links: dict[str, Link], window: np.ndarray, fwd_window: np.ndarray,
-                stage: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """Gradient reduction (and ZeRO-1/2 parameter all-gather) not hidden behind backward;
-    `stage`: _stage_params."""
-    params, expert_params = stage
-    g = params * np.where(P.precision == 3, 4.0, 2.0)
-    link, sw = links["dpcp"], cluster.stack
-    if sw.zero_impl == "fsdp2":
-        fsdp = fsdp2_exposed(spec, cluster, P, sh, link, window)
-    else:
-        fsdp = np.zeros(len(P))
-    reduce = np.where(P.zero == 0, grad_all_reduce(cluster, P, link, g), link.reduce_scatter(g))
-    if spec.moe is not None:
-        # Routed experts' gradients are reduced over edp, the ranks holding the same experts
-        # (Megatron-Core's expert data-parallel group), in the same backward window.
-        ge = expert_params * np.where(P.precision == 3, 4.0, 2.0)
-        edp = links["edp"]
-        reduce = reduce + np.where(P.zero == 0, edp.all_reduce(ge), edp.reduce_scatter(ge))
-    tail = reduce * np.minimum(1.0, sw.grad_bucket_bytes / g)  # the last bucket never overlaps
-    if sw.grad_overlap:
-        exposed = np.maximum(tail, overlapped(cluster.gpu, reduce, window))
-    else:
-        exposed = reduce
-    exposed = np.where(P.zero == 2, P.micro_batches * exposed, exposed)
-    gather = link.all_gather(g)
-    if spec.moe is not None:
-        gather = gather + links["edp"].all_gather(ge)
-    if sw.param_gather_overlap:
-        # Megatron overlap_param_gather: the updated shards are gathered bucket by bucket
-        # behind the next step's forward; the first bucket is exposed (Megatron-Core
-        # DistributedDataParallelConfig.overlap_param_gather; NeMo communication_overlap docs).
-        first = gather * np.minimum(1.0, sw.grad_bucket_bytes / g)
-        gather = np.maximum(first, overlapped(cluster.gpu, gather, fwd_window))
-    gather = np.where((P.zero == 1) | (P.zero == 2), gather, 0.0)
-    deepspeed = np.where(P.zero < 3, exposed + gather, 0.0)
-    ddp = exposed + sw.dp_step_overhead_s
-    if spec.moe is not None and sw.zero_impl == "fsdp2":
-        # FSDP2 shards expert weights over edp (torchtitan / AutoModel: the expert mesh's
-        # dp_shard_mod_ep): gathered before the forward (and each backward at stage 3),
-        # reduce-scattered once, behind the stage's compute where the stack overlaps.
-        edp = links["edp"]
-        gathers = np.where(P.zero >= 3, 1 + P.micro_batches, 1)
-        comm = gathers * edp.all_gather(ge) + edp.reduce_scatter(ge)
-        hidden = (P.micro_batches * (window + fwd_window) if sw.grad_overlap
-                  else np.zeros(len(P)))
-        fsdp = fsdp + overlapped(cluster.gpu, comm, hidden)
-    out = np.where(P.zero == 0, ddp, np.where(sw.zero_impl == "fsdp2", fsdp, deepspeed))
-    return np.where((P.dp * P.cp > 1) | (P.edp > 1), out, 0.0)
-
-
-def _optimizer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
-               links: dict[str, Link], stage: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """The step's epilogue. Adam, memory-bound: fp32 master weight, m and v read and written
-    (24 bytes), the gradient read twice (norm for clipping, update) and the 16-bit weight
-    written; plus a fixed cost per parameter tensor, and the small collectives every step
-    makes: the global gradient norm (over tp, dp x cp when sharded, and pp) and the loss
-    reported as the global-batch mean (over pp and dp x cp)."""
-    # A parameter server's shard owner runs Adam on 1/S of the model (planner/cost/grad_sync.py).
-    shards = np.where(P.zero >= 1, P.dp * P.cp, np.where(P.grad_sync == G_PS,
-                                                          np.maximum(P.ps_servers, 1), 1))
-    params, expert_params = stage
-    params = params / shards
-    if spec.moe is not None:  # expert state shards over edp under ZeRO (distributed optimizer)
-        params = params + expert_params / np.where(P.zero >= 1, P.edp, 1)
-    per_param = np.where(P.precision == 3, 24.0 + 2 * 4.0, 24.0 + 2 * 2.0 + 2.0)
-    tensors = stage_tensor_count(spec, rank_layers(spec.num_layers, P.pp, P.vpp,
-                                                   np.zeros(len(P))), True, P.pp == 1)
-    scalar = 4.0
-    sharded = (P.zero >= 1) & (P.dp * P.cp > 1)
-    small = (links["tp"].all_reduce(scalar) + np.where(sharded, links["dpcp"].all_reduce(
-        scalar), 0.0) + 2 * links["pp"].all_reduce(scalar) + links["dpcp"].all_reduce(scalar))
-    return (memory_time(cluster.gpu, params * per_param)
-            + tensors * cluster.stack.optimizer_tensor_overhead_s + small)
-
-
 def step_breakdown(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
-                   links: dict[str, Link]) -> dict[str, np.ndarray]:
-    """Seconds per step by category; they add up to `step_time_s`."""
+                   links: Mapping[str, Link]) -> dict[str, np.ndarray]:
+    """Seconds per step by category; they add up to `step_time_s`. The gradient sync's and
+    optimizer's collectives are computed once per distinct SYNC_FIELDS combination."""
     st = _stages(spec, cluster, P, sh, links)
-    stage = _stage_params(spec, P, sh)  # gradient sync and optimizer share it
+    sync = on_groups(lambda p, s, ln: sync_terms(spec, cluster, p, s, ln), P, sh, links,
+                     P.groups(*SYNC_FIELDS))
     m, v = P.micro_batches.astype(float), P.vpp.astype(float)
-    msg = sh.act_bytes * sh.mbs * spec.seq_len / sh.cp * spec.hidden_size / sh.tp
     slots = m * v + P.pp - 1  # chunk slots on the critical path
-    pp_comm = np.where(P.pp > 1, (2 * links["pp"].p2p(msg)
-                                  + cluster.stack.pp_microbatch_overhead_s) * slots, 0.0)
+    pp_comm = np.where(P.pp > 1, st["pp_hop"] * slots, 0.0)
     out = {
         "compute_s": m * st["max_compute"],
         "tp_comm_s": m * st["max_tp"],
         "cp_comm_s": m * st["max_cp"],
         "ep_comm_s": m * st["max_ep"],
         "pp_comm_s": pp_comm,
-        "dp_comm_s": m * st["max_dp"] + _dp_exposed(spec, cluster, P, sh, links, st["bwd_window"],
-                                                     st["fwd_window"], stage),
+        "dp_comm_s": m * st["max_dp"] + dp_exposed(spec, cluster, P, sh, st["bwd_window"],
+                                                    st["fwd_window"], sync,
+                                                    st.get("fsdp_overlaps")),
         # Clamped: with one stage t_sum and t_max are the same sum in another order, and the
         # float difference can come out -1e-20 (tests/test_stack_properties.py found it).
         "bubble_s": np.maximum(0.0, st["t_sum"] - st["t_max"]) / v,
-        "optimizer_s": _optimizer(spec, cluster, P, sh, links, stage),
+        "optimizer_s": sync["optimizer"],
     }
     out["step_time_s"] = sum(out.values())
     return out

@@ -18,33 +18,56 @@ from planner.cost.compute import Shapes, layer_times
 from planner.cost.efficiency import overlapped
 from planner.cost.shape_cache import by_shape
 from planner.cost.params import layer_params_per_rank, stage_params_per_rank
+from planner.cost.stage_blocks import stage_blocks
 from planner.hardware import Cluster
-from planner.stages import rank_layers
 from planner.plan_arrays import PlanArrays
 from planner.transformer import TransformerSpec
 
 
-def fsdp2_exposed(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
-                  link: Link, window: np.ndarray) -> np.ndarray:
-    """Seconds of FSDP2 communication per step not hidden behind compute (zero_stage >= 1)."""
+def fsdp2_unit_comms(spec: TransformerSpec, P: PlanArrays, sh: Shapes,
+                     link: Link) -> dict[str, np.ndarray]:
+    """The first pipeline rank's units: its blocks, and each block's and the root's gather and
+    reduce-scatter. Reads the layout (tp, pp; the link), vpp and precision only."""
     wb = np.where(P.precision == 3, 4.0, 2.0)
-    layers = rank_layers(spec.num_layers, P.pp, P.vpp, np.zeros(len(P)))
+    layers = stage_blocks(spec, P)["first_layers"]
     block = layer_params_per_rank(spec, sh.tp) * wb
     root = stage_params_per_rank(spec, sh.tp, layers, True, P.pp == 1) * wb - layers * block
-    ag_block, rs_block = link.all_gather(block), link.reduce_scatter(block)
-    ag_root, rs_root = link.all_gather(root), link.reduce_scatter(root)
+    return {"layers": layers, "ag_block": link.all_gather(block),
+            "rs_block": link.reduce_scatter(block), "ag_root": link.all_gather(root),
+            "rs_root": link.reduce_scatter(root)}
+
+
+def fsdp2_overlaps(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
+                   link: Link) -> tuple[np.ndarray, np.ndarray]:
+    """A block's gather prefetched behind one block's forward, and behind its backward (stacks
+    that overlap). Reads the layout (tp; the link), precision and the Shapes only."""
+    block = layer_params_per_rank(spec, sh.tp) * np.where(P.precision == 3, 4.0, 2.0)
+    ag_block = link.all_gather(block)
+    lt = by_shape(lambda s: layer_times(spec, cluster.gpu, s, cluster.stack.flash_attention,
+                                        cluster.stack.elementwise_traffic), sh)
+    return overlapped(cluster.gpu, ag_block, lt.fwd), overlapped(cluster.gpu, ag_block, lt.bwd)
+
+
+def fsdp2_exposed(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
+                  link: Link | None, window: np.ndarray,
+                  unit: dict[str, np.ndarray] | None = None,
+                  overlaps: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Seconds of FSDP2 communication per step not hidden behind compute (zero_stage >= 1).
+    `unit`, `overlaps`: fsdp2_unit_comms and fsdp2_overlaps of these plans, if known (then
+    `link`, the dp x cp link, is not read)."""
+    u = fsdp2_unit_comms(spec, P, sh, link) if unit is None else unit
+    layers, ag_block, rs_block = u["layers"], u["ag_block"], u["rs_block"]
+    ag_root, rs_root = u["ag_root"], u["rs_root"]
     gathers = np.where(P.zero >= 3, 1 + P.micro_batches, 1)  # per block per step
     calls = gathers * (layers + 1) + layers + 1
     framework = calls * cluster.stack.fsdp_unit_overhead_s  # calibrated; 0 on GPU presets
     if not cluster.stack.grad_overlap:
         return (gathers * (layers * ag_block + ag_root) + layers * rs_block + rs_root
                 + framework)
-    lt = by_shape(lambda s: layer_times(spec, cluster.gpu, s, cluster.stack.flash_attention,
-                                        cluster.stack.elementwise_traffic), sh)
     gpu = cluster.gpu
-    first = ag_root + layers * overlapped(gpu, ag_block, lt.fwd)  # prefetch behind forward
-    again = np.where(P.zero >= 3, P.micro_batches * layers * overlapped(gpu, ag_block, lt.bwd),
-                     0.0)
+    ov_f, ov_b = fsdp2_overlaps(spec, cluster, P, sh, link) if overlaps is None else overlaps
+    first = ag_root + layers * ov_f  # prefetch behind forward
+    again = np.where(P.zero >= 3, P.micro_batches * layers * ov_b, 0.0)
     reduce = layers * rs_block + rs_root
     tail = rs_block  # the last unit's reduce-scatter has nothing left to hide behind
     return first + again + np.maximum(tail, overlapped(gpu, reduce, window)) + framework

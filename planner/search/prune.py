@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from planner.hardware import Cluster
-from planner.plan_arrays import S_GPIPE, PlanArrays
+from planner.plan_arrays import S_GPIPE, PlanArrays, _field_codes, group_codes
 from planner.transformer import TransformerSpec
 from planner.validity import CHECKS
 
@@ -77,8 +77,10 @@ class _Cells:
 
     def __getattr__(self, name: str):
         attr = getattr(PlanArrays, name, None)
-        if isinstance(attr, (property, cached_property)):
-            return (attr.fget if isinstance(attr, property) else attr.func)(self)
+        if isinstance(attr, (property, cached_property)):  # micro_batches, edp: once per cells
+            v = (attr.fget if isinstance(attr, property) else attr.func)(self)
+            setattr(self, name, v)
+            return v
         g = self._grid
         if name in g.rows:
             v = g.rows[name][self._r][:, None]
@@ -126,53 +128,101 @@ def rules(cluster: Cluster) -> list[Rule]:
     return out
 
 
-def sides(spec: TransformerSpec, cluster: Cluster, grid: Grid, rs: list[Rule]) -> list[str]:
+class Sides(list):
+    """sides' answer: 'row', 'col' or 'cell' per rule, and the column fields any rule reads."""
+
+    col_fields: frozenset = frozenset(COL_FIELDS)
+
+
+def sides(spec: TransformerSpec, cluster: Cluster, grid: Grid, rs: list[Rule]) -> Sides:
     """'row', 'col' or 'cell' per rule: the fields it reads, recorded on a few candidates."""
     n_r, n_c = grid.shape
     sample = grid.row_cells(np.arange(min(n_r, 4)))
-    out = []
+    out, cols = Sides(), set()
     for _, _, fn, _ in rs:
         rec = _Recorder(sample)
         fn(spec, cluster, rec)
         read = rec.read - set(CONST_FIELDS)
+        cols |= read & set(COL_FIELDS)
         out.append("row" if read <= set(ROW_FIELDS) else
                    "col" if read <= set(COL_FIELDS) else "cell")
+    out.col_fields = frozenset(cols)
     return out
+
+
+def _column_classes(grid: Grid, fields) -> tuple[Grid, np.ndarray, np.ndarray, np.ndarray]:
+    """Columns no rule tells apart (equal in every column field a rule reads; the others, such
+    as recompute, no rule reads) are checked once: (the grid with one column per class, each
+    column's class, the columns per class, each class's first column)."""
+    n_c = grid.shape[1]
+    names = [f for f in COL_FIELDS if f in fields]
+    if not n_c:
+        return grid, np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp), np.zeros(
+            0, dtype=np.intp)
+    if names:
+        of_col, k = group_codes([_field_codes(grid.cols[f]) for f in names])
+    else:  # no rule reads a column field: one class
+        of_col, k = np.zeros(n_c, dtype=np.intp), 1
+    first = np.full(k, n_c, dtype=np.intp)
+    np.minimum.at(first, of_col, np.arange(n_c, dtype=np.intp))
+    cols = {f: v[first] for f, v in grid.cols.items()}
+    return Grid(rows=grid.rows, cols=cols, const=grid.const), of_col, np.bincount(
+        of_col, minlength=k), first
 
 
 def prune_grid(spec: TransformerSpec, cluster: Cluster, grid: Grid, rs: list[Rule],
                kinds: list[str], counts: dict[str, int],
                examples: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:
     """(rows, cols) of the valid candidates, row-major; tallies the first failing rule of every
-    pruned candidate into `counts` and one message per rule into `examples`."""
+    pruned candidate into `counts` and one message per rule into `examples`. The rules run on
+    column classes (_column_classes); `ok` marks the (alive row, class) pairs no rule has
+    failed yet, and every alive row keeps one at least."""
     n_r, n_c = grid.shape
+    red, of_col, mult, first_col = _column_classes(
+        grid, getattr(kinds, "col_fields", COL_FIELDS))
+    k = red.shape[1]
     alive = np.arange(n_r)                   # rows with a valid candidate left
-    bad = np.zeros((n_r, n_c), dtype=bool)   # per alive row
+    ok = np.ones((n_r, k), dtype=bool)       # per alive row
     rows_P = grid.cells(np.arange(n_r), np.zeros(n_r, dtype=np.int64))
-    cols_P = grid.cells(np.zeros(n_c, dtype=np.int64), np.arange(n_c))
+    cols_P = red.cells(np.zeros(k, dtype=np.int64), np.arange(k))
+    cells = None
     for (key, summary, fn, message), kind in zip(rs, kinds):
-        if not len(alive):
+        if not len(alive) or not k:
             break
         if kind == "row":
-            m = _flags(fn(spec, cluster, rows_P), n_r)[alive][:, None]
+            hit = _flags(fn(spec, cluster, rows_P), n_r)[alive]
+            if not hit.any():
+                continue
+            first = ok & hit[:, None]
         elif kind == "col":
-            m = _flags(fn(spec, cluster, cols_P), n_c)[None, :]
+            m = _flags(fn(spec, cluster, cols_P), k)
+            if not m.any():
+                continue
+            first = ok & m[None, :]
         else:
-            m = np.broadcast_to(np.asarray(fn(spec, cluster, _Cells(grid, alive)), dtype=bool),
-                                (len(alive), n_c))
-        first = m & ~bad
-        n = int(first.sum())
-        if n:
-            counts[summary] = counts.get(summary, 0) + n
-            if summary not in examples:
-                i, j = np.unravel_index(int(np.argmax(first)), first.shape)
-                one = grid.cells(alive[i:i + 1], np.array([j]))
-                examples[summary] = message(spec, cluster, one, 0)
-            bad = bad | m
-            live = ~bad.all(axis=1)
-            if not live.all():
-                alive, bad = alive[live], bad[live]
-    r, c = np.nonzero(~bad)
+            if cells is None:
+                cells = _Cells(red, alive)
+            m = np.broadcast_to(np.asarray(fn(spec, cluster, cells), dtype=bool),
+                                (len(alive), k))
+            first = m & ok
+        per_class = np.count_nonzero(first, axis=0)
+        n = int(per_class @ mult)
+        if not n:
+            continue
+        counts[summary] = counts.get(summary, 0) + n
+        if summary not in examples:  # the first in row-major order of the whole block
+            i = int(np.argmax(first.any(axis=1)))
+            j = int(first_col[first[i]].min())
+            examples[summary] = message(spec, cluster, grid.cells(alive[i:i + 1],
+                                                                  np.array([j])), 0)
+        ok &= ~first
+        live = ok.any(axis=1)
+        if not live.all():
+            alive, ok, cells = alive[live], ok[live], None
+    if not k:
+        return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp)
+    same = k == n_c and np.array_equal(of_col, np.arange(n_c))  # classes are the columns
+    r, c = np.nonzero(ok if same else ok[:, of_col])
     return alive[r], c
 
 

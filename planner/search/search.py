@@ -11,13 +11,16 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from planner.cost.layout import topology_for
 from planner.hardware import Cluster
 from planner.plan import Plan
 from planner.plan_arrays import PlanArrays
+from planner.search import shared
+from planner.search.indexed import SpacePlans
 from planner.search.prune import REDUNDANT  # noqa: F401  (re-exported: its old home)
 from planner.search.prune import Grid, Rule, prune_grid, rules, sides
 from planner.search.space import Space
-from planner.search.steps import STEP_KEYS, peaks, step_figures
+from planner.search.steps import STEP_KEYS, peaks, sort_order, step_figures
 from planner.topology import Topology
 from planner.transformer import TransformerSpec
 
@@ -96,32 +99,50 @@ def _front_of_sorted(peak: np.ndarray) -> np.ndarray:
     return np.flatnonzero(keep)
 
 
-def _evaluate_block(spec: TransformerSpec, cluster: Cluster, topo: Topology, grid: Grid,
-                    checks: tuple[list[Rule], list[str]]) -> tuple:
-    """One block of candidates: (pruned counts, examples, valid count, kept plans or None,
-    their figures or None)."""
+def _valid(spec: TransformerSpec, cluster: Cluster, grid: Grid,
+           checks: tuple[list[Rule], list[str]]) -> tuple:
+    """A block's GPU-independent part (planner/search/shared.py): (pruned counts, examples,
+    rows and columns of the valid candidates, their peak memory or None)."""
     counts: dict[str, int] = {}
     examples: dict[str, str] = {}
     r, c = prune_grid(spec, cluster, grid, *checks, counts, examples)
+    # Memory first (cheap); step time only for plans that fit.
+    peak = peaks(spec, cluster, grid.cells(r, c)) if len(r) else None
+    return counts, examples, r, c, peak
+
+
+def _evaluate_block(spec: TransformerSpec, cluster: Cluster, topo: Topology, grid: Grid,
+                    valid: tuple, presort: bool) -> tuple:
+    """One block of candidates: (pruned counts, examples, valid count, the kept plans as
+    (grid rows, grid columns) or None, their figures or None). Indices, not plans, go back to
+    the merge: a fraction of the bytes to copy between processes. `valid`: _valid's. With
+    `presort` (blocks shared among processes) the kept plans come in the merge's order."""
+    counts, examples, r, c, peak = valid
+    counts, examples = dict(counts), dict(examples)
     if not len(r):
         return counts, examples, 0, None, None
-    V = grid.cells(r, c)
-    # Memory first (cheap); step time only for plans that fit.
-    peak = peaks(spec, cluster, V)
     fits = peak <= cluster.gpu.memory_bytes
     # Of the plans that do not fit only the smallest few are kept (for "the smallest needs
     # ..."); copying millions of them is most of a large search's time.
     spare = np.flatnonzero(~fits)
     spare = spare[np.argsort(peak[spare], kind="stable")[:KEEP_NOT_FITTING]]
     sel = np.concatenate([np.flatnonzero(fits), spare])
-    r = {"step_time_s": np.full(len(sel), np.inf), "memory.peak_bytes": peak[sel],
-         "fits": fits[sel], "mfu": np.zeros(len(sel)), "tokens_per_s": np.zeros(len(sel))}
+    figs = {"step_time_s": np.full(len(sel), np.inf), "memory.peak_bytes": peak[sel],
+            "fits": fits[sel], "mfu": np.zeros(len(sel)), "tokens_per_s": np.zeros(len(sel))}
     n_fit = int(fits.sum())
     if n_fit:
-        ev = step_figures(spec, cluster, topo, V.take(fits))
+        ev = step_figures(spec, cluster, topo, grid.cells(r[fits], c[fits]))
         for k in STEP_KEYS:
-            r[k][:n_fit] = ev[k]
-    return counts, examples, len(V), V.take(sel), r
+            figs[k][:n_fit] = ev[k]
+    n_valid, r, c = len(r), r[sel], c[sel]
+    if presort:  # a stable sort of the block's part: the merge then sorts runs, in less time
+        o = sort_order(figs["step_time_s"], figs["memory.peak_bytes"], figs["fits"])
+        r, c, figs = r[o], c[o], {k: v[o] for k, v in figs.items()}
+    return counts, examples, n_valid, (r.astype(np.int32), c.astype(np.int32)), figs
+
+
+def _layouts_per_block(space: Space, block_candidates: int) -> int:
+    return max(1, block_candidates // space.per_layout)
 
 
 def _blocks(spec: TransformerSpec, cluster: Cluster, global_batch_size: int, precision: str,
@@ -130,16 +151,21 @@ def _blocks(spec: TransformerSpec, cluster: Cluster, global_batch_size: int, pre
     of the space."""
     space = Space.build(cluster.num_gpus, spec.num_layers, global_batch_size, precision,
                         spec.moe)
-    topo = Topology(cluster)
-    per_block = max(1, block_candidates // space.per_layout)
+    topo = topology_for(cluster)
+    key = shared.space_key(spec, cluster, global_batch_size, precision, block_candidates)
     checks = None
-    for b, grid in enumerate(space.grids(global_batch_size, per_block)):
+    for b, grid in enumerate(space.grids(global_batch_size,
+                                         _layouts_per_block(space, block_candidates))):
         if b % parts == part:
-            if checks is None:  # which side of the grid each rule reads, once per search
-                rs = rules(cluster)
-                checks = (rs, sides(spec, cluster, grid, rs))
+            valid = shared.get(key, b)
+            if valid is None:
+                if checks is None:  # which side of the grid each rule reads, once per search
+                    rs = rules(cluster)
+                    checks = (rs, sides(spec, cluster, grid, rs))
+                valid = _valid(spec, cluster, grid, checks)
+                shared.put(key, b, valid)
             yield b, grid.shape[0] * grid.shape[1], _evaluate_block(spec, cluster, topo, grid,
-                                                                    checks)
+                                                                    valid, parts > 1)
 
 
 def _worker(*args) -> list[tuple]:
@@ -158,30 +184,30 @@ def search(spec: TransformerSpec, cluster: Cluster, global_batch_size: int,
                         spec.moe)
     args = (spec, cluster, global_batch_size, precision, block_candidates)
     blocks = _run(args, space.size, workers, progress)
+    per_block = _layouts_per_block(space, block_candidates)
     counts: dict[str, int] = {}
     examples: dict[str, str] = {}
-    kept: list[PlanArrays] = []
+    layout: list[np.ndarray] = []
+    col: list[np.ndarray] = []
     cols: dict[str, list[np.ndarray]] = {k: [] for k in
                                           ("step_time_s", "memory.peak_bytes", "fits", "mfu",
                                            "tokens_per_s")}
     valid = 0
-    for _, _, (c, e, v, V, r) in blocks:  # block order: the serial search's counts, examples
+    for b, _, (c, e, v, kept, r) in blocks:  # block order: the serial search's counts, examples
         for k, n in c.items():
             counts[k] = counts.get(k, 0) + n
         for k, msg in e.items():
             examples.setdefault(k, msg)
         valid += v
-        if V is not None:
-            kept.append(V)
+        if kept is not None:
+            layout.append(kept[0] + np.int64(b * per_block))  # the block's rows in `layouts`
+            col.append(kept[1])
             for k in cols:
                 cols[k].append(np.asarray(r[k]))
-    if kept:
-        P = PlanArrays(**{f: np.concatenate([getattr(k, f) for k in kept])
-                          for f in PlanArrays.__dataclass_fields__})
-        figs = {k: np.concatenate(v) for k, v in cols.items()}
-    else:
-        P, figs = _empty(), {k: np.zeros(0) for k in cols}
-    res = _rank(space.size, counts, examples, P, figs, valid)
+    cat = lambda a, dtype: np.concatenate(a) if a else np.zeros(0, dtype=dtype)  # noqa: E731
+    figs = {k: cat(v, bool if k == "fits" else float) for k, v in cols.items()}
+    res = _rank(space, global_batch_size, counts, examples, cat(layout, np.int64),
+                cat(col, np.int64), figs, valid)
     res.seconds = time.perf_counter() - t0
     return res
 
@@ -211,17 +237,20 @@ def _run(args: tuple, size: int, workers: int,
     return blocks
 
 
-def _rank(total: int, counts: dict[str, int], examples: dict[str, str], P: PlanArrays,
-          c: dict[str, np.ndarray], valid: int) -> SearchResult:
-    """Sort the kept plans: fitting by step time, then memory; the rest by memory."""
+def _rank(space: Space, global_batch: int, counts: dict[str, int], examples: dict[str, str],
+          layout: np.ndarray, col: np.ndarray, c: dict[str, np.ndarray],
+          valid: int) -> SearchResult:
+    """Sort the kept plans (`layout`, `col`: indices into the space's layouts and columns):
+    fitting by step time, then memory; the rest by memory. The plans are built once, in the
+    final order."""
     step, peak, fits = c["step_time_s"], c["memory.peak_bytes"], c["fits"].astype(bool)
-    order = np.lexsort((peak, step, ~fits))
+    order = sort_order(step, peak, fits)  # np.lexsort((peak, step, ~fits))
     fitting = int(fits.sum())
     if valid - fitting:
         counts[NO_FIT] = valid - fitting
     res = SearchResult(
-        candidates=total, pruned=counts, examples=examples, valid=valid, fitting=fitting,
-        plans=P.take(order), step_time_s=step[order],
+        candidates=space.size, pruned=counts, examples=examples, valid=valid, fitting=fitting,
+        plans=SpacePlans(space, global_batch, layout[order], col[order]), step_time_s=step[order],
         peak_bytes=peak[order], fits=fits[order], mfu=c["mfu"][order],
         tokens_per_s=c["tokens_per_s"][order])
     if fitting:
@@ -229,9 +258,3 @@ def _rank(total: int, counts: dict[str, int], examples: dict[str, str], P: PlanA
         # the order pareto_front's stable sort would give: only its scan is left to do.
         res.pareto = _front_of_sorted(res.peak_bytes[:fitting])
     return res
-
-
-def _empty() -> PlanArrays:
-    z = np.zeros(0, dtype=np.int64)
-    return PlanArrays(dp=z, tp=z, pp=z, cp=z, mbs=z, gbs=z, vpp=z, schedule=z, zero=z,
-                      recompute=z, sp=z.astype(bool), precision=z, order=z)

@@ -21,7 +21,7 @@ The rank order stays the default (`tp-cp-dp-pp`); precision is the user's choice
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Iterator
 
 import numpy as np
@@ -85,6 +85,9 @@ def _expert_splits(tp: int, stage_ranks: int, moe) -> list[tuple[int, int]]:
     return out
 
 
+LAYOUT_COLUMNS = ("tp", "cp", "dp", "pp", "ep", "etp")  # the columns of Space.layouts
+
+
 @dataclass(frozen=True)
 class Space:
     """Domains of the searched fields."""
@@ -119,9 +122,9 @@ class Space:
         """Total candidates."""
         return len(self.layouts) * self.per_layout
 
-    def grids(self, global_batch: int, layouts_per_block: int) -> Iterator[Grid]:
-        """Consecutive blocks of layouts, each as a Grid (layouts x the other settings), which
-        validity pruning reads factored (planner/search/prune.py)."""
+    def columns(self, global_batch: int) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+        """(the settings other than the layout, one entry per column of every grid; the fields
+        one value for the whole search)."""
         sched, vpp = self.schedules
         grid = np.meshgrid(self.mbs, np.arange(len(sched)), np.arange(4),
                            np.arange(len(RECOMPUTE)), np.array([False, True]), indexing="ij")
@@ -131,10 +134,35 @@ class Space:
         const = {"gbs": global_batch, "precision": PRECISIONS.index(self.precision),
                  "order": ORDERS.index(self.order), "grad_sync": 0, "ps_servers": 0,
                  "ps_placement": 0}  # ring gradient sync, as PlanArrays' defaults
+        return cols, const
+
+    def grids(self, global_batch: int, layouts_per_block: int) -> Iterator[Grid]:
+        """Consecutive blocks of layouts, each as a Grid (layouts x the other settings), which
+        validity pruning reads factored (planner/search/prune.py)."""
+        cols, const = self.columns(global_batch)
         for start in range(0, len(self.layouts), layouts_per_block):
-            lay = self.layouts[start:start + layouts_per_block]
-            rows = {k: lay[:, i] for i, k in enumerate(("tp", "cp", "dp", "pp", "ep", "etp"))}
-            yield Grid(rows=rows, cols=cols, const=const)
+            yield Grid(rows=self._rows(slice(start, start + layouts_per_block)), cols=cols,
+                       const=const)
+
+    def _rows(self, idx: slice) -> dict[str, np.ndarray]:
+        lay = self.layouts[idx]
+        return {k: lay[:, i] for i, k in enumerate(LAYOUT_COLUMNS)}
+
+    def field(self, global_batch: int, name: str, layout: np.ndarray,
+              col: np.ndarray) -> np.ndarray:
+        """Field `name` of candidates (layout[i], col[i]) (indices into `layouts` and the
+        grids' columns), as Grid.cells builds it: the same values and dtype."""
+        if name in LAYOUT_COLUMNS:
+            return self.layouts[:, LAYOUT_COLUMNS.index(name)][layout]
+        cols, const = self.columns(global_batch)
+        if name in cols:
+            return cols[name][col]
+        return np.full(len(layout), const[name], dtype=bool if name == "sp" else np.int64)
+
+    def cells(self, global_batch: int, layout: np.ndarray, col: np.ndarray) -> PlanArrays:
+        """Candidates (layout[i], col[i]) as PlanArrays (see `field`)."""
+        return PlanArrays(**{f.name: self.field(global_batch, f.name, layout, col)
+                             for f in fields(PlanArrays)})
 
     def blocks(self, global_batch: int, layouts_per_block: int) -> Iterator[tuple[int, PlanArrays]]:
         """(layouts in block, candidates as PlanArrays) for consecutive blocks of layouts."""
