@@ -54,11 +54,17 @@ CHECKS: tuple[Check, ...] = (
           lambda s, c, P: s.ffn_hidden_size % P.tp != 0,
           lambda s, c, P, i: (f"ffn_hidden_size {s.ffn_hidden_size} is not divisible by "
                               f"tp={_i(P.tp, i)}")),
-    Check("layers_pp", "fewer layers than pipeline chunks",
-          lambda s, c, P: s.num_layers < P.pp * P.vpp,
+    # The first and last chunks may hold only the embedding and only the head (Megatron-LM's
+    # --account-for-embedding-in-pipeline-split / --account-for-loss-in-pipeline-split, or a
+    # --pipeline-model-parallel-layout of "E|...|L"): planner.stages.layer_split leaves them
+    # empty first, so num_layers >= pp * v - 2 is what every inner chunk needs.
+    Check("layers_pp", "fewer layers than inner pipeline chunks",
+          lambda s, c, P: s.num_layers < P.pp * P.vpp - 2,
           lambda s, c, P, i: (f"num_layers {s.num_layers} is less than pp*"
-                              f"virtual_pipeline_stages = {_i(P.pp, i)}*{_i(P.vpp, i)} = "
-                              f"{_i(P.pp * P.vpp, i)} (every chunk needs a block)")),
+                              f"virtual_pipeline_stages - 2 = {_i(P.pp, i)}*{_i(P.vpp, i)} - 2 = "
+                              f"{_i(P.pp * P.vpp - 2, i)} (every chunk but the first and the "
+                              "last, which may hold only the embedding and the head, needs a "
+                              "block)")),
     Check("batch", "global batch not divisible by dp*micro-batch",
           lambda s, c, P: P.gbs % (P.dp * P.mbs) != 0,
           lambda s, c, P, i: (f"global_batch_size {_i(P.gbs, i)} is not divisible by "

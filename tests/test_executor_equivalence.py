@@ -47,7 +47,11 @@ def _extra(world: int) -> list[tuple[str, str, dict]]:
             ("gpt-tp2-sp-tied", "tiny-gpt", {"dp": 1, "tp": 2, "pp": 1,
                                             "sequence_parallel": True, **base}),
             ("gpt-cp2-zero3", "tiny-gpt", {"dp": 1, "tp": 1, "pp": 1, "cp": 2, "zero_stage": 3,
-                                          **base})]
+                                          **base}),
+            # 4 blocks over pp 2 x v 3 = 6 chunks: the first holds only the embedding, the
+            # last only the head (Megatron's account-for-embedding / -loss split).
+            ("pp2-v3-empty-ends", "tiny", {"dp": 1, "tp": 1, "pp": 2, "virtual_pipeline_stages": 3,
+                                           "schedule": "interleaved_1f1b", **base})]
     return [("tp2-pp2-full-interleaved", "tiny", {
         "dp": 1, "tp": 2, "pp": 2, "schedule": "interleaved_1f1b", "virtual_pipeline_stages": 2,
         "recompute": "full", **base}),

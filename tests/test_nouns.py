@@ -234,7 +234,7 @@ def test_plan_problems_name_every_reason(gpt3_175b, selene_1024):
     assert plan_problems(sp1, gpt3_175b, selene_1024) == [
         "sequence_parallel needs tp >= 2 (it shards activations over tp)"]
     too_deep = Plan(dp=1, tp=1, pp=1024, micro_batch_size=1, global_batch_size=1024)
-    assert any("num_layers 96 is less than pp*virtual_pipeline_stages = 1024*1" in p
+    assert any("num_layers 96 is less than pp*virtual_pipeline_stages - 2 = 1024*1 - 2" in p
                for p in plan_problems(too_deep, gpt3_175b, selene_1024))
     uneven = Plan(dp=1, tp=8, pp=7, micro_batch_size=1, global_batch_size=1536)  # 96 over 7
     assert not any("num_layers" in p for p in plan_problems(uneven, gpt3_175b, selene_1024))

@@ -18,16 +18,18 @@ from planner.plan_arrays import PlanArrays
 from planner.stages import (heaviest_middle, holds_embedding, holds_head, layer_split,
                             pipeline_rank, rank_layer_ids, rank_layers)
 from planner.topology import rank_groups
+from planner.validity import plan_problems
 from planner.transformer import TransformerSpec, load_transformer
 
 
 def test_closed_form_matches_enumeration():
     """rank_layers (vectorized, used by the cost model) == len(rank_layer_ids) (used by the
-    executor) for every split of up to 40 blocks over up to 8 ranks x 4 virtual stages."""
+    executor) for every split of up to 40 blocks over up to 8 ranks x 4 virtual stages, the
+    first and last chunks empty too (pp * v up to layers + 2)."""
     for layers in range(1, 41):
         for pp in range(1, 9):
             for vpp in range(1, 5):
-                if pp * vpp > layers:
+                if pp * vpp > layers + 2:
                     continue
                 counts = rank_layers(layers, np.full(pp, pp), np.full(pp, vpp), np.arange(pp))
                 ids = [rank_layer_ids(layers, pp, vpp, r) for r in range(pp)]
@@ -42,7 +44,24 @@ def test_layer_split_gives_extra_blocks_to_inner_chunks():
     assert sizes[0] == sizes[-1] == 7 and sizes[1:-1] == [8] * 14
 
 
-@pytest.mark.parametrize("pp,vpp,layers", [(2, 1, 5), (3, 1, 7), (2, 2, 7), (4, 1, 6)])
+def test_two_chunks_more_than_blocks_leave_only_the_ends_empty():
+    """Qwen3-235B's 94 blocks over pp 32 x v 3 = 96 chunks (Megatron-MoE-ModelZoo, with
+    --account-for-embedding-in-pipeline-split and --account-for-loss-in-pipeline-split): the
+    first chunk holds only the embedding, the last only the head, every other one block; one
+    chunk fewer than that is no plan."""
+    sizes = layer_split(94, 96)
+    assert sizes[0] == sizes[-1] == 0 and sizes[1:-1] == [1] * 94
+    spec = load_transformer("qwen3-235b-a22b")
+    cluster = load_cluster("dgx_h100", 32)
+    ok = Plan(dp=4, tp=2, pp=32, micro_batch_size=1, global_batch_size=2048,
+              virtual_pipeline_stages=3, schedule="interleaved_1f1b", ep=8)
+    assert not plan_problems(ok, spec, cluster)
+    bad = Plan(**{**ok.to_json_dict(), "virtual_pipeline_stages": 4})  # 128 chunks
+    assert [p for p in plan_problems(bad, spec, cluster) if "needs a block" in p]
+
+
+@pytest.mark.parametrize("pp,vpp,layers", [(2, 1, 5), (3, 1, 7), (2, 2, 7), (4, 1, 6),
+                                             (2, 3, 4), (3, 2, 5)])
 def test_executor_stage_modules_hold_what_the_planner_counts(pp, vpp, layers):
     """Cut the executor's model into this plan's stages: each pipeline rank's modules hold exactly
     the blocks planner.stages assigns it, the embedding only on rank 0 and the head only on

@@ -47,12 +47,13 @@ def batch_sequences(batch_tokens: float, seq_len: int) -> int:
 
 
 def max_virtual(num_layers: int) -> int:
-    """Most virtual stages (model chunks per rank) a plan can have. Megatron-LM derives them as
-    (num_layers // pipeline_model_parallel_size) // num_layers_per_virtual_pipeline_stage
-    (megatron/training/arguments.py, validate_args), so every chunk holds at least one layer:
-    v <= num_layers / pp. Interleaving needs pp >= 2, hence v <= num_layers // 2. (Per-plan,
-    planner.validity rejects pp * v > num_layers.)"""
-    return max(1, num_layers // 2)
+    """Most virtual stages (model chunks per rank) a plan can have. Every chunk but the first
+    and the last holds at least one layer; those two may hold only the embedding and the head
+    (Megatron-LM's --account-for-embedding-in-pipeline-split and
+    --account-for-loss-in-pipeline-split; megatron/training/arguments.py): pp * v <= num_layers
+    + 2. Interleaving needs pp >= 2, hence v <= (num_layers + 2) // 2. (Per-plan,
+    planner.validity rejects pp * v > num_layers + 2.)"""
+    return max(1, (num_layers + 2) // 2)
 
 
 def divisors(n: int) -> list[int]:
