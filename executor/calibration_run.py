@@ -37,7 +37,7 @@ def with_fit(profile: dict, k: float, slowdown: float, gpus: int | None = None) 
 
 def overhead_probes(world: int) -> list[tuple[str, Plan]]:
     """One probe plan per framework overhead, fitted in this order (each probe's other costs
-    are already fitted when its own is)."""
+    are already fitted when its own is; the JOINT ones together)."""
     half = world // 2
 
     def plan(**kw) -> Plan:
@@ -49,41 +49,81 @@ def overhead_probes(world: int) -> list[tuple[str, Plan]]:
     return [("dp_step_overhead_s", plan()),
             ("recompute_block_overhead_s", plan(recompute="full")),
             ("fsdp_unit_overhead_s", plan(zero_stage=3)),
+            ("fsdp_unit_step_overhead_s", plan(zero_stage=2)),
             ("tp_block_overhead_s", plan(dp=half, tp=2)),
             ("sp_block_overhead_s", plan(dp=half, tp=2, sequence_parallel=True)),
             ("pp_microbatch_overhead_s", plan(dp=half, pp=2, m=4)),
             ("cp_block_overhead_s", plan(dp=half, cp=2))]
 
 
+# Overheads fitted together on their probes: at 2 micro-batches the ZeRO-3 probe makes 4
+# FSDP calls per unit per step (3 gathers, 1 reduce-scatter) and the ZeRO-2 probe 2, and both
+# one sharded update per unit (planner/cost/zero.py), so neither probe alone tells the per-call
+# cost from the per-step one.
+JOINT = (("fsdp_unit_overhead_s", "fsdp_unit_step_overhead_s"),)
+
+
+def _set(profile: dict, key: str, value: float, plan: Plan) -> None:
+    profile["stack"][key] = value
+    src = profile["stack"]["sources"]
+    src[key] = src["optimizer_tensor_overhead_s"] + \
+        f"; fitted to the probe plan {plan.model_dump_json()}"
+
+
+def _predictor(profile: dict, keys: tuple[str, ...], plans: list[Plan]
+               ) -> Callable[[list[float]], list[float]]:
+    def predict_all(x: list[float]) -> list[float]:
+        trial = json.loads(json.dumps(profile))
+        trial["stack"].update(dict(zip(keys, x)))
+        cl = validate_as(Cluster, trial, "calibrated profile")
+        return [predict(PROBE, cl, p)["step_time_s"] for p in plans]
+    return predict_all
+
+
+def _fit(profile: dict, keys: tuple[str, ...], plans: list[Plan],
+         measured: list[float]) -> list[float]:
+    """The overheads `keys` that make the model match their probes (linear in them, so one
+    least-squares step is exact); one that would be negative is 0 and the others are refit
+    alone on their own probes."""
+    values = fit_linear(_predictor(profile, keys, plans), [0.0] * len(keys), measured,
+                        [1e-3] * len(keys))
+    if len(keys) > 1 and 0.0 in values:
+        free = [i for i, v in enumerate(values) if v > 0.0]
+        base = {k: 0.0 for k in keys}
+        trial = json.loads(json.dumps(profile))
+        trial["stack"].update(base)
+        for i in free:
+            values[i] = _fit(trial, (keys[i],), [plans[i]], [measured[i]])[0]
+            trial["stack"][keys[i]] = values[i]
+    return values
+
+
 def fit_overheads(profile: dict, world: int, threads: int, rounds: int = ROUNDS) -> list[dict]:
     """Run the probe plans with the executor in `rounds` rounds (each its own launch, every
     probe once per round, as validate-local measures plans) and set each overhead so the cost
-    model matches its probe's median over rounds (linear in the overhead); returns the raw
-    probe measurements."""
+    model matches its probe's median over rounds (linear in the overhead; the JOINT ones
+    together); returns the raw probe measurements."""
     probes = overhead_probes(world)
     per_round = []
     for _ in range(rounds):
         res = run_plans(world, [(k, PROBE, p) for k, p in probes],
                         TrainConfig(steps=7, warmup=2), threads=threads)
         per_round.append({k: statistics.median(r["step_times_s"][2:]) for k, r in res.items()})
+    plan_of = dict(probes)
     out = []
-    for key, plan in probes:
-        rounds_s = [r[key] for r in per_round]
-        measured = statistics.median(rounds_s)
-
-        def predict_one(x: list[float]) -> list[float]:
-            trial = json.loads(json.dumps(profile))
-            trial["stack"][key] = x[0]
-            cl = validate_as(Cluster, trial, "calibrated profile")
-            return [predict(PROBE, cl, plan)["step_time_s"]]
-        value = fit_linear(predict_one, [0.0], [measured], [1e-3])[0]
-        profile["stack"][key] = value
-        src = profile["stack"]["sources"]
-        src[key] = src["optimizer_tensor_overhead_s"] + \
-            f"; fitted to the probe plan {plan.model_dump_json()}"
-        out.append({"overhead": key, "plan": plan.to_json_dict(), "measured_s": measured,
-                    "rounds_s": rounds_s, "fitted_s": value,
-                    "predicted_s": predict_one([value])[0]})
+    for key, _ in probes:
+        if any(key in group[1:] for group in JOINT):
+            continue  # fitted with the first of its group
+        keys = next((g for g in JOINT if g[0] == key), (key,))
+        plans = [plan_of[k] for k in keys]
+        measured = [statistics.median(r[k] for r in per_round) for k in keys]
+        for k, v, p in zip(keys, _fit(profile, keys, plans, measured), plans):
+            _set(profile, k, v, p)
+        predicted = _predictor(profile, (), plans)([])
+        out += [{"overhead": k, "plan": p.to_json_dict(), "measured_s": m,
+                 "rounds_s": [r[k] for r in per_round], "fitted_s": profile["stack"][k],
+                 "predicted_s": got}
+                for k, p, m, got in zip(keys, plans, measured, predicted)]
     return out
 
 

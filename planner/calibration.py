@@ -151,7 +151,8 @@ def stack_dict(name: str, optimizer_tensor_overhead_s: float, how: str) -> dict[
     fitted_later = {"elementwise_traffic": 1.0, "dp_step_overhead_s": 0.0,
                     "fsdp_unit_overhead_s": 0.0, "tp_block_overhead_s": 0.0,
                     "sp_block_overhead_s": 0.0, "pp_microbatch_overhead_s": 0.0,
-                    "cp_block_overhead_s": 0.0, "recompute_block_overhead_s": 0.0}
+                    "cp_block_overhead_s": 0.0, "recompute_block_overhead_s": 0.0,
+                    "fsdp_unit_step_overhead_s": 0.0}
     sources.update({k: how + "; fitted to probe steps" for k in fitted_later})
     return {"name": f"{name}-stack", "description": "paraplan's executor (PyTorch, gloo) on "
             "this machine, as calibrated", **fields, **fitted_later,

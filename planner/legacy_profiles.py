@@ -15,6 +15,7 @@ _LEGACY_DEFAULTS = {"tp_comm_overlap": False, "param_gather_overlap": False,
                     "tp_block_overhead_s": 0.0, "sp_block_overhead_s": 0.0,
                     "pp_microbatch_overhead_s": 0.0, "optimizer_tensor_overhead_s": 0.0,
                     "cp_block_overhead_s": 0.0, "recompute_block_overhead_s": 0.0,
+                    "fsdp_unit_step_overhead_s": 0.0,
                     "grad_overlap": True, "pool_nics": True, "zero_impl": "fsdp2"}
 
 

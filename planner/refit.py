@@ -65,6 +65,7 @@ FIELDS: tuple[Field, ...] = (
     Field("stack.optimizer_tensor_overhead_s"),
     Field("stack.dp_step_overhead_s"),
     Field("stack.fsdp_unit_overhead_s"),
+    Field("stack.fsdp_unit_step_overhead_s"),
     Field("stack.tp_block_overhead_s"),
     Field("stack.sp_block_overhead_s"),
     Field("stack.pp_microbatch_overhead_s"),

@@ -90,6 +90,11 @@ class Stack(FrozenModel):
     fsdp_unit_overhead_s: float = Field(ge=0)
     """Framework time per FSDP unit per gather or reduce-scatter beyond the collective (copy-in
     and copy-out, hooks); calibrated on CPU."""
+    fsdp_unit_step_overhead_s: float = Field(default=0.0, ge=0)
+    """Framework time per FSDP unit per step, however often the unit gathers: the update and
+    the gradient norm of its sharded (DTensor) parameters, paid by ZeRO-1/2 as by ZeRO-3;
+    calibrated on CPU (a ZeRO-2 probe beside the ZeRO-3 one tells it from the per-call
+    cost), 0 on GPU stacks (not modelled there)."""
     tp_block_overhead_s: float = Field(ge=0)
     """Framework time per tensor-parallel block per micro-batch (DTensor dispatch) beyond its
     kernels and collectives; calibrated on CPU."""

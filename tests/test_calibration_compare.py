@@ -199,7 +199,8 @@ def test_quick_calibration_reproduces_what_it_measured(tmp_path):
     else:  # a number at its bound: even there the model predicts a probe slower than measured
         assert any(p > m for p, m in zip(predicted, measured)), (predicted, measured)
     assert [p["overhead"] for p in raw["overhead_probes"]] == [
-        "dp_step_overhead_s", "recompute_block_overhead_s", "fsdp_unit_overhead_s", "tp_block_overhead_s",
+        "dp_step_overhead_s", "recompute_block_overhead_s", "fsdp_unit_overhead_s",
+        "fsdp_unit_step_overhead_s", "tp_block_overhead_s",
         "sp_block_overhead_s", "pp_microbatch_overhead_s", "cp_block_overhead_s"]
     assert raw["rounds"] == 1 and all(len(p["rounds_s"]) == 1 for p in raw["overhead_probes"])
     for p in raw["overhead_probes"]:

@@ -141,3 +141,20 @@ def test_recompute_block_overhead_adds_to_recomputing_plans_only():
             pytest.approx(blocks_x_mb * 1e-3, rel=1e-6)
     plain = dict(nodes=1, dp=8, global_batch_size=8)
     assert _predict(slow, **plain)["step_time_s"] == _predict(stack, **plain)["step_time_s"]
+
+
+def test_fsdp_unit_step_overhead_is_paid_once_per_unit_per_step():
+    """The calibrated per-step framework time of an FSDP unit (stack fsdp_unit_step_overhead_s,
+    fitted by `paraplan calibrate` on a ZeRO-2 probe beside the ZeRO-3 one: the sharded update
+    of its parameters) is paid once per unit (32 blocks and the root) per step by every ZeRO
+    stage, whatever the micro-batch count, and by no plan without ZeRO."""
+    stack = load_stack("torchtitan")
+    slow = stack.model_copy(update={"fsdp_unit_step_overhead_s": 1e-3})
+    for zero in (1, 2, 3):
+        for m in (1, 4):
+            plan = dict(nodes=1, dp=8, global_batch_size=8 * m, zero_stage=zero)
+            assert _predict(slow, **plan)["breakdown"]["dp_comm_s"] - \
+                _predict(stack, **plan)["breakdown"]["dp_comm_s"] == \
+                pytest.approx(33 * 1e-3, rel=1e-6), (zero, m)
+    plain = dict(nodes=1, dp=8, global_batch_size=8)
+    assert _predict(slow, **plain)["step_time_s"] == _predict(stack, **plain)["step_time_s"]

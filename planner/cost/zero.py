@@ -60,7 +60,9 @@ def fsdp2_exposed(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Sh
     ag_root, rs_root = u["ag_root"], u["rs_root"]
     gathers = np.where(P.zero >= 3, 1 + P.micro_batches, 1)  # per block per step
     calls = gathers * (layers + 1) + layers + 1
-    framework = calls * cluster.stack.fsdp_unit_overhead_s  # calibrated; 0 on GPU presets
+    # Calibrated; 0 on GPU presets: per call, and per unit once a step (its sharded update).
+    framework = (calls * cluster.stack.fsdp_unit_overhead_s
+                 + (layers + 1) * cluster.stack.fsdp_unit_step_overhead_s)
     if not cluster.stack.grad_overlap:
         return (gathers * (layers * ag_block + ag_root) + layers * rs_block + rs_root
                 + framework)
