@@ -211,22 +211,28 @@ def compare(runs: list[PublishedRun], adjust: Callable[[Cluster], Cluster] | Non
         if adjust:
             cluster = adjust(cluster)
         spec = run_transformer(run)
-        plan = run_plan(run, spec, cluster)
-        out.append(Comparison(run, predict(spec, cluster, plan), plan, cluster.gpu.name))
+        plan, prediction = planned(run, spec, cluster)
+        out.append(Comparison(run, prediction, plan, cluster.gpu.name))
     return out
+
+
+def planned(run: PublishedRun, spec: TransformerSpec, cluster: Cluster) -> tuple[Plan, dict]:
+    """The run's plan (see run_plan) and its prediction, each plan predicted once."""
+    if run.recompute_stated:
+        return run.plan, predict(spec, cluster, run.plan)
+    for mode in ("none", "selective", "full"):
+        plan = run.plan.model_copy(update={"recompute": mode})
+        prediction = predict(spec, cluster, plan)
+        if prediction["fits"]:
+            break
+    return plan, prediction
 
 
 def run_plan(run: PublishedRun, spec: TransformerSpec, cluster: Cluster) -> Plan:
     """The run's plan; where its source does not state the recompute, the lightest of none,
     selective and full under which the model's memory estimate fits the GPU (the published run
     did fit: a framework that runs out of memory reports no step time), else full."""
-    if run.recompute_stated:
-        return run.plan
-    for mode in ("none", "selective", "full"):
-        plan = run.plan.model_copy(update={"recompute": mode})
-        if predict(spec, cluster, plan)["fits"]:
-            return plan
-    return plan
+    return planned(run, spec, cluster)[0]
 
 
 def run_cluster(run: PublishedRun, stack: "str | Stack | None" = None) -> Cluster:
