@@ -10,6 +10,8 @@ section 2.2.1). Chunk 0, on rank 0, holds the embedding; the last chunk, on rank
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from planner.plan import Plan
@@ -90,6 +92,67 @@ def rank_moe_layers(spec, pp: np.ndarray, vpp: np.ndarray, pp_rank: np.ndarray) 
         size = base + ((c >= 1) & (c <= extra))
         out += np.where(k < vpp, upto(start + size) - upto(start), 0)
     return out.astype(float)
+
+
+@lru_cache(maxsize=4096)
+def _interleaved_states(num_layers: int, pp: int, vpp: int, pp_rank: int, m: int
+                        ) -> tuple[tuple[int, int, int], ...]:
+    """What a pipeline rank holds under the interleaved schedule, walked op by op: (blocks,
+    chunk-0 forwards, last-chunk forwards) in flight after each forward, the Pareto-maximal
+    ones (any peak in bytes is at one of them). 2 (pp - r - 1) + (v - 1) pp warm-up forwards,
+    then one forward and one backward in turn; forwards take the micro-batches in groups of pp
+    through local chunks 0, 1, ..., v - 1, backwards through v - 1, ..., 0 (Narayanan et al.
+    2021, section 2.2.1; Megatron-LM's and torch.distributed.pipelining's Interleaved1F1B).
+    Chunks differ in blocks when the split is uneven (lighter or empty end chunks), so the peak
+    need not come right after the warm-up; both sequences repeat every pp v ops, so one period
+    past the warm-up finds it."""
+    sizes = [len(chunk_layer_ids(num_layers, pp, vpp, pp_rank + j * pp)) for j in range(vpp)]
+    total = m * vpp
+    warm = min(total, 2 * (pp - pp_rank - 1) + (vpp - 1) * pp)
+    held = [0, 0, 0]
+
+    def add(j: int, sign: int) -> None:
+        held[0] += sign * sizes[j]
+        held[1] += sign * (j == 0)
+        held[2] += sign * (j == vpp - 1)
+    done_f = done_b = 0
+    for k in range(warm):
+        add((k // pp) % vpp, 1)
+        done_f += 1
+    states = {tuple(held)}
+    for _ in range(min(total - warm, pp * vpp + 1)):
+        if done_f < total:
+            add((done_f // pp) % vpp, 1)
+            done_f += 1
+        states.add(tuple(held))
+        add(vpp - 1 - (done_b // pp) % vpp, -1)
+        done_b += 1
+    return tuple(s for s in states
+                 if not any(o != s and all(a >= b for a, b in zip(o, s)) for o in states))
+
+
+def interleaved_peak_bytes(num_layers: int, pp: np.ndarray, vpp: np.ndarray,
+                           pp_rank: np.ndarray, micro_batches: np.ndarray, block: np.ndarray,
+                           first: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """Peak bytes a pipeline rank saves for backward under the interleaved schedule: `block`
+    per block and micro-batch in flight, `first` per in-flight forward of its first chunk (the
+    embedding's, on pipeline rank 0; else 0), `last` per one of its last chunk (the head's, on
+    the last rank; else 0), over arrays of plans; `_interleaved_states` walked once per
+    distinct (pp, v, rank, micro-batches)."""
+    cols = np.stack([np.asarray(a, dtype=np.int64) for a in np.broadcast_arrays(
+        np.asarray(pp), np.asarray(vpp), np.asarray(pp_rank), np.asarray(micro_batches))])
+    block, first, last = (np.broadcast_to(np.asarray(a, dtype=float), cols.shape[1:])
+                          for a in (block, first, last))
+    out = np.zeros(cols.shape[1])
+    if cols.shape[1] == 0:
+        return out
+    rows, inv = np.unique(cols, axis=1, return_inverse=True)
+    inv = inv.reshape(-1)
+    for u, key in enumerate(rows.T):
+        at = inv == u
+        for b, f, h in _interleaved_states(num_layers, *map(int, key)):
+            out[at] = np.maximum(out[at], b * block[at] + f * first[at] + h * last[at])
+    return out
 
 
 def holds_embedding(pp_rank: np.ndarray) -> np.ndarray:

@@ -46,10 +46,12 @@ def test_fsdp2_search_emits_one_of_zero_stages_1_and_2(monkeypatch):
 
 @pytest.mark.parametrize("layers", [3, 32, 96, 126])
 def test_virtual_stages_reach_megatrons_bound(layers):
-    """The v domain ends where Megatron-LM's does: each chunk needs a layer, pp >= 2, so
-    v <= layers // 2; the deepest such plan is valid and one deeper is not."""
+    """The v domain ends where Megatron-LM's does: each chunk but the first and the last
+    (which may hold only the embedding and the head: --account-for-embedding-in-pipeline-split,
+    --account-for-loss-in-pipeline-split) needs a layer, pp >= 2, so v <= (layers + 2) // 2;
+    the deepest such plan is valid and one deeper is not."""
     space = Space.build(8, layers, 64, "bf16")
-    v = layers // 2
+    v = (layers + 2) // 2
     assert int(space.vpp.max()) == max(1, v)
     spec = TransformerSpec(name="t", num_layers=layers, hidden_size=256, num_attention_heads=4,
                            num_kv_heads=4, ffn_hidden_size=1024, vocab_size=1000, seq_len=128)

@@ -134,3 +134,30 @@ def test_rank_one_bounds_every_middle_rank(layers, pp, vpp, m_mult, sched, recom
             assert v[0] <= per[mid][k][0] * (1 + 1e-12), (s, k)
     peak = memory_breakdown(spec, CLUSTER, P, sh, flash)["peak_bytes"][0]
     assert peak == pytest.approx(max(p["peak_bytes"][0] for p in per), rel=1e-12)
+
+
+def test_interleaved_peak_is_warmup_plus_one_on_an_even_split():
+    """With every chunk the same size, the walked peak is Megatron-LM's warm-up count plus one
+    chunk forward, each 1/v of the stage's blocks (the formula the memory model used before
+    chunks could differ)."""
+    from planner.stages import interleaved_peak_bytes
+    for pp, vpp, per in ((2, 2, 3), (4, 2, 1), (3, 3, 2), (4, 4, 2)):
+        layers = pp * vpp * per
+        for m in (pp, 2 * pp, 4 * pp):
+            for rank in range(pp):
+                held = interleaved_peak_bytes(layers, np.array([pp]), np.array([vpp]),
+                                              np.array([rank]), np.array([m]), 1.0, 0.0, 0.0)
+                chunks = min(m * vpp, 2 * (pp - rank - 1) + (vpp - 1) * pp + 1)
+                assert held[0] == chunks * per, (pp, vpp, m, rank)
+
+
+def test_interleaved_peak_after_an_empty_chunk_frees_nothing():
+    """4 blocks over pp 2 x v 3 (chunks 0 and 5 empty), 8 micro-batches, last rank: the warm-up
+    holds chunks 1, 1, 3, 3 (4 blocks); the first backwards free the head-only chunk 5, so the
+    next forward of chunk 1 raises the peak to 5 blocks, with no head activations left: what
+    the executor saves there (tests/test_executor_equivalence.py, pp2-v3-empty-ends)."""
+    from planner.stages import interleaved_peak_bytes
+    args = (4, np.array([2]), np.array([3]), np.array([1]), np.array([8]))
+    assert interleaved_peak_bytes(*args, 1.0, 0.0, 0.0)[0] == 5
+    # a head far larger than a block peaks with the head in flight: 4 blocks and one head
+    assert interleaved_peak_bytes(*args, 1.0, 0.0, 100.0)[0] == 104

@@ -108,13 +108,11 @@ def test_cli_validate_every_shipped_set(capsys):
     assert main(["validate", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     counts = {k: v["count"] for k, v in out["sets"].items()}
-    assert counts == {"published": 25, "current": 35, "held_out": 6, "moe": 12}
-    assert out["count"] == 78 == len(out["runs"])
-    # The 13th MoE run's plan (94 layers in 32 x 3 chunks: Megatron counts the embedding and
-    # the loss as pipeline layers) is listed with the reason, not predicted.
-    assert [s["name"] for s in out["not_predicted"]] == [
-        "modelzoo-qwen3_235b-dgx_h100-256gpu-bf16-intra-node-ep8-pp32-a2a"]
-    assert "num_layers 94" in out["not_predicted"][0]["reason"]
+    assert counts == {"published": 25, "current": 35, "held_out": 6, "moe": 13}
+    assert out["count"] == 79 == len(out["runs"])
+    # Every shipped run is predicted: the 13th MoE run's plan (94 layers in 32 x 3 chunks,
+    # Megatron counting the embedding and the loss as pipeline layers) too.
+    assert out["not_predicted"] == []
     assert set(out["sets"]["published"]["by_source"]) == {
         "Narayanan 2021 Table 1", "Narayanan 2021 Table 2", "Korthikanti 2022 Table 3"}
     assert sum(s["count"] for s in out["sets"]["current"]["by_source"].values()) == 35
@@ -124,7 +122,7 @@ def test_cli_validate_every_shipped_set(capsys):
     # Runs on their real hardware (hardware_map.json): A800, H800, the 500 W H100 96GB hosts.
     assert set(out["by_gpu"]) == {"a100_80g", "a800_80g", "h100_96g_500w", "h100_sxm", "h200",
                                   "h800_sxm", "gb200"}
-    assert sum(s["count"] for s in out["by_gpu"].values()) == 78
+    assert sum(s["count"] for s in out["by_gpu"].values()) == 79
     assert main(["validate"]) == 0
     text = capsys.readouterr().out
     for word in ("per set and source", "per framework", "per GPU", "current: 35 runs"):

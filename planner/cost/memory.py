@@ -25,7 +25,8 @@ from planner.cost.params import (layer_params_per_rank, moe_layer_expert_params_
                                  stage_params_per_rank)
 from planner.hardware import Cluster
 from planner.plan_arrays import R_FULL, R_SELECTIVE, S_GPIPE, S_INTERLEAVED, PlanArrays
-from planner.stages import heaviest_middle, rank_layers, rank_moe_layers
+from planner.stages import (heaviest_middle, interleaved_peak_bytes, rank_layers,
+                            rank_moe_layers)
 from planner.transformer import TransformerSpec
 
 
@@ -65,15 +66,32 @@ def zero3_gather_unit(spec: TransformerSpec, cluster: Cluster, sh: Shapes) -> np
 
 
 def _in_flight(P: PlanArrays, stage: np.ndarray) -> np.ndarray:
-    """Block-equivalents of activations held on pipeline stage `stage` at the schedule's peak,
-    in units of 'one stage's blocks for one micro-batch'."""
-    m = P.micro_batches
-    one_f_one_b = np.minimum(m, P.pp - stage)
-    # Megatron-LM interleaved schedule: warm-up chunks 2(pp - s - 1) + (v - 1) pp, plus one;
-    # each chunk is 1/v of the stage's blocks (Narayanan et al. 2021, section 2.2.1).
-    chunks = np.minimum(m * P.vpp, 2 * (P.pp - stage - 1) + (P.vpp - 1) * P.pp + 1)
-    return np.select([P.schedule == S_GPIPE, P.schedule == S_INTERLEAVED],
-                     [m, chunks / P.vpp], one_f_one_b)
+    """Micro-batches' worth of the stage's blocks held at the schedule's peak (GPipe, 1F1B; the
+    interleaved schedule is walked chunk by chunk instead: planner.stages.interleaved_peak_bytes,
+    for an even split Megatron-LM's warm-up 2(pp - s - 1) + (v - 1) pp chunks, plus one, each
+    1/v of the stage; Narayanan et al. 2021, section 2.2.1)."""
+    return np.where(P.schedule == S_GPIPE, P.micro_batches, np.minimum(P.micro_batches,
+                                                                         P.pp - stage))
+
+
+def _saved(spec: TransformerSpec, P: PlanArrays, stage: np.ndarray, layers: np.ndarray,
+           block: np.ndarray, first: np.ndarray, head: np.ndarray) -> np.ndarray:
+    """Bytes saved at the peak from `block` bytes per block, `first` per in-flight forward of
+    the first chunk (0 off the first stage) and `head` per micro-batch past the loss (0 off the
+    last stage): GPipe holds every micro-batch's head, 1F1B one; interleaved plans walked."""
+    n_act = _in_flight(P, stage)
+    heads = np.where(P.schedule == S_GPIPE, P.micro_batches, 1)
+    saved = n_act * (layers * block + first) + heads * head
+    inter = P.schedule == S_INTERLEAVED
+    if inter.any():
+        def at(a):
+            return np.broadcast_to(np.asarray(a, dtype=float), inter.shape)[inter]
+        saved = np.array(np.broadcast_to(saved, inter.shape), dtype=float)
+        saved[inter] = interleaved_peak_bytes(
+            spec.num_layers, P.pp[inter], P.vpp[inter],
+            np.broadcast_to(stage, inter.shape)[inter], P.micro_batches[inter], at(block),
+            at(first), at(head))
+    return saved
 
 
 def model_state_bytes(P: PlanArrays, params: np.ndarray, impl: str,
@@ -135,18 +153,18 @@ def stage_activations(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh
     short-lived working set on top of them: one block rebuilt by recompute in backward, or the
     logits before the loss turns them into the (saved) log-softmax. `terms`: block_terms."""
     t = block_terms(spec, cluster, P, sh, flash) if terms is None else terms
-    e, heads, logits, stored, full = t["e"], t["heads"], t["logits"], t["stored"], t["full"]
-    n_act = _in_flight(P, stage)
+    e, logits, stored, full = t["e"], t["logits"], t["stored"], t["full"]
+    # The MoE blocks' extra, spread over the stage's blocks (chunks hold them alike).
+    block = stored + moe_layers * t["moe_delta"] / np.maximum(layers, 1)
     if cluster.stack.activation_layout == "eager":
-        saved = (n_act * (layers * stored + moe_layers * t["moe_delta"])
-                 + np.where(first, n_act * t["first"], 0.0)
-                 + np.where(last, heads * t["last"], 0.0))
+        f_bytes = np.where(first, t["first"], 0.0)
+        h_bytes = np.where(last, t["last"], 0.0)
     else:
         th = t["th"]
-        saved = n_act * (layers * stored + moe_layers * t["moe_delta"])
-        saved = saved + np.where(np.asarray(first) & spec.is_gpt_family, n_act * th, 0.0)  # mask
+        f_bytes = np.where(np.asarray(first) & spec.is_gpt_family, th, 0.0)  # mask
         # fp32 softmax of the vocab-parallel loss (Megatron-LM) and the final norm's input
-        saved = saved + np.where(last, heads * logits * 4 + th * e, 0.0)
+        h_bytes = np.where(last, logits * 4 + th * e, 0.0)
+    saved = _saved(spec, P, stage, layers, block, f_bytes, h_bytes)
     transient = np.maximum(full - stored, np.where(last, logits * e, 0.0))
     if spec.moe is not None:  # all-to-all send / receive buffers of the block in flight
         transient = np.maximum(transient, np.where(moe_layers > 0, t["moe_transient"], 0.0))
@@ -197,10 +215,10 @@ def stage_memory(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Sha
             "framework_bytes": np.full(len(P), float(cluster.stack.framework_memory_bytes))}
     comp["peak_bytes"] = sum(comp.values())
     if spec.moe is not None:  # the routed experts' share of the totals above, shown apart
-        n_act = _in_flight(P, stage)
         comp.update({f"experts.{key}": v for key, v in estate.items()})
-        comp["experts.activations_bytes"] = n_act * k * np.where(
-            P.recompute == R_FULL, 0.0, moe_activation_bytes(spec, sh)[0])
+        per = k * np.where(P.recompute == R_FULL, 0.0, moe_activation_bytes(spec, sh)[0])
+        comp["experts.activations_bytes"] = _saved(spec, P, stage, layers,
+                                                   per / np.maximum(layers, 1), 0.0, 0.0)
     return comp
 
 
