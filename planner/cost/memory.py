@@ -130,7 +130,7 @@ def block_terms(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shap
     """The pieces of `stage_activations` no pipeline stage changes (per block or micro-batch),
     so a caller charging several stages computes them once."""
     e, tokens = sh.act_bytes, sh.mbs * spec.seq_len / sh.cp
-    t = {"e": e, "heads": np.where(P.schedule == S_GPIPE, P.micro_batches, 1),  # past the loss
+    t = {"e": e,
          "logits": tokens * padded_vocab(spec, sh.tp) / sh.tp,
          "moe_delta": _moe_delta(spec, sh, P)}
     if cluster.stack.activation_layout == "eager":
