@@ -91,3 +91,18 @@ def test_faster_links_or_gpus_never_slow_a_plan(case, k):
     base = predict(spec, cluster, plan)["step_time_s"]
     assert predict(spec, _scaled(cluster, links=k), plan)["step_time_s"] <= base * (1 + 1e-9)
     assert predict(spec, _scaled(cluster, gpu=k), plan)["step_time_s"] <= base * (1 + 1e-9)
+
+
+def test_faster_gpu_never_slows_a_small_zero3_plan():
+    """The case hypothesis found: a 2-block model under ZeRO-3 (fsdp-compile, dp 8 on one DGX
+    A100 40GB) got slower on a faster GPU, because the last micro-batch's backward hid its
+    re-gathers and the step's reduce-scatters as if each had the whole backward to itself; they
+    share it (planner/cost/zero.py)."""
+    spec = TransformerSpec(name="small", num_layers=2, hidden_size=512, num_attention_heads=8,
+                           num_kv_heads=2, ffn_hidden_size=2048, vocab_size=1000, seq_len=512,
+                           mlp="swiglu", tied_embeddings=False)
+    cluster = load_cluster("dgx_a100_40g", 1, "fsdp-compile")
+    plan = Plan(dp=8, tp=1, pp=1, micro_batch_size=1, global_batch_size=8, zero_stage=3)
+    base = predict(spec, cluster, plan)["step_time_s"]
+    for k in (1.25, 2.0, 4.0):
+        assert predict(spec, _scaled(cluster, gpu=k), plan)["step_time_s"] <= base * (1 + 1e-9)

@@ -69,7 +69,11 @@ def fsdp2_exposed(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Sh
     gpu = cluster.gpu
     ov_f, ov_b = fsdp2_overlaps(spec, cluster, P, sh, link) if overlaps is None else overlaps
     first = ag_root + layers * ov_f  # prefetch behind forward
-    again = np.where(P.zero >= 3, P.micro_batches * layers * ov_b, 0.0)
-    reduce = layers * rs_block + rs_root
+    # Stage 3 gathers every block again for each micro-batch's backward; in the last one the
+    # reduce-scatters run too, and both use the same link behind the same backward, so they are
+    # hidden together there (one overlap, not two over the same compute).
+    z3 = P.zero >= 3
+    again = np.where(z3, (P.micro_batches - 1) * layers * ov_b, 0.0)
+    last = layers * rs_block + rs_root + np.where(z3, layers * ag_block, 0.0)
     tail = rs_block  # the last unit's reduce-scatter has nothing left to hide behind
-    return first + again + np.maximum(tail, overlapped(gpu, reduce, window)) + framework
+    return first + again + np.maximum(tail, overlapped(gpu, last, window)) + framework
