@@ -138,21 +138,25 @@ def interleaved_peak_bytes(num_layers: int, pp: np.ndarray, vpp: np.ndarray,
     per block and micro-batch in flight, `first` per in-flight forward of its first chunk (the
     embedding's, on pipeline rank 0; else 0), `last` per one of its last chunk (the head's, on
     the last rank; else 0), over arrays of plans; `_interleaved_states` walked once per
-    distinct (pp, v, rank, micro-batches)."""
-    cols = np.stack([np.asarray(a, dtype=np.int64) for a in np.broadcast_arrays(
-        np.asarray(pp), np.asarray(vpp), np.asarray(pp_rank), np.asarray(micro_batches))])
-    block, first, last = (np.broadcast_to(np.asarray(a, dtype=float), cols.shape[1:])
+    distinct (pp, v, rank, micro-batches), its states gathered back as one table."""
+    pp, vpp, pp_rank, m = (np.asarray(a, dtype=np.int64).ravel() for a in np.broadcast_arrays(
+        np.asarray(pp), np.asarray(vpp), np.asarray(pp_rank), np.asarray(micro_batches)))
+    n = len(pp)
+    if n == 0:
+        return np.zeros(0)
+    # One integer per (pp, v, rank, m): pp, v, rank < 2^12 and m < 2^27 in any real plan.
+    key = ((pp << 12 | vpp) << 12 | pp_rank) << 27 | m
+    keys, inv = np.unique(key, return_inverse=True)
+    states = [_interleaved_states(num_layers, int(k >> 51), int(k >> 39 & 4095),
+                                  int(k >> 27 & 4095), int(k & (2**27 - 1))) for k in keys]
+    table = np.zeros((len(keys), max(len(x) for x in states), 3))
+    for i, x in enumerate(states):
+        table[i, :len(x)] = x
+        table[i, len(x):] = x[0]  # padding repeats a real state
+    t = table[inv.reshape(-1)]  # (n, states, 3)
+    block, first, last = (np.broadcast_to(np.asarray(a, dtype=float), (n,))[:, None]
                           for a in (block, first, last))
-    out = np.zeros(cols.shape[1])
-    if cols.shape[1] == 0:
-        return out
-    rows, inv = np.unique(cols, axis=1, return_inverse=True)
-    inv = inv.reshape(-1)
-    for u, key in enumerate(rows.T):
-        at = inv == u
-        for b, f, h in _interleaved_states(num_layers, *map(int, key)):
-            out[at] = np.maximum(out[at], b * block[at] + f * first[at] + h * last[at])
-    return out
+    return (t[..., 0] * block + t[..., 1] * first + t[..., 2] * last).max(axis=1)
 
 
 def holds_embedding(pp_rank: np.ndarray) -> np.ndarray:
