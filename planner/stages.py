@@ -94,7 +94,7 @@ def rank_moe_layers(spec, pp: np.ndarray, vpp: np.ndarray, pp_rank: np.ndarray) 
     return out.astype(float)
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=65536)
 def _interleaved_states(num_layers: int, pp: int, vpp: int, pp_rank: int, m: int
                         ) -> tuple[tuple[int, int, int], ...]:
     """What a pipeline rank holds under the interleaved schedule, walked op by op: (blocks,
@@ -106,29 +106,25 @@ def _interleaved_states(num_layers: int, pp: int, vpp: int, pp_rank: int, m: int
     Chunks differ in blocks when the split is uneven (lighter or empty end chunks), so the peak
     need not come right after the warm-up; both sequences repeat every pp v ops, so one period
     past the warm-up finds it."""
-    sizes = [len(chunk_layer_ids(num_layers, pp, vpp, pp_rank + j * pp)) for j in range(vpp)]
+    split = layer_split(num_layers, pp * vpp)
+    sizes = np.array([split[pp_rank + j * pp] for j in range(vpp)])
     total = m * vpp
     warm = min(total, 2 * (pp - pp_rank - 1) + (vpp - 1) * pp)
-    held = [0, 0, 0]
+    steps = min(total - warm, pp * vpp + 1)
+    k = np.arange(warm + steps)
+    fwd = (k // pp) % vpp  # local chunk of forward k
+    bwd = vpp - 1 - fwd[:steps]  # local chunk of backward i (the same grouping, reversed)
 
-    def add(j: int, sign: int) -> None:
-        held[0] += sign * sizes[j]
-        held[1] += sign * (j == 0)
-        held[2] += sign * (j == vpp - 1)
-    done_f = done_b = 0
-    for k in range(warm):
-        add((k // pp) % vpp, 1)
-        done_f += 1
-    states = {tuple(held)}
-    for _ in range(min(total - warm, pp * vpp + 1)):
-        if done_f < total:
-            add((done_f // pp) % vpp, 1)
-            done_f += 1
-        states.add(tuple(held))
-        add(vpp - 1 - (done_b // pp) % vpp, -1)
-        done_b += 1
-    return tuple(s for s in states
-                 if not any(o != s and all(a >= b for a, b in zip(o, s)) for o in states))
+    def held(chunks: np.ndarray) -> np.ndarray:
+        each = np.stack([sizes[chunks], chunks == 0, chunks == vpp - 1], axis=1)
+        return np.vstack([np.zeros((1, 3)), np.cumsum(each, axis=0)])
+    f, b = held(fwd), held(bwd)
+    # after the warm-up, and after steady forward warm + i (before backward i)
+    states = np.unique(np.vstack([f[warm:warm + 1], f[warm + 1:warm + steps + 1] - b[:steps]]),
+                       axis=0)
+    ge = (states[:, None, :] >= states[None, :, :]).all(axis=2)  # [a, b]: a >= b everywhere
+    dominated = (ge & ~np.eye(len(states), dtype=bool)).any(axis=0)  # rows are unique
+    return tuple(tuple(int(x) for x in row) for row in states[~dominated])
 
 
 def interleaved_peak_bytes(num_layers: int, pp: np.ndarray, vpp: np.ndarray,
@@ -144,6 +140,10 @@ def interleaved_peak_bytes(num_layers: int, pp: np.ndarray, vpp: np.ndarray,
     n = len(pp)
     if n == 0:
         return np.zeros(0)
+    # Past one period after the warm-up the walk never reaches the last forwards, so more
+    # micro-batches than that hold the same: one walk for all of them.
+    cap = (2 * (pp - pp_rank - 1) + (2 * vpp - 1) * pp + 1) // vpp + 1
+    m = np.minimum(m, cap)
     # One integer per (pp, v, rank, m): pp, v, rank < 2^12 and m < 2^27 in any real plan.
     key = ((pp << 12 | vpp) << 12 | pp_rank) << 27 | m
     keys, inv = np.unique(key, return_inverse=True)
