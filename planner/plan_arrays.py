@@ -47,7 +47,7 @@ def _codes(x: np.ndarray) -> tuple[np.ndarray, int]:
     return inverse.reshape(-1).astype(np.intp), len(values)
 
 
-def _field_codes(x: np.ndarray) -> tuple[np.ndarray, int]:
+def field_codes(x: np.ndarray) -> tuple[np.ndarray, int]:
     """Order-preserving codes of one column and a bound on them: the values themselves when
     small (no table needed), else _codes."""
     x = np.asarray(x)
@@ -136,7 +136,7 @@ class PlanArrays:
         key = ("codes", name)
         if key not in self._memo:
             self._memo[key] = (self.layout_groups[1], len(self.layout_groups[0])) \
-                if name == "layout" else _field_codes(getattr(self, name))
+                if name == "layout" else field_codes(getattr(self, name))
         return self._memo[key]
 
     @cached_property

@@ -15,6 +15,7 @@ from functools import lru_cache
 import numpy as np
 
 from planner.plan import Plan
+from planner.plan_arrays import field_codes, group_codes, representatives
 
 
 def layer_split(num_layers: int, num_chunks: int) -> list[int]:
@@ -134,7 +135,8 @@ def interleaved_peak_bytes(num_layers: int, pp: np.ndarray, vpp: np.ndarray,
     per block and micro-batch in flight, `first` per in-flight forward of its first chunk (the
     embedding's, on pipeline rank 0; else 0), `last` per one of its last chunk (the head's, on
     the last rank; else 0), over arrays of plans; `_interleaved_states` walked once per
-    distinct (pp, v, rank, micro-batches), its states gathered back as one table."""
+    distinct (pp, v, rank, micro-batches) (the plan arrays' grouping, planner.plan_arrays
+    group_codes), its states gathered back as one table."""
     pp, vpp, pp_rank, m = (np.asarray(a, dtype=np.int64).ravel() for a in np.broadcast_arrays(
         np.asarray(pp), np.asarray(vpp), np.asarray(pp_rank), np.asarray(micro_batches)))
     n = len(pp)
@@ -144,16 +146,15 @@ def interleaved_peak_bytes(num_layers: int, pp: np.ndarray, vpp: np.ndarray,
     # micro-batches than that hold the same: one walk for all of them.
     cap = (2 * (pp - pp_rank - 1) + (2 * vpp - 1) * pp + 1) // vpp + 1
     m = np.minimum(m, cap)
-    # One integer per (pp, v, rank, m): pp, v, rank < 2^12 and m < 2^27 in any real plan.
-    key = ((pp << 12 | vpp) << 12 | pp_rank) << 27 | m
-    keys, inv = np.unique(key, return_inverse=True)
-    states = [_interleaved_states(num_layers, int(k >> 51), int(k >> 39 & 4095),
-                                  int(k >> 27 & 4095), int(k & (2**27 - 1))) for k in keys]
-    table = np.zeros((len(keys), max(len(x) for x in states), 3))
+    inv, k = group_codes([field_codes(c) for c in (pp, vpp, pp_rank, m)])
+    rep = representatives(inv, k)
+    states = [_interleaved_states(num_layers, int(pp[r]), int(vpp[r]), int(pp_rank[r]),
+                                  int(m[r])) for r in rep]
+    table = np.zeros((k, max(len(x) for x in states), 3))
     for i, x in enumerate(states):
         table[i, :len(x)] = x
         table[i, len(x):] = x[0]  # padding repeats a real state
-    t = table[inv.reshape(-1)]  # (n, states, 3)
+    t = table[inv]  # (n, states, 3)
     block, first, last = (np.broadcast_to(np.asarray(a, dtype=float), (n,))[:, None]
                           for a in (block, first, last))
     return (t[..., 0] * block + t[..., 1] * first + t[..., 2] * last).max(axis=1)

@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from planner.hardware import Cluster
-from planner.plan_arrays import S_GPIPE, PlanArrays, _field_codes, group_codes
+from planner.plan_arrays import S_GPIPE, PlanArrays, field_codes, group_codes
 from planner.transformer import TransformerSpec
 from planner.validity import CHECKS
 
@@ -160,7 +160,7 @@ def _column_classes(grid: Grid, fields) -> tuple[Grid, np.ndarray, np.ndarray, n
         return grid, np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp), np.zeros(
             0, dtype=np.intp)
     if names:
-        of_col, k = group_codes([_field_codes(grid.cols[f]) for f in names])
+        of_col, k = group_codes([field_codes(grid.cols[f]) for f in names])
     else:  # no rule reads a column field: one class
         of_col, k = np.zeros(n_c, dtype=np.intp), 1
     first = np.full(k, n_c, dtype=np.intp)
