@@ -135,6 +135,23 @@ def test_stack_overrides_every_run(capsys):
     assert {r["stack"] for r in json.loads(capsys.readouterr().out)["runs"]} == {"megatron-core"}
 
 
+def test_a_run_naming_its_stack_is_predicted_with_it(tmp_path, capsys):
+    run = json.loads(shipped_set_path("held_out").read_text())[0]
+    runs = tmp_path / "runs.json"
+    runs.write_text(json.dumps([run, {**run, "name": "same-on-torchtitan",
+                                      "stack": "torchtitan"}]))
+    assert main(["validate", "--runs", str(runs), "--json"]) == 0
+    got = {r["name"]: r for r in json.loads(capsys.readouterr().out)["runs"]}
+    assert got["same-on-torchtitan"]["stack"] == "torchtitan"
+    assert got[run["name"]]["stack"] == "megatron-lm-2021"
+    assert got["same-on-torchtitan"]["predicted_step_time_s"] != \
+        got[run["name"]]["predicted_step_time_s"]
+    runs.write_text(json.dumps([{**run, "stack": "no-such-stack"}]))
+    assert main(["validate", "--runs", str(runs)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no-such-stack" in err[0]
+
+
 def test_sources_are_normalised_to_their_document():
     groups = {n: {source_group(r.source) for r in rs} for n, rs in load_sets().items()}
     assert groups["published"] == {"Narayanan 2021 Table 1", "Narayanan 2021 Table 2",

@@ -67,6 +67,10 @@ class PublishedRun(BaseModel):
     """Seconds per optimizer step (converted from the published figure where needed)."""
     measured_peak_memory_gib: float | None = Field(default=None, gt=0)
     """Peak memory per GPU, where published."""
+    stack: str = ""
+    """The stack the run is predicted with where its file names one (a name, alias or stack
+    file of planner.stack), e.g. a blind set whose benchmark recipe documents its token
+    dispatcher; "" (the shipped sets): stack_map.json, else the one `framework` names."""
     recompute_stated: bool = True
     """False where the source does not say which activation recompute ran (`recompute:
     "unknown"` in the file): `run_plan` then takes the lightest setting that fits."""
@@ -177,8 +181,10 @@ def run_transformer(run: PublishedRun) -> TransformerSpec:
 
 
 def run_stack(run: PublishedRun) -> str:
-    """The stack a run is predicted with: the one its notes document (stack_map.json), else
-    the one its `framework` names."""
+    """The stack a run is predicted with: its own `stack` where its file names one, else the
+    one its notes document (stack_map.json), else the one its `framework` names."""
+    if run.stack:
+        return run.stack
     mapped = _run_map("stack_map").get(run.name)
     if mapped:
         return mapped["stack"]
