@@ -25,14 +25,15 @@ carries that share and the worst rank's fraction of data leaving the domain (Lin
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import networkx as nx
 import numpy as np
 
-from planner.expert_layout import EXPERT_KINDS, expert_rank_groups
+from planner.expert_layout import EXPERT_KINDS
+from planner.group_places import KINDS, Placement, rank_groups, shape_of  # noqa: F401 (re-exported)
 from planner.hardware import Cluster
 from planner.nvlink_domain import domain_of_node, gpus_per_domain
-from planner.plan import DIMS
 
 _INF = float("inf")
 
@@ -74,11 +75,25 @@ class GroupLink:
     of its domain at once (inf: no traffic leaves a domain)."""
 
 
+def _edge_attrs(cluster: Cluster) -> dict[str, dict]:
+    """Attributes of each kind of edge (the graph is homogeneous): `intra` (GPU-switch, or
+    GPU-GPU in a mesh) and, with a network, `pcie` (GPU to its node's NICs) and `uplink`."""
+    G, intra, inter = cluster.gpus_per_node, cluster.intra_node, cluster.inter_node
+    bw = intra.bandwidth_GBps if intra.topology == "switch" else intra.pair_bandwidth_GBps
+    out = {"intra": dict(bandwidth_GBps=bw, latency_s=intra.latency_s, tier="intra_node")}
+    if inter is not None:
+        out["pcie"] = dict(bandwidth_GBps=inter.nics_per_node * inter.nic_bandwidth_GBps / G,
+                           latency_s=0.0, tier="pcie")
+        out["uplink"] = dict(bandwidth_GBps=inter.nics_per_node * inter.nic_bandwidth_GBps,
+                             latency_s=inter.latency_s, tier="inter_node")
+    return out
+
+
 def build_graph(cluster: Cluster) -> nx.Graph:
     """The cluster graph (see module docstring)."""
     g = nx.Graph()
     G, intra, inter = cluster.gpus_per_node, cluster.intra_node, cluster.inter_node
-    dom = domain_of_node(cluster)
+    dom, e = domain_of_node(cluster), _edge_attrs(cluster)
     if inter is not None:
         g.add_node("fabric", kind="fabric")
     for n in range(cluster.num_nodes):
@@ -89,67 +104,40 @@ def build_graph(cluster: Cluster) -> nx.Graph:
         if intra.topology == "switch":
             g.add_node(f"switch{d}", kind="switch", domain=d)
             for name in gpus:
-                g.add_edge(name, f"switch{d}", bandwidth_GBps=intra.bandwidth_GBps,
-                           latency_s=intra.latency_s, tier="intra_node")
+                g.add_edge(name, f"switch{d}", **e["intra"])
         else:
             for i, a in enumerate(gpus):
                 for b in gpus[i + 1:]:
-                    g.add_edge(a, b, bandwidth_GBps=intra.pair_bandwidth_GBps,
-                               latency_s=intra.latency_s, tier="intra_node")
+                    g.add_edge(a, b, **e["intra"])
         if inter is not None:
             up = f"uplink{n}"
             g.add_node(up, kind="uplink", node=n)
-            per_gpu = inter.nics_per_node * inter.nic_bandwidth_GBps / G
             for name in gpus:  # each GPU reaches the node's NICs over PCIe
-                g.add_edge(name, up, bandwidth_GBps=per_gpu, latency_s=0.0, tier="pcie")
-            g.add_edge(up, "fabric", bandwidth_GBps=inter.nics_per_node * inter.nic_bandwidth_GBps,
-                       latency_s=inter.latency_s, tier="inter_node")
+                g.add_edge(name, up, **e["pcie"])
+            g.add_edge(up, "fabric", **e["uplink"])
     return g
 
 
-# Group kinds: the four dimensions, plus dp x cp, over which gradients are reduced and ZeRO shards
-# (context-parallel ranks hold the same weights; Megatron-LM reduces over dp*cp).
-KINDS: dict[str, tuple[str, ...]] = {"tp": ("tp",), "cp": ("cp",), "dp": ("dp",), "pp": ("pp",),
-                                     "dpcp": ("cp", "dp")}
+def representative_paths(cluster: Cluster) -> tuple[list[dict], list[dict]] | None:
+    """Edge attributes along the graph's shortest path from GPU 0 to GPU 1 (inside a domain)
+    and to the first GPU of the next domain, as nx.shortest_path finds them on build_graph's
+    graph, without building it (a search builds a Topology per cluster; the graph was most of
+    that at 2,048 GPUs): GPU 1 shares GPU 0's node, reached through the domain's switch (each
+    GPU's first edge, so the breadth-first search meets there before the NICs) or the mesh
+    edge; another domain is only reached out through PCIe, the uplink, the fabric and back.
+    None with one GPU per node (GPU 1 is on another node): the graph decides."""
+    G, D, n = cluster.gpus_per_node, gpus_per_domain(cluster), cluster.num_gpus
+    if G == 1:
+        return None
+    e = _edge_attrs(cluster)
+    intra = [e["intra"]] * (2 if cluster.intra_node.topology == "switch" else 1)
+    return intra, ([e["pcie"], e["uplink"], e["uplink"], e["pcie"]] if n > D else [])
+
+
 # Every kind `Topology.links` returns: KINDS, then the expert groups of parallel folding.
 ALL_KINDS: tuple[str, ...] = (*KINDS, *EXPERT_KINDS)
-
-
-def rank_groups(sizes: dict[str, int], order: str, kind: str) -> np.ndarray:
-    """(number of groups, group size) array of ranks for a group kind (a key of KINDS), given the
-    rank order (innermost dimension first, as in Plan.order)."""
-    outer_first = list(reversed(order.split("-")))
-    world = int(np.prod([sizes[d] for d in DIMS]))
-    grid = np.arange(world).reshape([sizes[d] for d in outer_first])
-    dims = KINDS[kind]
-    axes = [outer_first.index(d) for d in dims]
-    size = int(np.prod([sizes[d] for d in dims]))
-    return np.moveaxis(grid, axes, list(range(-len(axes), 0))).reshape(-1, size)
-
-
-@dataclass(frozen=True)
-class _Places:
-    """Where the members of each group sit, per (group, place) pair that holds any (sparse:
-    a rank's group and place, deduplicated; place = node or domain)."""
-
-    group: np.ndarray
-    """Group of each pair."""
-    place: np.ndarray
-    """Node or domain of each pair."""
-    count: np.ndarray
-    """Members of that group in that place."""
-    of_rank: np.ndarray
-    """Pair index of each member (groups.ravel() order)."""
-    spans: np.ndarray
-    """(groups,) places each group touches."""
-
-
-def _places(gid: np.ndarray, where: np.ndarray, places: int, n_groups: int) -> _Places:
-    """_Places of members (group `gid`, place `where`, both per member) over `places` places."""
-    uniq, inv, count = np.unique(gid * places + where, return_inverse=True, return_counts=True)
-    group = uniq // places
-    return _Places(group, uniq % places, count, inv.reshape(-1),
-                   np.bincount(group, minlength=n_groups))
+_NONE_LINK = {k: GroupLink(k, 1, 1, 1, "none", _INF, 0.0, 0.0, ((1.0, 1.0),), "none")
+              for k in ALL_KINDS}
 
 
 class Topology:
@@ -157,21 +145,29 @@ class Topology:
 
     def __init__(self, cluster: Cluster):
         self.cluster = cluster
-        self.graph = build_graph(cluster)
-        self.node_of = np.array([self.graph.nodes[f"gpu{r}"]["node"]
-                                 for r in range(cluster.num_gpus)])
-        self._node_domain = domain_of_node(cluster)
-        self.domain_of = self._node_domain[self.node_of]
-        self.num_domains = int(self.domain_of.max()) + 1
+        # Where the groups sit depends on the cluster's shape only: shared with every cluster
+        # of that shape (planner/group_places.py); the bandwidths are this cluster's.
+        self._shape = shape_of(cluster)
+        self.node_of = self._shape.node_of
+        self.domain_of = self._shape.domain_of
+        self.num_domains = self._shape.num_domains
         inter = cluster.inter_node
         self._uplink_GBps = (0.0 if inter is None
                              else inter.nics_per_node * inter.nic_bandwidth_GBps)
         D = gpus_per_domain(cluster)
-        self._one_node_domains = D == cluster.gpus_per_node
         self._cache: dict[tuple, dict[str, GroupLink]] = {}
         self._expert_cache: dict[tuple, dict[str, GroupLink]] = {}
-        self._intra_path = self._path_edges(0, 1) if min(D, cluster.num_gpus) > 1 else []
-        self._inter_path = self._path_edges(0, D) if cluster.num_gpus > D else []
+        self._by_place: dict[tuple, GroupLink] = {}
+        paths = representative_paths(cluster)
+        if paths is None:
+            paths = (self._path_edges(0, 1) if min(D, cluster.num_gpus) > 1 else [],
+                     self._path_edges(0, D) if cluster.num_gpus > D else [])
+        self._intra_path, self._inter_path = paths
+
+    @cached_property
+    def graph(self) -> nx.Graph:
+        """The cluster graph (build_graph), built when first read."""
+        return build_graph(self.cluster)
 
     def _path_edges(self, a: int, b: int) -> list[dict]:
         """Edge attributes along the graph path between two GPUs (same domain or not: the graph
@@ -187,67 +183,55 @@ class Topology:
         layout and ep, etp)."""
         key = (tp, cp, dp, pp, order)
         if key not in self._cache:
-            sizes = {"tp": tp, "cp": cp, "dp": dp, "pp": pp}
             if tp * cp * dp * pp != self.cluster.num_gpus:
+                sizes = {"tp": tp, "cp": cp, "dp": dp, "pp": pp}
                 raise ValueError(f"layout {sizes} needs {tp * cp * dp * pp} GPUs, cluster has "
                                  f"{self.cluster.num_gpus}")
-            self._cache[key] = {k: self._link(k, rank_groups(sizes, order, k)) for k in KINDS}
+            self._cache[key] = {k: self._link(k, p)
+                                for k, p in self._shape.dense(tp, cp, dp, pp, order).items()}
         if not experts:
             return self._cache[key]
         ekey = key + (ep, etp)
         if ekey not in self._expert_cache:
-            sizes = {"tp": tp, "cp": cp, "dp": dp, "pp": pp}
             self._expert_cache[ekey] = {
-                k: self._link(k, expert_rank_groups(sizes, order, ep, etp, k))
-                for k in EXPERT_KINDS}
+                k: self._link(k, p)
+                for k, p in self._shape.expert(tp, cp, dp, pp, order, ep, etp).items()}
         return {**self._cache[key], **self._expert_cache[ekey]}
 
-    def _link(self, kind: str, groups: np.ndarray) -> GroupLink:
-        n_groups, size = groups.shape
-        if size == 1:
-            return GroupLink(kind, 1, 1, 1, "none", _INF, 0.0, 0.0, ((1.0, 1.0),), "none")
-        gid = np.repeat(np.arange(n_groups), size)
-        nodes, doms = self.node_of[groups], self.domain_of[groups]
-        per_node = _places(gid, nodes.ravel(), self.cluster.num_nodes, n_groups)
-        per_dom = (per_node if self._one_node_domains
-                   else _places(gid, doms.ravel(), self.num_domains, n_groups))
-        k, spans = int(per_dom.count.max()), per_dom.spans
-        if kind == "pp":
-            # Point-to-point between neighbouring stages: each sender to another domain is one
-            # flow through its own node's uplink.
-            cross = doms[:, 1:] != doms[:, :-1]
-            flows = np.bincount(nodes[:, :-1][cross], minlength=self.cluster.num_nodes)
-            shared = self._uplink_GBps / flows[flows > 0]
-            local_peers = 1
-        else:
-            cross = spans > 1
-            shared = self._ring_share(per_node, cross)
-            local_peers = k - 1
-        gl = self._bound(kind, size, k, int(spans.max()), shared, bool(cross.any()), local_peers)
-        frac, share = self._a2a_remote(size, nodes.ravel(), per_dom)
-        return GroupLink(gl.kind, gl.size, int(per_node.count.max()), int(per_node.spans.max()),
+    def _link(self, kind: str, place: Placement | None) -> GroupLink:
+        """The GroupLink of `kind` placed as `place` (None: groups of one rank), once per
+        distinct placement (planner/group_places.py interns them)."""
+        if place is None:
+            return _NONE_LINK[kind]
+        key = (id(place), kind)  # the Shape, which holds every interned place, outlives this
+        if key not in self._by_place:
+            self._by_place[key] = self._new_link(kind, place)
+        return self._by_place[key]
+
+    def _new_link(self, kind: str, place: Placement) -> GroupLink:
+        size, k = place.size, place.ranks_per_domain
+        shared = self._flow_shares(place.flows)
+        gl = self._bound(kind, size, k, place.domains_spanned, shared, place.crosses,
+                         1 if kind == "pp" else k - 1)
+        frac, share = self._a2a_remote(place)
+        return GroupLink(gl.kind, gl.size, place.ranks_per_node, place.nodes_spanned,
                          gl.tier, gl.bandwidth_GBps, gl.latency_s, gl.call_latency_s,
                          gl.efficiency, gl.link_name, ranks_per_domain=k,
-                         domains_spanned=int(spans.max()),
+                         domains_spanned=place.domains_spanned,
                          local_bandwidth_GBps=self._intra_bw(k - 1) if k > 1 else _INF,
                          remote_fraction=frac, nic_share_GBps=share)
 
-    def _ring_share(self, per_node: _Places, spanning: np.ndarray) -> np.ndarray:
-        """NIC bandwidth each spanning group's rings have where they leave a domain: one ring
-        flow per spanning group touches each node it has members on, a node's uplink is shared
-        by the flows touching it, and a group pools the uplinks of its nodes in that domain
-        (one node per domain on 8-GPU servers: uplink / flows, as NCCL pools a node's NICs)."""
-        sel = spanning[per_node.group]
-        node, group = per_node.place[sel], per_node.group[sel]
-        if not len(node):
+    def _flow_shares(self, flows: np.ndarray) -> np.ndarray:
+        """NIC bandwidth of each distinct flow that leaves a domain (Placement.flows): the
+        uplink over each node's flow count, pooled over the row's nodes in node order (the
+        sum a bincount over every (group, domain) would give, each 0 adding nothing)."""
+        if not len(flows):
             return np.array([_INF])
-        flows = np.bincount(node, minlength=self.cluster.num_nodes)
-        contrib = self._uplink_GBps / flows[node]
-        if self._one_node_domains:
-            return contrib
-        pair = group * self.num_domains + self._node_domain[node]
-        inv = np.unique(pair, return_inverse=True)[1].reshape(-1)
-        return np.bincount(inv, weights=contrib)  # pooled over the group's nodes per domain
+        each = np.divide(self._uplink_GBps, flows, out=np.zeros(flows.shape), where=flows > 0)
+        total = each[:, 0] + 0.0
+        for col in each.T[1:]:
+            total = total + col
+        return total
 
     def _intra_bw(self, local_peers: int) -> float:
         """Per-rank scale-up bandwidth with `local_peers` group peers in the domain."""
@@ -258,20 +242,20 @@ class Topology:
             return min(intra.bandwidth_GBps, max(1, local_peers) * min(caps))
         return min(caps)
 
-    def _a2a_remote(self, size: int, nodes: np.ndarray, per_dom: _Places) -> tuple[float, float]:
+    def _a2a_remote(self, place: Placement) -> tuple[float, float]:
         """(fraction of its message a rank sends out of its domain, its NIC share) for the rank
         whose remote part takes longest: every rank sends (size - local)/size of its message
         out at once, through its node's NICs shared by the node's sending ranks."""
-        remote = size - per_dom.count[per_dom.of_rank]
-        sending = remote > 0
-        if not sending.any():
+        if not len(place.remote):
             return 0.0, _INF
-        senders = np.bincount(nodes[sending], minlength=self.cluster.num_nodes)
-        if not self.cluster.stack.pool_nics:
-            senders = np.full_like(senders, self.cluster.gpus_per_node)
-        share = self._uplink_GBps / np.maximum(1, senders[nodes])
-        worst = int(np.argmax(np.where(sending, remote / share, 0.0)))
-        return float(remote[worst]) / size, float(share[worst])
+        if self.cluster.stack.pool_nics:
+            remote, senders = place.remote, place.senders
+        else:  # every rank holds its own GPU's share
+            remote = place.remote_each
+            senders = np.full_like(remote, max(1, self.cluster.gpus_per_node))
+        share = self._uplink_GBps / senders
+        worst = int(np.argmax(remote / share))  # the first maximum, as over every rank
+        return float(remote[worst]) / place.size, float(share[worst])
 
     def _bound(self, kind: str, size: int, k: int, m: int, shared: np.ndarray,
                crosses: bool, local_peers: int) -> GroupLink:
