@@ -132,6 +132,22 @@ def test_shared_space_equals_separate_searches():
         _same(a, b)
 
 
+def test_shared_space_key_reads_the_searched_precision_only():
+    """An A100 (no fp8) shares a bf16 space with an H100; for fp8 the key keeps the GPU, which
+    the pruning message names."""
+    from planner.search.shared import space_key
+    spec = load_transformer("llama3-8b")
+    a100, h100 = load_cluster("dgx_a100_80g", 2), load_cluster("dgx_h100", 2)
+    with shared_space():
+        assert space_key(spec, a100, 64, "bf16", 10) == space_key(spec, h100, 64, "bf16", 10)
+        assert space_key(spec, a100, 64, "fp8", 10) != space_key(spec, h100, 64, "fp8", 10)
+        alone = search(spec, a100, 64, "fp8")
+        search(spec, h100, 64, "fp8")
+        shared = search(spec, a100, 64, "fp8")
+    _same(alone, shared)
+    assert "not supported by a100_80g" in shared.examples["precision not supported by the GPU"]
+
+
 def test_estimate_tasks_equal_one_process():
     """The estimate's searches shared among processes (a sweep per GPU type, each size on every
     GPU type) give what one process gives, including a size the sweep also tried."""

@@ -1,12 +1,12 @@
 """What a search computes before the GPU matters: which candidates are valid (with the pruning
 counts and examples) and each valid candidate's peak memory. The rules read the cluster only
-through its GPU count, node shape, precision support (and GPU name, in the message for an
-unsupported precision) and its stack's ZeRO implementation (planner/validity.py,
-planner/search/prune.py); the memory model reads only the stack (planner/cost/memory.py). So
-`paraplan estimate`, which searches one space on several GPU types of the same size, computes
-them once: inside `shared_space()` a search keeps them per block, keyed by everything they
-read, for the next search with the same key (tests/test_search_speed_identity.py compares the
-results with and without sharing)."""
+through its GPU count, node shape, whether its GPU runs the search's precision (where it does
+not, the message names the GPU and its precisions) and its stack's ZeRO implementation
+(planner/validity.py, planner/search/prune.py); the memory model reads only the stack
+(planner/cost/memory.py). So `paraplan estimate`, which searches one space on several GPU types
+of the same size, computes them once: inside `shared_space()` a search keeps them per block,
+keyed by everything they read, for the next search with the same key
+(tests/test_search_speed_identity.py compares the results with and without sharing)."""
 
 from __future__ import annotations
 
@@ -35,11 +35,14 @@ def space_key(spec: TransformerSpec, cluster: Cluster, global_batch: int, precis
     """Everything the valid part of a search reads; None outside shared_space."""
     if _MEMO is None:
         return None
-    supported = tuple(cluster.gpu.peak_flops(p) is not None for p in PRECISIONS)
+    # The precision rule reads the one precision every candidate has: where the GPU runs it
+    # the rule passes them all and reads nothing else of the GPU (so an A100, without fp8,
+    # shares with an H100); where not, its message names the GPU and what it supports.
+    gpu = None if cluster.gpu.peak_flops(precision) is not None else (
+        tuple(cluster.gpu.peak_flops(p) is not None for p in PRECISIONS), cluster.gpu.name)
     return (spec.model_dump_json(), cluster.stack.model_dump_json(), cluster.num_gpus,
-            cluster.num_nodes, cluster.gpus_per_node, supported,
-            None if cluster.gpu.peak_flops(precision) is not None else cluster.gpu.name,
-            global_batch, precision, block_candidates)
+            cluster.num_nodes, cluster.gpus_per_node, gpu, global_batch, precision,
+            block_candidates)
 
 
 def get(key: tuple | None, block: int) -> tuple | None:
