@@ -245,7 +245,7 @@ def best_option(spec: TransformerSpec, cluster: Cluster, global_batch: int, toke
                 rent: float | None, precision: str = "bf16",
                 goodput: GoodputInputs | None = None) -> Option:
     """Search `cluster` and price its best plan, with and without losses."""
-    res = search(spec, cluster, global_batch, precision)
+    res = search(spec, cluster, global_batch, precision, best_only=True)  # plan(0) is all used
     if not res.fitting:
         why = ("no valid plan" if res.valid == 0 else
                f"needs {res.peak_bytes.min() / 2**30:.0f} GiB per GPU at best")

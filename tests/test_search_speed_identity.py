@@ -23,7 +23,7 @@ from planner.search.prune import prune_grid, rules, sides
 from planner.search.search import search
 from planner.search.shared import shared_space
 from planner.search.space import Space
-from planner.search.steps import sort_order
+from planner.search.steps import first_in_order, sort_order
 from planner.stack import load_stack
 from planner.topology import Topology
 from planner.transformer import load_transformer
@@ -95,6 +95,37 @@ def test_sort_order_is_lexsort():
         if n:
             step[::5], peak[1::7] = np.nan, np.nan
             assert np.array_equal(sort_order(step, peak, fits), np.lexsort((peak, step, ~fits)))
+
+
+def test_first_in_order_is_sort_orders_first():
+    rng = np.random.default_rng(4)
+    for n in (0, 1, 2, 7, 5000):
+        for fit_rate in (0.0, 0.01, 0.7):
+            step = rng.choice([0.0, -0.0, 1.0, 2.5, np.inf], n) + rng.integers(0, 3, n) * 0.25
+            peak = rng.choice([1.0, 2.0, 3.0], n)
+            fits = rng.random(n) < fit_rate
+            assert np.array_equal(first_in_order(step, peak, fits),
+                                  sort_order(step, peak, fits)[:1])
+            if n:
+                step[::5], peak[1::7] = np.nan, np.nan
+                assert np.array_equal(first_in_order(step, peak, fits),
+                                      sort_order(step, peak, fits)[:1])
+
+
+def test_best_only_search_is_the_searchs_first():
+    """search(best_only=True), as the estimate runs it: the counts and the first plan."""
+    for name, c in (("llama3-8b", load_cluster("dgx_h100", 2)),
+                    ("llama3-70b", load_cluster("dgx_a100_40g", 1))):  # nothing fits
+        spec = load_transformer(name)
+        full, best = search(spec, c, 64), search(spec, c, 64, best_only=True)
+        assert (full.candidates, full.valid, full.fitting, full.pruned, full.examples) == (
+            best.candidates, best.valid, best.fitting, best.pruned, best.examples)
+        assert len(best.plans) == 1 and best.plan(0) == full.plan(0)
+        for f in ("step_time_s", "peak_bytes", "fits", "mfu", "tokens_per_s"):
+            assert getattr(best, f)[0] == getattr(full, f)[0], f
+    # what money.best_option reports when nothing fits
+    assert best.peak_bytes.min() == full.peak_bytes.min()
+    assert not full.fitting and full.valid
 
 
 def test_indexed_plans_equal_cells():

@@ -20,7 +20,7 @@ from planner.search.indexed import SpacePlans
 from planner.search.prune import REDUNDANT  # noqa: F401  (re-exported: its old home)
 from planner.search.prune import Grid, Rule, prune_grid, rules, sides
 from planner.search.space import Space
-from planner.search.steps import STEP_KEYS, peaks, sort_order, step_figures
+from planner.search.steps import STEP_KEYS, first_in_order, peaks, sort_order, step_figures
 from planner.topology import Topology
 from planner.transformer import TransformerSpec
 
@@ -42,8 +42,8 @@ class SearchResult:
     fitting: int
     plans: PlanArrays
     """The fitting candidates sorted by (step time, peak memory), then the non-fitting ones
-    kept (the smallest peak memory of each block: KEEP_NOT_FITTING) by peak memory; `valid`
-    counts every valid candidate."""
+    kept (the smallest peak memory of each block: KEEP_NOT_FITTING) by peak memory (only the
+    first of them all for search(best_only=True)); `valid` counts every valid candidate."""
     step_time_s: np.ndarray
     """Seconds per step (inf for plans that do not fit: not evaluated)."""
     peak_bytes: np.ndarray
@@ -175,10 +175,13 @@ def _worker(*args) -> list[tuple]:
 
 def search(spec: TransformerSpec, cluster: Cluster, global_batch_size: int,
            precision: str = "bf16", progress: Callable[[int, int], None] | None = None,
-           block_candidates: int = 400_000, workers: int = 1) -> SearchResult:
+           block_candidates: int = 400_000, workers: int = 1,
+           best_only: bool = False) -> SearchResult:
     """Search the whole space (see planner/search/space.py) for `spec` on `cluster`. With
     `workers` > 1 the blocks are shared among that many processes (spaces of a million
-    candidates or more); the result is the same, merged in block order."""
+    candidates or more); the result is the same, merged in block order. `best_only`: the
+    result holds only the first plan of the ranking (the counts are all there), which is all
+    `paraplan estimate` prices: sorting every kept plan was a tenth of its time."""
     t0 = time.perf_counter()
     space = Space.build(cluster.num_gpus, spec.num_layers, global_batch_size, precision,
                         spec.moe)
@@ -207,7 +210,7 @@ def search(spec: TransformerSpec, cluster: Cluster, global_batch_size: int,
     cat = lambda a, dtype: np.concatenate(a) if a else np.zeros(0, dtype=dtype)  # noqa: E731
     figs = {k: cat(v, bool if k == "fits" else float) for k, v in cols.items()}
     res = _rank(space, global_batch_size, counts, examples, cat(layout, np.int64),
-                cat(col, np.int64), figs, valid)
+                cat(col, np.int64), figs, valid, best_only)
     res.seconds = time.perf_counter() - t0
     return res
 
@@ -239,12 +242,13 @@ def _run(args: tuple, size: int, workers: int,
 
 def _rank(space: Space, global_batch: int, counts: dict[str, int], examples: dict[str, str],
           layout: np.ndarray, col: np.ndarray, c: dict[str, np.ndarray],
-          valid: int) -> SearchResult:
+          valid: int, best_only: bool = False) -> SearchResult:
     """Sort the kept plans (`layout`, `col`: indices into the space's layouts and columns):
-    fitting by step time, then memory; the rest by memory. The plans are built once, in the
-    final order."""
+    fitting by step time, then memory; the rest by memory (`best_only`: only the first). The
+    plans are built once, in the final order."""
     step, peak, fits = c["step_time_s"], c["memory.peak_bytes"], c["fits"].astype(bool)
-    order = sort_order(step, peak, fits)  # np.lexsort((peak, step, ~fits))
+    # np.lexsort((peak, step, ~fits)), or its first element
+    order = first_in_order(step, peak, fits) if best_only else sort_order(step, peak, fits)
     fitting = int(fits.sum())
     if valid - fitting:
         counts[NO_FIT] = valid - fitting

@@ -49,3 +49,18 @@ def sort_order(step: np.ndarray, peak: np.ndarray, fits: np.ndarray) -> np.ndarr
         z.real, z.imag = step[idx], peak[idx]
         parts.append(idx[np.argsort(z, kind="stable")])
     return np.concatenate(parts)
+
+
+def first_in_order(step: np.ndarray, peak: np.ndarray, fits: np.ndarray) -> np.ndarray:
+    """sort_order(step, peak, fits)[:1] without the sort: of the plans that fit (else of the
+    rest) those of the least step time, of them the least peak memory, of them the first
+    (lexicographic order, as the stable sort of step + i peak; -0.0 ties 0.0 in both)."""
+    if np.isnan(step).any() or np.isnan(peak).any():
+        return sort_order(step, peak, fits)[:1]
+    idx = np.flatnonzero(fits)
+    if not len(idx):
+        idx = np.flatnonzero(~fits)
+    if not len(idx):
+        return idx
+    tie = idx[step[idx] == step[idx].min()]
+    return tie[[int(np.argmin(peak[tie]))]]
