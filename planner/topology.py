@@ -31,7 +31,8 @@ import networkx as nx
 import numpy as np
 
 from planner.expert_layout import EXPERT_KINDS
-from planner.group_places import KINDS, Placement, rank_groups, shape_of  # noqa: F401 (re-exported)
+# KINDS and rank_groups live with the placements now; imported from here too.
+from planner.group_places import KINDS, Placement, rank_groups, shape_of  # noqa: F401
 from planner.hardware import Cluster
 from planner.nvlink_domain import domain_of_node, gpus_per_domain
 
@@ -141,7 +142,8 @@ _NONE_LINK = {k: GroupLink(k, 1, 1, 1, "none", _INF, 0.0, 0.0, ((1.0, 1.0),), "n
 
 
 class Topology:
-    """Graph plus a cache of GroupLinks per layout; predict and search share it."""
+    """The cluster's graph (built when first read) and its GroupLinks, cached per layout;
+    predict and search share it."""
 
     def __init__(self, cluster: Cluster):
         self.cluster = cluster
@@ -203,7 +205,7 @@ class Topology:
         distinct placement (planner/group_places.py interns them)."""
         if place is None:
             return _NONE_LINK[kind]
-        key = (id(place), kind)  # the Shape, which holds every interned place, outlives this
+        key = (id(place), kind)  # self._shape holds every interned place: no id is reused
         if key not in self._by_place:
             self._by_place[key] = self._new_link(kind, place)
         return self._by_place[key]
