@@ -152,6 +152,18 @@ def test_a_run_naming_its_stack_is_predicted_with_it(tmp_path, capsys):
     assert len(err) == 1 and "no-such-stack" in err[0]
 
 
+def test_the_blind_set_stays_predictable(capsys):
+    """benchmarks/blind/ is never fitted on (its README); this only keeps it runnable: every
+    run predicted with the stack it names, none left out."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "blind" / \
+        "megatron_bridge_26_04_01.json"
+    assert main(["validate", "--runs", str(path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["count"] == 17 and not out["not_predicted"]
+    assert {r["stack"] for r in out["runs"]} == {"megatron-core", "megatron-core-deepep",
+                                                  "megatron-core-deepep-overlap"}
+
+
 def test_sources_are_normalised_to_their_document():
     groups = {n: {source_group(r.source) for r in rs} for n, rs in load_sets().items()}
     assert groups["published"] == {"Narayanan 2021 Table 1", "Narayanan 2021 Table 2",
