@@ -43,6 +43,30 @@ def test_predict_human_output(capsys):
     assert "step time breakdown" in out and "memory per GPU" in out and "fits" in out
 
 
+def test_the_search_hint_runs_as_printed(tmp_path):
+    """`paraplan search` says "try `paraplan predict --plan best_plan.json`": that command,
+    as printed, predicts the plan on the transformer and cluster (at its size) the file
+    records, with the stack named where the search used another built-in one."""
+    r = paraplan("search", "-t", "llama3-8b", "-c", "dgx_h100", "-n", "2", "--stack",
+                 "torchtitan", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    hint = r.stdout.split("(try `")[1].split("`)")[0]
+    assert hint == "paraplan predict --plan best_plan.json --stack torchtitan"
+    got = paraplan(*hint.split()[1:], "--json", cwd=tmp_path)
+    assert got.returncode == 0, got.stderr
+    out = json.loads(got.stdout)
+    assert (out["transformer"], out["cluster"], out["num_gpus"], out["stack"]) == \
+        ("llama3-8b", "dgx_h100", 16, "torchtitan")
+    bare = json.loads((tmp_path / "best_plan.json").read_text())
+    del bare["transformer"], bare["cluster"]
+    (tmp_path / "bare.json").write_text(json.dumps(bare))
+    for extra, needle in (([], "--transformer/-t is required: the plan file records no "
+                               "transformer"),
+                          (["-t", "llama3-8b"], "--cluster/-c is required")):
+        e = paraplan("predict", "--plan", "bare.json", *extra, cwd=tmp_path)
+        assert e.returncode == 2 and e.stderr.strip().count("\n") == 0 and needle in e.stderr
+
+
 @pytest.mark.parametrize("args,needle", [
     (["predict", "-t", "gpt3-175b", "-c", "dgx_z900", "--plan", PLAN_175B],
      "unknown cluster preset 'dgx_z900'; accepted: dgx_a100_40g"),

@@ -25,12 +25,14 @@ def console(json_mode: bool = False) -> Console:
 
 
 def add_model_args(p: argparse.ArgumentParser, transformer: str | None,
-                   cluster: str | None) -> None:
-    """--transformer, --cluster, --num-nodes."""
-    p.add_argument("--transformer", "-t", default=transformer, required=transformer is None,
+                   cluster: str | None, required: bool = True) -> None:
+    """--transformer, --cluster, --num-nodes (`required=False`: a command that can take them
+    from a plan file instead, see load_model_args)."""
+    p.add_argument("--transformer", "-t", default=transformer,
+                   required=required and transformer is None,
                    help="preset name (see `paraplan presets`), spec JSON, or HF config.json"
                         + (f" (default: {transformer})" if transformer else ""))
-    p.add_argument("--cluster", "-c", default=cluster, required=cluster is None,
+    p.add_argument("--cluster", "-c", default=cluster, required=required and cluster is None,
                    help="cluster preset name or profile JSON" + (f" (default: {cluster})"
                                                                  if cluster else ""))
     p.add_argument("--num-nodes", "-n", type=int, default=None,
@@ -47,10 +49,29 @@ def add_stack_arg(p: argparse.ArgumentParser) -> None:
                         f"else {DEFAULT_STACK})")
 
 
-def load_model_args(args: argparse.Namespace) -> tuple[TransformerSpec, Cluster]:
-    """The spec and cluster named on the command line, the cluster bound to `--stack`."""
-    return load_transformer(args.transformer), load_cluster(args.cluster, args.num_nodes,
-                                                            getattr(args, "stack", None))
+def load_model_args(args: argparse.Namespace, meta: dict | None = None,
+                    plan: Plan | None = None) -> tuple[TransformerSpec, Cluster]:
+    """The spec and cluster named on the command line, the cluster bound to `--stack`. Where
+    -t or -c is not given, the ones a plan file records (`meta`, load_plan_with_meta), the
+    cluster at the plan's GPU count unless --num-nodes says otherwise."""
+    meta = meta or {}
+    if args.transformer is not None:
+        spec = load_transformer(args.transformer)
+    elif isinstance(meta.get("transformer"), dict):
+        spec = validate_as(TransformerSpec, meta["transformer"], "the plan's transformer")
+    else:
+        raise InputError("--transformer/-t is required: the plan file records no transformer")
+    stack = getattr(args, "stack", None)
+    if args.cluster is not None:
+        return spec, load_cluster(args.cluster, args.num_nodes, stack)
+    if not isinstance(meta.get("cluster"), str):
+        raise InputError("--cluster/-c is required: the plan file records no cluster")
+    nodes = args.num_nodes
+    if nodes is None and plan is not None:
+        per_node = load_cluster(meta["cluster"]).gpus_per_node
+        if plan.world_size % per_node == 0:
+            nodes = plan.world_size // per_node
+    return spec, load_cluster(meta["cluster"], nodes, stack)
 
 
 # Keys a plan file may carry beside the flat plan contract keys: what the plan was searched for

@@ -17,16 +17,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="predict step time, MFU and memory of one plan",
                        description="Predict one plan's step time, throughput, MFU, per-GPU "
                                    "memory and time breakdown.")
-    add_model_args(p, None, None)
+    add_model_args(p, None, None, required=False)
     p.add_argument("--plan", "-p", required=True,
-                   help="plan JSON file (e.g. written by `paraplan search`) or inline JSON")
+                   help="plan JSON file (e.g. written by `paraplan search`) or inline JSON; "
+                        "-t and -c default to the transformer and cluster it records")
     p.add_argument("--json", action="store_true", help="print one JSON object (the contract)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    spec, cluster = load_model_args(args)
     plan, meta = load_plan_with_meta(args.plan)
+    spec, cluster = load_model_args(args, meta, plan)
     for note in mismatches(meta, spec.model_dump(), cluster.name):
         console(True).print(f"[yellow]note[/]: {note}")
     result = predict(spec, cluster, plan)

@@ -16,6 +16,7 @@ from planner.hardware import Cluster
 from planner.schema import InputError, write_json_atomic
 from planner.search.search import SearchResult, rerank_fitting, search
 from planner.search.space import DEFAULT_BATCH_TOKENS, batch_sequences
+from planner.stack import DEFAULT_STACK, stack_names
 from planner.transformer import TransformerSpec
 
 DEFAULT_TRANSFORMER, DEFAULT_CLUSTER = "llama3-8b", "dgx_h100"
@@ -89,8 +90,12 @@ def write_best(res: SearchResult, spec: TransformerSpec, cluster: Cluster,
     if res.fitting:
         written = str(write_json_atomic(path, plan_file(res, spec, cluster)))
         how = ", replacing the earlier file" if existed else ""
+        # The file records the transformer and cluster, not the stack: name it where the
+        # search ran on a built-in one other than the default.
+        stack = (f" --stack {cluster.stack.name}" if cluster.stack.name != DEFAULT_STACK
+                 and cluster.stack.name in stack_names() else "")
         return written, (f"best plan written to {written}{how} (try `paraplan predict --plan "
-                         f"{written}`)")
+                         f"{written}{stack}`)")
     if existed:
         path.unlink()
         return None, f"removed {path}: it held an earlier search's plan and no plan fits this one"
