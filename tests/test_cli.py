@@ -60,9 +60,10 @@ def test_the_search_hint_runs_as_printed(tmp_path):
     bare = json.loads((tmp_path / "best_plan.json").read_text())
     del bare["transformer"], bare["cluster"]
     (tmp_path / "bare.json").write_text(json.dumps(bare))
-    for extra, needle in (([], "--transformer/-t is required: the plan file records no "
+    for extra, needle in (([], "--transformer is required (-t): the plan file records no "
                                "transformer"),
-                          (["-t", "llama3-8b"], "--cluster/-c is required")):
+                          (["-t", "llama3-8b"], "--cluster is required (-c): the plan file "
+                                                "records no cluster")):
         e = paraplan("predict", "--plan", "bare.json", *extra, cwd=tmp_path)
         assert e.returncode == 2 and e.stderr.strip().count("\n") == 0 and needle in e.stderr
 

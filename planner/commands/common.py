@@ -49,23 +49,28 @@ def add_stack_arg(p: argparse.ArgumentParser) -> None:
                         f"else {DEFAULT_STACK})")
 
 
+def plan_transformer(ref: str | None, meta: dict) -> TransformerSpec:
+    """The transformer `-t ref` names, else the one a plan file records (`meta`,
+    load_plan_with_meta); InputError where neither is there."""
+    if ref is not None:
+        return load_transformer(ref)
+    if isinstance(meta.get("transformer"), dict):
+        return validate_as(TransformerSpec, meta["transformer"], "the plan's transformer")
+    raise InputError("--transformer is required (-t): the plan file records no transformer")
+
+
 def load_model_args(args: argparse.Namespace, meta: dict | None = None,
                     plan: Plan | None = None) -> tuple[TransformerSpec, Cluster]:
     """The spec and cluster named on the command line, the cluster bound to `--stack`. Where
     -t or -c is not given, the ones a plan file records (`meta`, load_plan_with_meta), the
     cluster at the plan's GPU count unless --num-nodes says otherwise."""
     meta = meta or {}
-    if args.transformer is not None:
-        spec = load_transformer(args.transformer)
-    elif isinstance(meta.get("transformer"), dict):
-        spec = validate_as(TransformerSpec, meta["transformer"], "the plan's transformer")
-    else:
-        raise InputError("--transformer/-t is required: the plan file records no transformer")
+    spec = plan_transformer(args.transformer, meta)
     stack = getattr(args, "stack", None)
     if args.cluster is not None:
         return spec, load_cluster(args.cluster, args.num_nodes, stack)
     if not isinstance(meta.get("cluster"), str):
-        raise InputError("--cluster/-c is required: the plan file records no cluster")
+        raise InputError("--cluster is required (-c): the plan file records no cluster")
     nodes = args.num_nodes
     if nodes is None and plan is not None:
         per_node = load_cluster(meta["cluster"]).gpus_per_node

@@ -7,12 +7,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from planner.commands.common import add_stack_arg, load_plan_with_meta
+from planner.commands.common import add_stack_arg, load_plan_with_meta, plan_transformer
 from planner.export import TARGETS, export, target
 from planner.hardware import load_cluster
-from planner.schema import InputError, validate_as, write_text_atomic
+from planner.schema import InputError, write_text_atomic
 from planner.stack import load_stack
-from planner.transformer import TransformerSpec, load_transformer
 
 # The stack each target's flags describe when --stack is not given (hardware_profiles/stacks/).
 DEFAULT_STACKS = {"megatron": "megatron-core", "torchtitan": "torchtitan",
@@ -40,14 +39,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _spec(args: argparse.Namespace, meta: dict) -> TransformerSpec:
-    if args.transformer:
-        return load_transformer(args.transformer)
-    if isinstance(meta.get("transformer"), dict):
-        return validate_as(TransformerSpec, meta["transformer"], "the plan's transformer")
-    raise InputError("--transformer is required: the plan records no transformer")
-
-
 def _gpus_per_node(meta: dict) -> int:
     """GPUs per node of the cluster the plan file records, else 8."""
     name = meta.get("cluster")
@@ -62,7 +53,7 @@ def _gpus_per_node(meta: dict) -> int:
 def run(args: argparse.Namespace) -> int:
     module = target(args.to)
     plan, meta = load_plan_with_meta(args.plan)
-    spec = _spec(args, meta)
+    spec = plan_transformer(args.transformer, meta)
     stack = load_stack(args.stack or DEFAULT_STACKS[module.NAME])
     text, unexpressed = export(plan, spec, stack, module.NAME)
     if args.out:
