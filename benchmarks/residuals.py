@@ -14,8 +14,8 @@ import numpy as np
 
 from planner.validation import compare, load_runs
 
-KEYS = ("compute_s", "tp_comm_s", "cp_comm_s", "pp_comm_s", "dp_comm_s", "ep_comm_s", "bubble_s",
-        "optimizer_s")
+KEYS = ("compute_s", "tp_comm_s", "cp_comm_s", "pp_comm_s", "dp_comm_s", "ep_comm_s", "host_s",
+        "bubble_s", "optimizer_s")
 
 
 def main(paths: list[str]) -> None:

@@ -213,6 +213,11 @@ class Cluster(FrozenModel):
     """The training stack the cost model plans for (planner/stack.py). Hardware profiles hold
     none; `load_cluster` binds one (`--stack`, else the profile's own, as a calibrated CPU
     profile has, else `megatron-core`)."""
+    host_op_s: float = Field(default=0.0, ge=0)
+    """CPU time of dispatching and launching one eager PyTorch op on this node's host CPU (the
+    kernel itself runs asynchronously on the GPU). With the stack's op counts it gives the
+    host time of a block, which shows when it exceeds the GPU time (planner/cost/host.py).
+    0: not modelled (CPU profiles, where the ranks run the ops themselves)."""
     prices: Prices | None = None
     """What the GPUs cost to rent or buy, with dates (sources in `sources`)."""
     storage: str | Storage = "parallel_fs"

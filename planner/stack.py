@@ -135,6 +135,24 @@ class Stack(FrozenModel):
     """Expert-parallel dispatch / combine all-to-alls overlap compute of another micro-batch
     (Megatron-Core overlap_moe_expert_parallel_comm; DeepSeek-V3's DualPipe): exposed EP time is
     what the block's compute cannot hide."""
+    block_host_ops_fwd: float = Field(default=0.0, ge=0)
+    """CPU work of issuing one dense block's forward per micro-batch, in eager-op equivalents
+    (one eager PyTorch op dispatched and launched: the cluster's `host_op_s`): the block's
+    kernel-launching ops, a framework module counted at its measured CPU cost over a plain op.
+    Tensor-parallel collectives and the recomputed forward are added by planner/cost/host.py.
+    0: not modelled (calibrated CPU stacks, whose per-op dispatch is the GPU profile's
+    `kernel_overhead_s`)."""
+    block_host_ops_bwd: float = Field(default=0.0, ge=0)
+    """The same for the block's backward (autograd replaying the forward's ops' gradients)."""
+    moe_host_ops_fwd: float = Field(default=0.0, ge=0)
+    """Eager-op equivalents an MoE FFN adds to a block's forward over the dense MLP it replaces
+    (router, top-k, permute, dispatch and combine, grouped expert GEMMs, unpermute)."""
+    moe_host_ops_bwd: float = Field(default=0.0, ge=0)
+    """The same for the MoE FFN's backward."""
+    moe_host_syncs: int = Field(default=0, ge=0)
+    """Host-device synchronisations per dropless MoE block forward (the CPU reads the tokens per
+    expert to size the dispatch): each empties the queue the CPU had run ahead with, so the GPU
+    waits for the next launch (planner/cost/host.py)."""
     sources: dict[str, str] = Field(default_factory=dict)
     """Field name -> where the behaviour or number comes from."""
     notes: list[str] = Field(default_factory=list)

@@ -24,7 +24,7 @@ from planner.uncertainty import cluster_band
 from planner.validity import plan_problems
 
 BREAKDOWN_KEYS = ("compute_s", "tp_comm_s", "cp_comm_s", "pp_comm_s", "dp_comm_s", "ep_comm_s",
-                  "bubble_s", "optimizer_s")
+                  "host_s", "bubble_s", "optimizer_s")
 EXPERT_MEMORY_KEYS = ("weights_bytes", "gradients_bytes", "optimizer_bytes", "activations_bytes")
 MEMORY_KEYS = ("weights_bytes", "gradients_bytes", "optimizer_bytes", "activations_bytes",
                "transient_bytes", "buffers_bytes", "framework_bytes")

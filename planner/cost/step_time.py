@@ -1,5 +1,6 @@
 """Step time = pipeline (micro-batches x slowest stage + bubble) + exposed pipeline p2p +
-exposed data-parallel reduction + optimizer, with the per-category breakdown.
+exposed data-parallel reduction + the host time the GPU waits for (planner/cost/host.py) +
+optimizer, with the per-category breakdown.
 
 Pipeline: with per-micro-batch stage times T_i (forward + backward, their TP/CP communication
 and exposed ZeRO-3 gathers), m micro-batches and v virtual stages,
@@ -19,6 +20,7 @@ from planner.cost.comms import Link
 from planner.cost.compute import Shapes, embedding_times, head_times, layer_times
 from planner.cost.dp_sync import SYNC_FIELDS, dp_exposed, sync_terms
 from planner.cost.efficiency import overlapped
+from planner.cost.host import host_exposed
 from planner.cost.moe_cost import per_moe_layer
 from planner.cost.params import layer_params_per_rank
 from planner.cost.shape_cache import by_shape, on_groups
@@ -30,7 +32,7 @@ from planner.plan_arrays import R_FULL, R_SELECTIVE, PlanArrays
 from planner.stages import heaviest_middle
 from planner.transformer import TransformerSpec
 
-CATEGORIES = ("compute", "tp", "cp", "dp", "ep")
+CATEGORIES = ("compute", "tp", "cp", "dp", "ep", "host")
 # What _block_terms reads ("layout": tp, cp, pp, dp, order, ep, etp; with micro-batch, sequence
 # parallelism and precision, the Shapes): no virtual stage, schedule or micro-batch count, and
 # the ZeRO stage only through DeepSpeed's ZeRO-3 gathers (_per_layer: z3).
@@ -120,9 +122,11 @@ def _per_layer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shape
     z3 = (P.zero >= 3) & (sw.zero_impl == "deepspeed")
     ag, rs = links["dpcp"].all_gather(wbytes), links["dpcp"].reduce_scatter(wbytes)
     gathers_b = 1.0 + np.where(full & (sw.zero_impl == "deepspeed"), 1.0, 0.0)
-    dp_f = np.where(z3, overlapped(cluster.gpu, ag, lt.fwd + tp_f), 0.0)
-    dp_b = np.where(z3, overlapped(cluster.gpu, gathers_b * ag + rs, lt.bwd + recompute + tp_b),
-                    0.0)
+    # They run on during the block's exposed TP and CP time as during its compute (another
+    # link), so the whole block is their window.
+    dp_f = np.where(z3, overlapped(cluster.gpu, ag, lt.fwd + tp_f + cp_f), 0.0)
+    dp_b = np.where(z3, overlapped(cluster.gpu, gathers_b * ag + rs,
+                                   lt.bwd + recompute + tp_b + cp_b), 0.0)
     zero = np.zeros(len(P))
     return {"compute": (lt.fwd, lt.bwd + recompute), "tp": (tp_f, tp_b), "cp": (cp_f, cp_b),
             "dp": (dp_f, dp_b), "ep": (zero, zero)}
@@ -139,6 +143,8 @@ def _block_terms(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Sha
     for name, d in (("dense", per), ("moe", per_moe_layer(spec, cluster, P, sh, links, per)
                                       if spec.moe else None)):
         if d is not None:
+            d = {**d, "host": host_exposed(spec, cluster, P, sh, d, moe=name == "moe")}
+            dense_host = d["host"] if name == "dense" else dense_host
             out.update({f"{name}.{c}": f + b for c, (f, b) in d.items()})
             out[f"{name}.fwd"] = sum(f for f, _ in d.values())
             out[f"{name}.bwd"] = sum(b for _, b in d.values())
@@ -158,7 +164,8 @@ def _block_terms(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Sha
     msg = sh.act_bytes * sh.mbs * spec.seq_len / sh.cp * spec.hidden_size / sh.tp
     out["pp_hop"] = 2 * links["pp"].p2p(msg) + cluster.stack.pp_microbatch_overhead_s
     if cluster.stack.zero_impl == "fsdp2" and cluster.stack.grad_overlap:
-        out["fsdp.ov_f"], out["fsdp.ov_b"] = fsdp2_overlaps(spec, cluster, P, sh, links["dpcp"])
+        out["fsdp.ov_f"], out["fsdp.ov_b"] = fsdp2_overlaps(spec, cluster, P, sh, links["dpcp"],
+                                                            host=dense_host)
     return out
 
 
@@ -235,6 +242,7 @@ def step_breakdown(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: S
         "tp_comm_s": m * st["max_tp"],
         "cp_comm_s": m * st["max_cp"],
         "ep_comm_s": m * st["max_ep"],
+        "host_s": m * st["max_host"],
         "pp_comm_s": pp_comm,
         "dp_comm_s": m * st["max_dp"] + dp_exposed(spec, cluster, P, sh, st["bwd_window"],
                                                     st["fwd_window"], sync,

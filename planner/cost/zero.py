@@ -38,14 +38,19 @@ def fsdp2_unit_comms(spec: TransformerSpec, P: PlanArrays, sh: Shapes,
 
 
 def fsdp2_overlaps(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
-                   link: Link) -> tuple[np.ndarray, np.ndarray]:
+                   link: Link, host: tuple[np.ndarray, np.ndarray] | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """A block's gather prefetched behind one block's forward, and behind its backward (stacks
-    that overlap). Reads the layout (tp; the link), precision and the Shapes only."""
+    that overlap). Reads the layout (tp; the link), precision and the Shapes only. `host`: the
+    block's exposed host time (forward, backward; planner/cost/host.py), during which the
+    gather runs on too."""
     block = layer_params_per_rank(spec, sh.tp) * np.where(P.precision == 3, 4.0, 2.0)
     ag_block = link.all_gather(block)
     lt = by_shape(lambda s: layer_times(spec, cluster.gpu, s, cluster.stack.flash_attention,
                                         cluster.stack.elementwise_traffic), sh)
-    return overlapped(cluster.gpu, ag_block, lt.fwd), overlapped(cluster.gpu, ag_block, lt.bwd)
+    hf, hb = (0.0, 0.0) if host is None else host
+    return (overlapped(cluster.gpu, ag_block, lt.fwd + hf),
+            overlapped(cluster.gpu, ag_block, lt.bwd + hb))
 
 
 def fsdp2_exposed(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,

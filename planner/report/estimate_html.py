@@ -13,7 +13,7 @@ from planner.report.page import table, write_page
 
 PARTS = (("compute_s", "compute"), ("tp_comm_s", "TP comm"), ("cp_comm_s", "CP comm"),
          ("pp_comm_s", "PP comm"), ("dp_comm_s", "DP comm"), ("ep_comm_s", "EP comm"),
-         ("bubble_s", "bubble"),
+         ("host_s", "host launch"), ("bubble_s", "bubble"),
          ("optimizer_s", "optimizer"))
 
 
