@@ -120,11 +120,11 @@ def gib(nbytes: float) -> str:
 
 
 def seconds(s: float) -> str:
-    """Seconds with sensible precision."""
+    """Seconds with sensible precision and their unit (s, ms or us)."""
     if s >= 100:
-        return f"{s:.0f}"
+        return f"{s:.0f} s"
     if s >= 1:
-        return f"{s:.2f}"
+        return f"{s:.2f} s"
     if s >= 1e-3:
         return f"{s * 1e3:.1f} ms"
     return f"{s * 1e6:.0f} us"

@@ -57,12 +57,12 @@ def show(r: dict[str, Any], plan) -> None:
     out.print(f"[bold]{r['transformer']}[/] on [bold]{r['cluster']}[/] ({r['num_gpus']} GPUs): "
               f"{plan_short(plan)}, global batch {plan.global_batch_size}, {plan.precision}")
     step = r["step_time_s"]
-    out.print(f"step time [bold]{seconds(step)} s[/]   tokens/s {r['tokens_per_s']:,.0f}   "
+    out.print(f"step time [bold]{seconds(step)}[/]   tokens/s {r['tokens_per_s']:,.0f}   "
               f"model TFLOP/s per GPU {r['model_tflops_per_gpu']:.1f}   MFU "
               f"[bold]{r['mfu'] * 100:.1f}%[/]")
     t = Table(title="step time breakdown", title_justify="left")
     t.add_column("part")
-    t.add_column("seconds", justify="right")
+    t.add_column("time", justify="right")
     t.add_column("share", justify="right")
     for k, v in r["breakdown"].items():
         t.add_row(k.removesuffix("_s").replace("_", " "), seconds(v), f"{v / step * 100:.1f}%")

@@ -176,9 +176,9 @@ def _row(res: SearchResult, i: int) -> list[str]:
 def _table(title: str, res: SearchResult, rows) -> Table:
     t = Table(title=title, title_justify="left")
     cols = ["#", "dp", "tp", "pp", "cp"] + (["ep", "etp"] if _moe(res) else []) + [
-        "mbs", "v", "schedule", "zero", "recompute", "sp", "step s", "tokens/s", "MFU", "GiB"]
+        "mbs", "v", "schedule", "zero", "recompute", "sp", "step", "tokens/s", "MFU", "GiB"]
     if "goodput_fraction" in res.extra:
-        cols += ["goodput", "adj. s", "stall s"]
+        cols += ["goodput", "adj. step", "stall s"]
     for col in cols:
         t.add_column(col, justify="left" if col in ("schedule", "recompute") else "right")
     for rank, i in rows:
