@@ -90,3 +90,19 @@ def test_stack_counts_are_read_from_the_stack():
     full_t = predict(spec, load_cluster("gb200_nvl72", 1, base), plan)["breakdown"]["host_s"]
     half_t = predict(spec, load_cluster("gb200_nvl72", 1, half), plan)["breakdown"]["host_s"]
     assert half_t < 0.6 * full_t
+
+
+def test_predict_says_when_a_plan_is_host_bound(capsys, tmp_path):
+    """The human output names a host-bound plan and what shortens it; a big-block plan gets no
+    such line."""
+    from planner.cli import main
+    small = tmp_path / "plan.json"
+    small.write_text('{"dp": 1, "tp": 8, "pp": 1, "micro_batch_size": 1, '
+                     '"global_batch_size": 8}')
+    assert main(["predict", "-t", "gpt3-1.3b", "-c", "gb200_nvl72", "-n", "1",
+                 "--plan", str(small)]) == 0
+    out = capsys.readouterr().out
+    assert "host-bound" in out and "CUDA graphs" in out
+    assert main(["predict", "-t", "llama3-70b", "-c", "dgx_h100", "-n", "1",
+                 "--plan", str(small)]) == 0
+    assert "host-bound" not in capsys.readouterr().out

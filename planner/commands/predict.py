@@ -67,6 +67,12 @@ def show(r: dict[str, Any], plan) -> None:
     for k, v in r["breakdown"].items():
         t.add_row(k.removesuffix("_s").replace("_", " "), seconds(v), f"{v / step * 100:.1f}%")
     out.print(t)
+    host = r["breakdown"].get("host_s", 0.0)
+    if host > 0.1 * step:  # planner/cost/host.py: the blocks run at the CPU's launch pace
+        out.print(f"[yellow]host-bound[/]: the GPU waits {host / step * 100:.0f}% of the step "
+                  "for the CPU to launch kernels (blocks too small for this GPU). Larger "
+                  "micro-batches, less tensor parallelism, torch.compile or CUDA graphs (a "
+                  "stack file with lower block_host_ops_fwd / _bwd) shorten it.")
     m = Table(title="memory per GPU (most loaded rank)", title_justify="left")
     m.add_column("component")
     m.add_column("GiB", justify="right")
