@@ -73,13 +73,14 @@ def rank_moe_layers(spec, pp: np.ndarray, vpp: np.ndarray, pp_rank: np.ndarray) 
     base, extra = L // chunks, L % chunks
     if freq == 1:
         # Every block from `first` on is MoE: the rank's blocks minus those below `first`,
-        # which only chunks starting below `first` hold (chunk c starts at >= c).
+        # which only chunks starting below `first` hold (starts grow with c; with more chunks
+        # than blocks, base 0, chunk c starts at c - 1, not at c).
         dense = np.zeros(pp.shape, dtype=np.int64)
         for k in range(int(vpp.max(initial=1))):
             c = pp_rank + k * pp
-            if int(c.min(initial=first)) >= first:
-                break
             start = c * base + np.minimum(np.maximum(c - 1, 0), extra)
+            if int(start.min(initial=first)) >= first:
+                break
             size = base + ((c >= 1) & (c <= extra))
             dense += np.where(k < vpp, np.clip(first - start, 0, size), 0)
         return (rank_layers(L, pp, vpp, pp_rank) - dense).astype(float)
