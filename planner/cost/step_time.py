@@ -139,12 +139,13 @@ def _block_terms(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Sha
     their forward and backward sums, the whole model's blocks, embedding and head once
     (`t_sum`), a hop's p2p time, FSDP2's prefetch overlaps. Reads _block_fields only."""
     per = _per_layer(spec, cluster, P, sh, links)
+    per["host"] = host_exposed(spec, cluster, P, sh, per, moe=False)
+    moe = per_moe_layer(spec, cluster, P, sh, links, per) if spec.moe else None
+    if moe is not None:  # a new dict: the dense block's own host time stays in `per`
+        moe["host"] = host_exposed(spec, cluster, P, sh, moe, moe=True)
     out = {}
-    for name, d in (("dense", per), ("moe", per_moe_layer(spec, cluster, P, sh, links, per)
-                                      if spec.moe else None)):
+    for name, d in (("dense", per), ("moe", moe)):
         if d is not None:
-            d = {**d, "host": host_exposed(spec, cluster, P, sh, d, moe=name == "moe")}
-            dense_host = d["host"] if name == "dense" else dense_host
             out.update({f"{name}.{c}": f + b for c, (f, b) in d.items()})
             out[f"{name}.fwd"] = sum(f for f, _ in d.values())
             out[f"{name}.bwd"] = sum(b for _, b in d.values())
@@ -165,7 +166,7 @@ def _block_terms(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Sha
     out["pp_hop"] = 2 * links["pp"].p2p(msg) + cluster.stack.pp_microbatch_overhead_s
     if cluster.stack.zero_impl == "fsdp2" and cluster.stack.grad_overlap:
         out["fsdp.ov_f"], out["fsdp.ov_b"] = fsdp2_overlaps(spec, cluster, P, sh, links["dpcp"],
-                                                            host=dense_host)
+                                                            host=per["host"])
     return out
 
 
