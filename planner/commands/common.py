@@ -71,12 +71,11 @@ def load_model_args(args: argparse.Namespace, meta: dict | None = None,
         return spec, load_cluster(args.cluster, args.num_nodes, stack)
     if not isinstance(meta.get("cluster"), str):
         raise InputError("--cluster is required (-c): the plan file records no cluster")
-    nodes = args.num_nodes
-    if nodes is None and plan is not None:
-        per_node = load_cluster(meta["cluster"]).gpus_per_node
-        if plan.world_size % per_node == 0:
-            nodes = plan.world_size // per_node
-    return spec, load_cluster(meta["cluster"], nodes, stack)
+    cluster = load_cluster(meta["cluster"], args.num_nodes, stack)
+    per_node = cluster.gpus_per_node
+    if args.num_nodes is None and plan is not None and plan.world_size % per_node == 0:
+        cluster = cluster.with_num_nodes(plan.world_size // per_node)
+    return spec, cluster
 
 
 # Keys a plan file may carry beside the flat plan contract keys: what the plan was searched for
