@@ -1,5 +1,5 @@
 """Residual decomposition: for every run of a validation set, the predicted breakdown
-(compute, tp, cp, pp, dp, bubble, optimizer, seconds per step), implied and measured MFU, and
+(planner.cost.evaluate.BREAKDOWN_KEYS, seconds per step), implied and measured MFU, and
 the signed error, grouped by framework and GPU. Used to find mechanisms (docs/accuracy.md).
 
 Run: python benchmarks/residuals.py [RUNS.json ...]   (default: shipped + runs_current)
@@ -12,10 +12,8 @@ from collections import defaultdict
 
 import numpy as np
 
+from planner.cost.evaluate import BREAKDOWN_KEYS as KEYS
 from planner.validation import compare, load_runs
-
-KEYS = ("compute_s", "tp_comm_s", "cp_comm_s", "pp_comm_s", "dp_comm_s", "ep_comm_s", "host_s",
-        "bubble_s", "optimizer_s")
 
 
 def main(paths: list[str]) -> None:
