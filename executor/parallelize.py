@@ -152,7 +152,7 @@ def parallelize(spec: TransformerSpec, plan: Plan, pm: ParallelMesh, device: tor
     if moe and pmodel.dp_mode == "ps" and plan.tp > 1:
         raise ValueError("grad_sync parameter_server with a mixture-of-experts model needs tp=1")
     if pmodel.dp_mode == "fsdp":
-        dpar.apply_fsdp(parts, pm.dp_cp_mesh, plan, pm.edp_mesh() if moe else None)
+        dpar.apply_fsdp(parts, pm.fsdp_mesh, plan, pm.edp_mesh() if moe else None)
     elif pmodel.dp_mode == "ddp":
         pmodel.parts = [dpar.wrap_ddp(parts[0], pm.dp_cp_mesh.get_group())]
     pmodel.is_moe, pmodel.moe = moe, moe_layers(pmodel.parts)

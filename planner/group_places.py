@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from planner.expert_layout import EXPERT_KINDS, expert_rank_groups
+from planner.zero_layout import ZERO_KINDS, zero_rank_groups
 from planner.hardware import Cluster
 from planner.nvlink_domain import domain_of_node, gpus_per_domain
 from planner.plan import DIMS
@@ -133,6 +134,7 @@ class Shape:
         self._dense: dict[tuple, dict[str, Placement | None]] = {}
         self._groups: dict[tuple, Placement] = {}  # group_key (and pp or not) -> Placement
         self._expert: dict[tuple, dict[str, Placement | None]] = {}
+        self._zero: dict[tuple, dict[str, Placement | None]] = {}
         # One object per distinct value: layouts that place a kind alike (tp = 8 under any dp
         # or pp, on these servers) share it, and with it its GroupLink (Topology._link).
         self._interned: dict[tuple, Placement] = {}
@@ -172,6 +174,23 @@ class Shape:
                     self._place(groups, False))
             self._expert[key] = out
         return self._expert[key]
+
+    def zero(self, tp: int, cp: int, dp: int, pp: int, order: str,
+             dp_shard: int) -> dict[str, Placement | None]:
+        """The Placement of each ZeRO kind (ZERO_KINDS, planner/zero_layout.py; None: groups of
+        one rank). Without hybrid sharding the shard group is dp x cp (the dense `dpcp`)."""
+        if dp_shard == dp:
+            return {"zshard": self.dense(tp, cp, dp, pp, order)["dpcp"], "zrep": None}
+        key = (tp, cp, dp, pp, order, dp_shard)
+        if key not in self._zero:
+            sizes = {"tp": tp, "cp": cp, "dp": dp, "pp": pp}
+            out: dict[str, Placement | None] = {}
+            for kind in ZERO_KINDS:
+                groups = zero_rank_groups(sizes, order, dp_shard, kind)
+                out[kind] = None if groups.shape[1] == 1 else self._intern(
+                    self._place(groups, False))
+            self._zero[key] = out
+        return self._zero[key]
 
     def _intern(self, p: Placement) -> Placement:
         key = (p.size, p.ranks_per_node, p.nodes_spanned, p.ranks_per_domain,

@@ -245,7 +245,10 @@ def best_option(spec: TransformerSpec, cluster: Cluster, global_batch: int, toke
                 rent: float | None, precision: str = "bf16",
                 goodput: GoodputInputs | None = None) -> Option:
     """Search `cluster` and price its best plan, with and without losses."""
-    res = search(spec, cluster, global_batch, precision, best_only=True)  # plan(0) is all used
+    # plan(0) is all used. Full sharding only: hybrid sharding (dp_shard) did not change the
+    # best plan of Llama-3 70B on any of 8 to 128 nodes of H100, A100 or B200 (docs/accuracy.md,
+    # session 23) and would add a third to the estimate's time.
+    res = search(spec, cluster, global_batch, precision, best_only=True, hybrid=False)
     if not res.fitting:
         why = ("no valid plan" if res.valid == 0 else
                f"needs {res.peak_bytes.min() / 2**30:.0f} GiB per GPU at best")

@@ -52,6 +52,13 @@ class Plan(FrozenModel):
     """Pipeline schedule."""
     zero_stage: int = Field(default=0, ge=0, le=3)
     """0: replicated optimizer; 1: optimizer state sharded over dp; 2: + gradients; 3: + weights."""
+    dp_shard: int | None = Field(default=None, ge=1)
+    """ZeRO / FSDP shard group: the state zero_stage shards is split over the innermost
+    dp_shard data-parallel ranks (with cp) and replicated over the dp / dp_shard groups, whose
+    gradient shards are all-reduced (hybrid sharding, HSDP: PyTorch FSDP2 on a (replicate,
+    shard) mesh, FSDP1 HYBRID_SHARD, torchtitan data_parallel_shard_degree; Megatron-Core
+    num_distributed_optimizer_instances = dp / dp_shard). null: every dp rank (full
+    sharding). Must divide dp; below dp it needs zero_stage >= 1."""
     recompute: Literal["none", "selective", "full"] = "none"
     """Activation recomputation: none, selective (attention core, Korthikanti et al. 2022), full
     (every layer's forward)."""
@@ -84,6 +91,18 @@ class Plan(FrozenModel):
     def world_size(self) -> int:
         """GPUs the plan needs: dp * tp * pp * cp."""
         return self.dp * self.tp * self.pp * self.cp
+
+    @property
+    def zero_shard(self) -> int:
+        """Data-parallel ranks one copy of the ZeRO-sharded state is split over (dp_shard, or
+        dp when unset)."""
+        return self.dp if self.dp_shard is None else self.dp_shard
+
+    @property
+    def zero_label(self) -> str:
+        """The ZeRO stage as the tables print it: z3, or z3/8 for hybrid sharding over 8."""
+        return f"z{self.zero_stage}" + (f"/{self.dp_shard}" if self.zero_shard < self.dp
+                                        else "")
 
     @property
     def edp(self) -> int:

@@ -21,7 +21,7 @@ PS_COLOCATED, PS_DEDICATED = (PS_PLACEMENTS.index(p) for p in PS_PLACEMENTS)
 
 # The fields that fix a plan's parallel groups (its links: planner/cost/layout.py), in the order
 # the layouts are numbered.
-LAYOUT_FIELDS = ("tp", "cp", "pp", "dp", "order", "ep", "etp")
+LAYOUT_FIELDS = ("tp", "cp", "pp", "dp", "order", "ep", "etp", "dp_shard")
 
 
 # Fields whose values all lie in [0, _RAW) serve as their own (bounded, not dense) codes.
@@ -103,6 +103,7 @@ class PlanArrays:
     ps_placement: np.ndarray | None = None
     ep: np.ndarray | None = None   # None -> 1 (dense plans)
     etp: np.ndarray | None = None
+    dp_shard: np.ndarray | None = None  # None -> dp (ZeRO shards over every dp rank)
 
     def __post_init__(self) -> None:
         for name in ("grad_sync", "ps_servers", "ps_placement"):
@@ -111,6 +112,8 @@ class PlanArrays:
         for name in ("ep", "etp"):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, np.ones(len(self.dp), dtype=np.int64))
+        if self.dp_shard is None:
+            object.__setattr__(self, "dp_shard", np.asarray(self.dp).copy())
 
     def __len__(self) -> int:
         return len(self.dp)
@@ -119,6 +122,11 @@ class PlanArrays:
     def edp(self) -> np.ndarray:
         """Expert data-parallel width tp*cp*dp / (etp*ep), floored (validity checks it)."""
         return self.tp * self.cp * self.dp // (self.etp * self.ep)
+
+    @property
+    def hsdp(self) -> np.ndarray:
+        """Plans whose ZeRO shard group is smaller than dp (hybrid sharding)."""
+        return self.dp_shard < self.dp
 
     @cached_property
     def micro_batches(self) -> np.ndarray:
@@ -178,6 +186,7 @@ class PlanArrays:
             ps_servers=int(self.ps_servers[i]),
             ps_placement=PS_PLACEMENTS[int(self.ps_placement[i])],
             ep=int(self.ep[i]), etp=int(self.etp[i]),
+            dp_shard=int(self.dp_shard[i]) if self.dp_shard[i] < self.dp[i] else None,
         )
 
     @staticmethod
@@ -198,4 +207,5 @@ class PlanArrays:
             ps_servers=col(lambda p: p.ps_servers),
             ps_placement=col(lambda p: PS_PLACEMENTS.index(p.ps_placement)),
             ep=col(lambda p: p.ep), etp=col(lambda p: p.etp),
+            dp_shard=col(lambda p: p.zero_shard),
         )

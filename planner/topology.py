@@ -31,6 +31,7 @@ import networkx as nx
 import numpy as np
 
 from planner.expert_layout import EXPERT_KINDS
+from planner.zero_layout import ZERO_KINDS
 # KINDS and rank_groups live with the placements now; imported from here too.
 from planner.group_places import KINDS, Placement, rank_groups, shape_of  # noqa: F401
 from planner.hardware import Cluster
@@ -138,7 +139,19 @@ def representative_paths(cluster: Cluster) -> tuple[list[dict], list[dict]] | No
 # Every kind `Topology.links` returns: KINDS, then the expert groups of parallel folding.
 ALL_KINDS: tuple[str, ...] = (*KINDS, *EXPERT_KINDS)
 _NONE_LINK = {k: GroupLink(k, 1, 1, 1, "none", _INF, 0.0, 0.0, ((1.0, 1.0),), "none")
-              for k in ALL_KINDS}
+              for k in (*ALL_KINDS, *ZERO_KINDS)}
+
+
+def _slower_hop(bw_a: float, curve_a, bw_b: float, curve_b) -> tuple[tuple[float, float], ...]:
+    """Efficiency curve (message MB, fraction of min(bw_a, bw_b)) of a ring whose hops are of
+    two kinds: at each point of either curve, the lower of bw x efficiency of the two, as a
+    fraction of the lower raw bandwidth (planner.cost.efficiency.curve interpolates it, in
+    log10 of the size, as it does the tiers' own curves)."""
+    lo = min(bw_a, bw_b)
+    xs = sorted({float(p[0]) for p in curve_a} | {float(p[0]) for p in curve_b})
+    ea, eb = (np.interp(np.log10(xs), np.log10([p[0] for p in c]), [p[1] for p in c])
+              for c in (curve_a, curve_b))
+    return tuple((x, float(min(bw_a * a, bw_b * b) / lo)) for x, a, b in zip(xs, ea, eb))
 
 
 class Topology:
@@ -159,6 +172,7 @@ class Topology:
         D = gpus_per_domain(cluster)
         self._cache: dict[tuple, dict[str, GroupLink]] = {}
         self._expert_cache: dict[tuple, dict[str, GroupLink]] = {}
+        self._zero_cache: dict[tuple, dict[str, GroupLink]] = {}
         self._by_place: dict[tuple, GroupLink] = {}
         paths = representative_paths(cluster)
         if paths is None:
@@ -199,6 +213,20 @@ class Topology:
                 k: self._link(k, p)
                 for k, p in self._shape.expert(tp, cp, dp, pp, order, ep, etp).items()}
         return {**self._cache[key], **self._expert_cache[ekey]}
+
+    def zero_links(self, tp: int, cp: int, dp: int, pp: int, order: str,
+                   dp_shard: int | None = None) -> dict[str, GroupLink]:
+        """GroupLink of each ZeRO kind (planner/zero_layout.py: `zshard`, the group one sharded
+        copy of the state spans; `zrep`, its replicas) under this layout; dp_shard None or dp:
+        full sharding (zshard is the dp x cp group)."""
+        shard = dp if dp_shard is None else dp_shard
+        key = (tp, cp, dp, pp, order, shard)
+        if key not in self._zero_cache:
+            self.links(tp, cp, dp, pp, order, experts=False)  # checks the world size
+            self._zero_cache[key] = {
+                k: self._link(k, p)
+                for k, p in self._shape.zero(tp, cp, dp, pp, order, shard).items()}
+        return self._zero_cache[key]
 
     def _link(self, kind: str, place: Placement | None) -> GroupLink:
         """The GroupLink of `kind` placed as `place` (None: groups of one rank), once per
@@ -279,8 +307,12 @@ class Topology:
             bw_inter = self._uplink_GBps / self.cluster.gpus_per_node
         lat = max(e["latency_s"] for e in self._inter_path)
         call = max(intra.call_latency_s, inter.call_latency_s)
+        # The ring runs at its slowest hop's pace at each message size: the lower of the two
+        # tiers' bandwidth x efficiency, so that a faster tier never slows it (naming the slower
+        # raw bandwidth's tier and using only its curve would switch curves as the raw
+        # bandwidths cross).
+        curve = _slower_hop(bw_intra, intra.efficiency, bw_inter, inter.efficiency)
         if bw_intra < bw_inter:
-            return GroupLink(kind, size, k, m, "intra_node", bw_intra, lat, call,
-                             tuple(map(tuple, intra.efficiency)), intra.name)
-        return GroupLink(kind, size, k, m, "inter_node", bw_inter, lat, call,
-                         tuple(map(tuple, inter.efficiency)), inter.name)
+            return GroupLink(kind, size, k, m, "intra_node", bw_intra, lat, call, curve,
+                             intra.name)
+        return GroupLink(kind, size, k, m, "inter_node", bw_inter, lat, call, curve, inter.name)

@@ -11,7 +11,7 @@ import numpy as np
 
 from planner.hardware import PRECISIONS, Cluster
 from planner.plan import Plan
-from planner.plan_arrays import G_PS, PS_COLOCATED, S_1F1B, S_INTERLEAVED, PlanArrays
+from planner.plan_arrays import G_PS, G_RING, PS_COLOCATED, S_1F1B, S_INTERLEAVED, PlanArrays
 from planner.transformer import TransformerSpec
 
 Mask = Callable[[TransformerSpec, Cluster, PlanArrays], np.ndarray]
@@ -159,7 +159,31 @@ MOE_CHECKS: tuple[Check, ...] = (
           lambda s, c, P, i: ("grad_sync parameter_server needs ep = etp = 1 (the servers shard "
                               "the whole flat model)")),
 )
-CHECKS = CHECKS + MOE_CHECKS
+
+# Hybrid sharding (Plan.dp_shard): the shard group is the innermost dp_shard of the dp ranks.
+HSDP_CHECKS: tuple[Check, ...] = (
+    Check("dp_shard_dp", "dp_shard does not divide dp",
+          lambda s, c, P: P.dp % P.dp_shard != 0,
+          lambda s, c, P, i: (f"dp_shard={_i(P.dp_shard, i)} does not divide dp={_i(P.dp, i)} "
+                              "(the dp ranks split into dp / dp_shard replicas of dp_shard "
+                              "ranks each)")),
+    Check("dp_shard_zero", "dp_shard < dp with zero_stage 0",
+          lambda s, c, P: P.hsdp & (P.zero == 0),
+          lambda s, c, P, i: (f"dp_shard={_i(P.dp_shard, i)} < dp={_i(P.dp, i)} shards ZeRO "
+                              "state over part of the data-parallel ranks, but zero_stage 0 "
+                              "shards nothing: use zero_stage >= 1, or leave dp_shard unset")),
+    Check("dp_shard_sync", "dp_shard < dp with a grad_sync other than ring",
+          lambda s, c, P: P.hsdp & (P.grad_sync != G_RING),
+          lambda s, c, P, i: (f"dp_shard={_i(P.dp_shard, i)} < dp: hybrid sharding reduces "
+                              "gradients by reduce-scatter in the shard group and all-reduce "
+                              "across replicas; set grad_sync to ring (its default)")),
+    Check("dp_shard_ep", "dp_shard < dp with expert parallelism",
+          lambda s, c, P: P.hsdp & (P.ep * P.etp > 1),
+          lambda s, c, P, i: (f"dp_shard={_i(P.dp_shard, i)} < dp with ep={_i(P.ep, i)}, "
+                              f"etp={_i(P.etp, i)}: hybrid sharding of expert-parallel plans is "
+                              "not modelled; leave dp_shard unset")),
+)
+CHECKS = CHECKS + MOE_CHECKS + HSDP_CHECKS
 
 
 def invalid_masks(spec: TransformerSpec, cluster: Cluster, P: PlanArrays) -> dict[str, np.ndarray]:

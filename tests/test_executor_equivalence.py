@@ -25,6 +25,7 @@ from planner.plan import Plan
 from planner.plan_arrays import PlanArrays
 from planner.topology import KINDS, rank_groups
 from planner.transformer import load_transformer
+from planner.zero_layout import ZERO_KINDS, zero_rank_groups
 
 GBS = 8
 STEPS = 3
@@ -60,7 +61,16 @@ def _extra(world: int) -> list[tuple[str, str, dict]]:
         ("dp2-tp2-sp-zero3", "tiny", {"dp": 2, "tp": 2, "pp": 1, "zero_stage": 3,
                                       "sequence_parallel": True, **base}),
         ("dp2-pp2-zero3", "tiny", {"dp": 2, "tp": 1, "pp": 2, "zero_stage": 3, **base}),
-        ("dp2-cp2-zero1", "tiny", {"dp": 2, "tp": 1, "pp": 1, "cp": 2, "zero_stage": 1, **base})]
+        ("dp2-cp2-zero1", "tiny", {"dp": 2, "tp": 1, "pp": 1, "cp": 2, "zero_stage": 1, **base}),
+        # Hybrid sharding (HSDP): shards over 2 of the 4 dp ranks, replicas across; and over
+        # the cp ranks alone, with cp outside dp in the rank order.
+        ("dp4-hsdp2-zero3", "tiny", {"dp": 4, "tp": 1, "pp": 1, "zero_stage": 3, "dp_shard": 2,
+                                     **base}),
+        ("dp4-hsdp2-zero2", "tiny", {"dp": 4, "tp": 1, "pp": 1, "zero_stage": 2, "dp_shard": 2,
+                                     **base}),
+        ("dp2-cp2-hsdp1-zero3-cp-outer", "tiny", {
+            "dp": 2, "tp": 1, "pp": 1, "cp": 2, "zero_stage": 3, "dp_shard": 1,
+            "order": "tp-dp-cp-pp", **base})]
 
 
 def _jobs(world: int) -> list[tuple[str, str, dict]]:
@@ -124,12 +134,15 @@ def test_matches_single_process(results, references, world, key, spec):
 
 @pytest.mark.parametrize("world,key,spec", CASES, ids=[f"w{w}-{k}" for w, k, _ in CASES])
 def test_process_groups_match_planner_topology(results, world, key, spec):
-    """Rank order: every rank's tp/cp/dp/pp/dp x cp group in the executor's DeviceMesh is the
-    group planner/topology.py models for the same plan."""
+    """Rank order: every rank's tp/cp/dp/pp/dp x cp group, and its ZeRO shard and replica
+    groups, in the executor's DeviceMesh is the group planner/topology.py models for the same
+    plan."""
     plan = Plan(**next(p for k, _, p in JOBS[world] if k == key))
     sizes = {"tp": plan.tp, "cp": plan.cp, "dp": plan.dp, "pp": plan.pp}
-    for kind in KINDS:
-        planner_groups = [sorted(g) for g in rank_groups(sizes, plan.order, kind).tolist()]
+    want = {k: rank_groups(sizes, plan.order, k) for k in KINDS} | {
+        k: zero_rank_groups(sizes, plan.order, plan.zero_shard, k) for k in ZERO_KINDS}
+    for kind, arr in want.items():
+        planner_groups = [sorted(g) for g in arr.tolist()]
         for rank, groups in enumerate(results[world][key]["groups"]):
             mine = next(g for g in planner_groups if rank in g)
             assert sorted(groups[kind]) == mine, (kind, rank)

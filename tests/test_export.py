@@ -55,7 +55,8 @@ def _megatron_args(text: str) -> argparse.Namespace:
                  "--num-layers", "--hidden-size", "--num-attention-heads", "--num-query-groups",
                  "--ffn-hidden-size", "--seq-length", "--max-position-embeddings",
                  "--vocab-size", "--make-vocab-size-divisible-by", "--recompute-num-layers",
-                 "--num-layers-per-virtual-pipeline-stage", "--initial-loss-scale"):
+                 "--num-layers-per-virtual-pipeline-stage", "--initial-loss-scale",
+                 "--num-distributed-optimizer-instances"):
         p.add_argument(flag, type=int)
     for flag in ("--cp-comm-type", "--pipeline-model-parallel-layout",
                  "--data-parallel-sharding-strategy", "--recompute-granularity",
@@ -82,6 +83,9 @@ def _check_megatron(plan: Plan, ns: argparse.Namespace) -> None:
     assert ns.sequence_parallel == plan.sequence_parallel
     assert ns.use_distributed_optimizer == (plan.zero_stage == 1)
     assert ns.use_megatron_fsdp == (plan.zero_stage >= 2)
+    hybrid = plan.zero_stage >= 1 and plan.zero_shard < plan.dp
+    assert ns.num_distributed_optimizer_instances == (plan.dp // plan.zero_shard if hybrid
+                                                      else None)
     assert ns.recompute_granularity == (None if plan.recompute == "none" else plan.recompute)
     assert ns.bf16 == (plan.precision in ("bf16", "fp8")) and ns.fp16 == (plan.precision == "fp16")
     assert (ns.num_layers, ns.hidden_size, ns.num_query_groups) == (80, 8192, 8)
@@ -128,13 +132,26 @@ UNEVEN_INTERLEAVED = {"dp": 1, "tp": 2, "pp": 8, "cp": 4, "micro_batch_size": 1,
                       "sequence_parallel": True}  # 80 blocks in 24 chunks: uneven
 
 
+HYBRID = {"dp": 8, "tp": 8, "pp": 1, "cp": 1, "micro_batch_size": 1, "global_batch_size": 512,
+          "zero_stage": 1, "dp_shard": 2, "recompute": "full", "sequence_parallel": True,
+          "schedule": "1f1b", "virtual_pipeline_stages": 1}  # 8 nodes: 4 instances of 2
+
+
 @pytest.mark.parametrize("update", [{}, {"recompute": "full", "zero_stage": 1},
-                                    UNEVEN_INTERLEAVED])
+                                    UNEVEN_INTERLEAVED, HYBRID,
+                                    {**HYBRID, "zero_stage": 3}])
 def test_megatron_core_round_trip(best, update):
     plan = Plan(**{**best.to_json_dict(), **update})
     text, _ = export(plan, SPEC, load_stack("megatron-core"), "megatron")
     ns = _megatron_args(text)
+    _check_megatron(plan, ns)
     mp, tc = _megatron_core_configs(ns)
+    if plan.zero_shard < plan.dp:  # hybrid sharding: megatron-core's DDP config takes it
+        from megatron.core.distributed import DistributedDataParallelConfig
+        ddp = DistributedDataParallelConfig(
+            use_distributed_optimizer=True,
+            num_distributed_optimizer_instances=ns.num_distributed_optimizer_instances)
+        assert ddp.num_distributed_optimizer_instances * plan.zero_shard == plan.dp
     assert (mp.tensor_model_parallel_size, mp.pipeline_model_parallel_size,
             mp.context_parallel_size, mp.sequence_parallel) == (plan.tp, plan.pp, plan.cp,
                                                                 plan.sequence_parallel)
@@ -163,7 +180,18 @@ def test_torchtitan_best_plan_parses(best):
     assert all(isinstance(u, str) for u in unexpressed)
 
 
-def test_torchtitan_config_manager_round_trip(best, tmp_path):
+@pytest.fixture(params=["best", "hybrid"])
+def titan_plan(request, best) -> Plan:
+    """The best plan, and a hybrid-sharding one (dp 16 of 2 replicas x 8 shards, zero 3)."""
+    if request.param == "best":
+        return best
+    return Plan(**{**best.to_json_dict(), "dp": 16, "tp": 4, "pp": 1, "cp": 1,
+                   "virtual_pipeline_stages": 1, "schedule": "1f1b", "zero_stage": 3,
+                   "dp_shard": 8, "micro_batch_size": 1, "sequence_parallel": False})
+
+
+def test_torchtitan_config_manager_round_trip(titan_plan, tmp_path):
+    best = titan_plan
     pytest.importorskip("torchtitan.config", reason="torchtitan 0.2.2 (and triton, which it "
                         "imports) not installed (pip install -e '.[frameworks]')",
                         exc_type=ImportError)
@@ -180,6 +208,9 @@ def test_torchtitan_config_manager_round_trip(best, tmp_path):
                         etp=1, world_size=best.world_size)
     assert (dims.tp, dims.pp, dims.cp, dims.dp_replicate * dims.dp_shard) == (
         best.tp, best.pp, best.cp, best.dp)
+    hybrid = best.zero_stage >= 1 and best.zero_shard < best.dp
+    assert (dims.dp_shard, dims.dp_replicate) == ((best.zero_shard, best.dp // best.zero_shard)
+                                                  if hybrid else (dims.dp_shard, 1))
     assert job.training.global_batch_size == best.global_batch_size
     assert job.training.seq_len == SPEC.seq_len
     assert job.activation_checkpoint.mode == best.recompute

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from planner.cost.evaluate import predict
 from planner.hardware import load_cluster
-from planner.search.search import NO_FIT, pareto_front, search
+from planner.search.search import NO_FIT, hsdp_node, pareto_front, search
 from planner.search.space import Space
 from planner.transformer import TransformerSpec, load_transformer
 from planner.validity import plan_problems
@@ -39,7 +39,7 @@ def test_search_figures_equal_predict(small_search):
 
 def test_ranking_and_counts(small_search):
     spec, cluster, res = small_search
-    space = Space.build(cluster.num_gpus, spec.num_layers, 64, "bf16")
+    space = Space.build(cluster.num_gpus, spec.num_layers, 64, "bf16", None, hsdp_node(cluster))
     assert res.candidates == space.size
     assert res.candidates == res.valid + sum(v for k, v in res.pruned.items() if k != NO_FIT)
     assert res.pruned.get(NO_FIT, 0) == res.valid - res.fitting
@@ -87,7 +87,8 @@ def test_search_never_crashes_on_valid_input(spec, cluster, nodes, gbs):
     c = load_cluster(cluster, nodes)
     res = search(spec, c, gbs)
     # Every candidate is accounted for once: kept, or pruned for its first failing rule.
-    assert res.candidates == Space.build(c.num_gpus, spec.num_layers, gbs, "bf16").size
+    assert res.candidates == Space.build(c.num_gpus, spec.num_layers, gbs, "bf16", None,
+                                        hsdp_node(c)).size
     assert res.candidates == res.valid + sum(n for k, n in res.pruned.items() if k != NO_FIT)
     assert res.pruned.get(NO_FIT, 0) == res.valid - res.fitting
     assert all(n > 0 for n in res.pruned.values())
@@ -142,7 +143,7 @@ def test_factored_pruning_equals_every_rule_on_every_candidate(name, cluster, no
     from planner.search.prune import REDUNDANT, prune_grid, rules, sides
     from planner.validity import CHECKS, invalid_masks
     spec, c = load_transformer(name), load_cluster(cluster, nodes)
-    space = Space.build(c.num_gpus, spec.num_layers, gbs, "bf16", spec.moe)
+    space = Space.build(c.num_gpus, spec.num_layers, gbs, "bf16", spec.moe, hsdp_node(c))
     rs = None
     for grid in space.grids(gbs, 7):
         rs = rs or rules(c)

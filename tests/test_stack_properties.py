@@ -65,6 +65,10 @@ def _scaled(cluster: Cluster, links: float = 1.0, gpu: float = 1.0) -> Cluster:
         if d[tier] is not None:
             key = "bandwidth_GBps" if tier == "intra_node" else "nic_bandwidth_GBps"
             d[tier][key] *= links
+    # A full mesh's GPU pairs are links too (xGMI: 64 GB/s each): scaling the per-GPU total
+    # without them would make the mesh slower than the NICs it was faster than.
+    if d["intra_node"] is not None and d["intra_node"].get("pair_bandwidth_GBps") is not None:
+        d["intra_node"]["pair_bandwidth_GBps"] *= links
     d["gpu"]["hbm_bandwidth_GBps"] *= gpu
     d["gpu"]["peak_tflops"] = {k: (v * gpu if v is not None else None)
                                for k, v in d["gpu"]["peak_tflops"].items()}

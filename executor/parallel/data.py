@@ -46,6 +46,8 @@ def mode(plan: Plan) -> str:
 def apply_fsdp(parts: list[Transformer], dp_cp_mesh: DeviceMesh, plan: Plan,
                edp_mesh: DeviceMesh | None = None) -> None:
     """fully_shard every block, then each part (embedding, norm, head stay in the root unit).
+    `dp_cp_mesh`: the dp x cp mesh, or the 2-D (dp_rep, dp_shard x cp) mesh of hybrid sharding
+    (fully_shard replicates over its first dimension and shards over the second: HSDP).
     `edp_mesh` (MoE models): each layer's routed experts first, as a unit over that mesh whose
     gradients are divided by dp*cp (executor/parallel/expert.py says why)."""
     reshard = plan.zero_stage >= 3

@@ -158,7 +158,7 @@ def _row(o: Option, marks: str) -> list[str]:
     p, r = o.plan, o.prediction
     return [o.cluster.gpu.name, str(o.num_gpus),
             f"{p.dp}.{p.tp}.{p.pp}.{p.cp} mb{p.micro_batch_size} v{p.virtual_pipeline_stages} "
-            f"z{p.zero_stage} {p.recompute}{'+sp' if p.sequence_parallel else ''}",
+            f"{p.zero_label} {p.recompute}{'+sp' if p.sequence_parallel else ''}",
             f"{r['step_time_s']:.2f}", f"{r['tokens_per_s']:,.0f}", f"{100 * r['mfu']:.1f}%",
             f"{o.days:,.1f}", f"{o.gpu_hours / 1e6:,.2f}M",
             "-" if o.cost_usd is None else f"${o.cost_usd / 1e6:,.2f}M",

@@ -163,7 +163,7 @@ def _row(res: SearchResult, i: int) -> list[str]:
     if _moe(res):
         cells += [str(p.ep), str(p.etp)]
     cells += [str(p.micro_batch_size),
-             str(p.virtual_pipeline_stages), p.schedule, str(p.zero_stage), p.recompute,
+             str(p.virtual_pipeline_stages), p.schedule, p.zero_label[1:], p.recompute,
              "on" if p.sequence_parallel else "-", seconds(res.step_time_s[i]),
              f"{res.tokens_per_s[i]:,.0f}", f"{res.mfu[i] * 100:.1f}%", gib(res.peak_bytes[i])]
     if "goodput_fraction" in res.extra:
@@ -199,6 +199,11 @@ def show(res: SearchResult, top: int, cluster: Cluster) -> None:
                          res, [(k + 1, k) for k in range(min(top, res.fitting))]))
         out.print(_table(f"Pareto front ({by.split(' (')[0]} vs. memory)", res,
                          [(int(i) + 1, i) for i in res.pareto]))
+        shown = list(range(min(top, res.fitting))) + [int(i) for i in res.pareto]
+        if any(res.plan(i).zero_shard < res.plan(i).dp for i in shown):
+            out.print("zero s/n: ZeRO stage s with its state sharded over n data-parallel ranks "
+                      "(x cp) and replicated across the other dp / n groups (hybrid sharding, "
+                      "plan key dp_shard)")
     else:
         explain_no_fit(res, cluster)
     t = Table(title="pruned candidates", title_justify="left")

@@ -145,4 +145,4 @@ def plan_compact(p: Plan) -> str:
     """e.g. `16.8.8 mb1 v3 z0 full+sp`."""
     rc = {"none": "-", "selective": "sel", "full": "full"}[p.recompute]
     return (f"{p.dp}.{p.tp}.{p.pp} mb{p.micro_batch_size} v{p.virtual_pipeline_stages} "
-            f"z{p.zero_stage} {rc}{'+sp' if p.sequence_parallel else ''}")
+            f"{p.zero_label} {rc}{'+sp' if p.sequence_parallel else ''}")

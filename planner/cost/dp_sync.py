@@ -19,7 +19,7 @@ from planner.cost.grad_sync import grad_all_reduce
 from planner.cost.params import (stage_expert_params_per_rank, stage_params_per_rank,
                                  stage_tensor_count)
 from planner.cost.stage_blocks import stage_blocks
-from planner.cost.zero import fsdp2_exposed, fsdp2_unit_comms
+from planner.cost.zero import fsdp2_exposed, fsdp2_unit_comms, replica_all_reduce
 from planner.hardware import Cluster
 from planner.plan_arrays import G_PS, PlanArrays
 from planner.stages import heaviest_middle
@@ -54,8 +54,8 @@ def optimizer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes
     makes: the global gradient norm (over tp, dp x cp when sharded, and pp) and the loss
     reported as the global-batch mean (over pp and dp x cp). `stage`: stage_params."""
     # A parameter server's shard owner runs Adam on 1/S of the model (planner/cost/grad_sync.py).
-    shards = np.where(P.zero >= 1, P.dp * P.cp, np.where(P.grad_sync == G_PS,
-                                                          np.maximum(P.ps_servers, 1), 1))
+    shards = np.where(P.zero >= 1, P.dp_shard * P.cp, np.where(P.grad_sync == G_PS,
+                                                                np.maximum(P.ps_servers, 1), 1))
     params, expert_params = stage
     params = params / shards
     if spec.moe is not None:  # expert state shards over edp under ZeRO (distributed optimizer)
@@ -63,8 +63,10 @@ def optimizer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes
     per_param = np.where(P.precision == 3, 24.0 + 2 * 4.0, 24.0 + 2 * 2.0 + 2.0)
     tensors = stage_tensor_count(spec, stage_blocks(spec, P)["first_layers"], True, P.pp == 1)
     scalar = 4.0
-    sharded = (P.zero >= 1) & (P.dp * P.cp > 1)
-    small = (links["tp"].all_reduce(scalar) + np.where(sharded, links["dpcp"].all_reduce(
+    # The gradient norm of sharded state sums over the shard group (the replicas hold the same
+    # shards after their all-reduce).
+    sharded = (P.zero >= 1) & (P.dp_shard * P.cp > 1)
+    small = (links["tp"].all_reduce(scalar) + np.where(sharded, links["zshard"].all_reduce(
         scalar), 0.0) + 2 * links["pp"].all_reduce(scalar) + links["dpcp"].all_reduce(scalar))
     return (memory_time(cluster.gpu, params * per_param)
             + tensors * cluster.stack.optimizer_tensor_overhead_s + small)
@@ -77,9 +79,11 @@ def sync_terms(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shape
     params, expert_params = stage = stage_params(spec, P, sh)
     g = params * np.where(P.precision == 3, 4.0, 2.0)
     link, sw = links["dpcp"], cluster.stack
+    shard = links["zshard"]  # ZeRO's group: dp x cp, or its hybrid-sharding part
     out = {"optimizer": optimizer(spec, cluster, P, sh, links, stage)}
-    reduce = np.where(P.zero == 0, grad_all_reduce(cluster, P, link, g), link.reduce_scatter(g))
-    gather = link.all_gather(g)
+    reduce = np.where(P.zero == 0, grad_all_reduce(cluster, P, link, g),
+                      shard.reduce_scatter(g) + replica_all_reduce(P, links, g))
+    gather = shard.all_gather(g)
     if spec.moe is not None:
         # Routed experts' gradients are reduced over edp, the ranks holding the same experts
         # (Megatron-Core's expert data-parallel group), in the same backward window.
@@ -96,7 +100,7 @@ def sync_terms(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shape
     # DistributedDataParallelConfig.overlap_param_gather; NeMo communication_overlap docs).
     out["gather_first"] = gather * np.minimum(1.0, sw.grad_bucket_bytes / g)
     if sw.zero_impl == "fsdp2":
-        out.update({f"unit.{k}": v for k, v in fsdp2_unit_comms(spec, P, sh, link).items()})
+        out.update({f"unit.{k}": v for k, v in fsdp2_unit_comms(spec, P, sh, links).items()})
     return out
 
 

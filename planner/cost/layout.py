@@ -13,6 +13,7 @@ from planner.hardware import Cluster
 from planner.plan import ORDERS
 from planner.plan_arrays import PlanArrays
 from planner.topology import ALL_KINDS, KINDS, Topology
+from planner.zero_layout import ZERO_KINDS
 
 _TIERS = ("none", "intra_node", "inter_node")
 _INTRA, _INTER = _TIERS.index("intra_node"), _TIERS.index("inter_node")
@@ -63,19 +64,33 @@ class PlanLinks(Mapping):
 
 def link_arrays(topo: Topology, P: PlanArrays,
                 experts: bool = True) -> tuple[PlanLinks, list[dict]]:
-    """(kind -> Link over plans, per-distinct-layout GroupLinks) for tp, cp, dp, pp, dpcp and,
-    with `experts` (an MoE spec), the expert groups ep, etp, edp. The layouts are in the order
-    of their (tp, cp, pp, dp, order, ep, etp) values (PlanArrays.layout_groups)."""
+    """(kind -> Link over plans, per-distinct-layout GroupLinks) for tp, cp, dp, pp, dpcp, the
+    ZeRO groups zshard and zrep (planner/zero_layout.py) and, with `experts` (an MoE spec), the
+    expert groups ep, etp, edp. The layouts are in the order of their (tp, cp, pp, dp, order,
+    ep, etp, dp_shard) values (PlanArrays.layout_groups)."""
     first, inv = P.layout_groups
-    per_layout = [topo.links(int(P.tp[i]), int(P.cp[i]), int(P.dp[i]), int(P.pp[i]),
-                             ORDERS[int(P.order[i])], int(P.ep[i]), int(P.etp[i]), experts)
+    per_layout = [{**topo.links(int(P.tp[i]), int(P.cp[i]), int(P.dp[i]), int(P.pp[i]),
+                                ORDERS[int(P.order[i])], int(P.ep[i]), int(P.etp[i]), experts),
+                   **topo.zero_links(int(P.tp[i]), int(P.cp[i]), int(P.dp[i]), int(P.pp[i]),
+                                     ORDERS[int(P.order[i])], int(P.dp_shard[i]))}
                   for i in first]
     c = topo.cluster
-    curves = (((1.0, 1.0),), tuple(map(tuple, c.intra_node.efficiency)),
-              tuple(map(tuple, c.inter_node.efficiency)) if c.inter_node else ((1.0, 1.0),))
+    # The tiers' curves (the all-to-all's local and remote parts use them), then each distinct
+    # curve of a group that crosses nodes (its slower hop at each size, planner/topology.py).
+    curves = [((1.0, 1.0),), tuple(map(tuple, c.intra_node.efficiency)),
+              tuple(map(tuple, c.inter_node.efficiency)) if c.inter_node else ((1.0, 1.0),)]
+
+    def curve_of(g) -> int:
+        if g.tier == "none":
+            return 0
+        if g.efficiency not in curves[1:]:
+            curves.append(g.efficiency)
+        return curves.index(g.efficiency, 1)
+    ids = {kind: np.array([curve_of(links[kind]) for links in per_layout], dtype=int)
+           for kind in (*(ALL_KINDS if experts else KINDS), *ZERO_KINDS)}
     out = {}
     k = len(per_layout)
-    for kind in (ALL_KINDS if experts else KINDS):
+    for kind in (*(ALL_KINDS if experts else KINDS), *ZERO_KINDS):
         gl = [links[kind] for links in per_layout]
 
         def col(field: str, dtype: type = float) -> np.ndarray:
@@ -85,8 +100,8 @@ def link_arrays(topo: Topology, P: PlanArrays,
             bandwidth_GBps=col("bandwidth_GBps"),
             latency_s=col("latency_s"),
             call_latency_s=col("call_latency_s"),
-            curve_id=np.array([_TIERS.index(g.tier) for g in gl], dtype=int),
-            curves=curves,
+            curve_id=ids[kind],
+            curves=tuple(curves),
             ranks_per_node=col("ranks_per_node"),
             nodes_spanned=col("nodes_spanned"),
             ranks_per_domain=col("ranks_per_domain"),

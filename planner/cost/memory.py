@@ -97,10 +97,11 @@ def _saved(spec: TransformerSpec, P: PlanArrays, stage: np.ndarray, layers: np.n
 def model_state_bytes(P: PlanArrays, params: np.ndarray, impl: str,
                       shard_over: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Weights, gradients and optimizer bytes at rest for `params` parameters on one rank,
-    ZeRO-sharded over `shard_over` ranks (default dp x cp; edp for routed experts)."""
+    ZeRO-sharded over `shard_over` ranks (default the ZeRO shard group, dp_shard x cp: dp x cp
+    without hybrid sharding; edp for routed experts)."""
     fp32 = P.precision == 3
     w, g, o = np.where(fp32, 4, 2), np.where(fp32, 4, 2), np.where(fp32, 8, 12)
-    dpc = P.dp * P.cp if shard_over is None else shard_over
+    dpc = P.dp_shard * P.cp if shard_over is None else shard_over
     if impl == "fsdp2":  # every ZeRO stage keeps all three sharded between steps
         shard = np.where(P.zero >= 1, dpc, 1)
         return {"weights_bytes": params * w / shard, "gradients_bytes": params * g / shard,
@@ -115,7 +116,7 @@ def zero_buffers(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Sha
     """Unsharded copies ZeRO holds during the step, beyond the sharded state at rest."""
     wb = np.where(P.precision == 3, 4.0, 2.0)
     unit = zero3_gather_unit(spec, cluster, sh)
-    active = (P.zero >= 1) & (P.dp * P.cp > 1)
+    active = (P.zero >= 1) & (P.dp_shard * P.cp > 1)
     if cluster.stack.zero_impl == "fsdp2":
         # Gradients accumulate unsharded until the last micro-batch (pipelining and the
         # executor skip reduce-scatter in between); with one micro-batch, one block's at a time.

@@ -11,6 +11,8 @@ and the reduce-scatters behind the last backward; otherwise every call is expose
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from planner.cost.comms import Link
@@ -24,24 +26,39 @@ from planner.plan_arrays import PlanArrays
 from planner.transformer import TransformerSpec
 
 
+def replica_all_reduce(P: PlanArrays, links: Mapping[str, Link], nbytes: np.ndarray
+                       ) -> np.ndarray:
+    """Hybrid sharding: after the reduce-scatter of `nbytes` in the shard group each rank
+    all-reduces its 1 / (dp_shard * cp) shard with the ranks holding the same shard in the
+    other replicas (PyTorch FSDP2 HSDP: reduce-scatter then all-reduce over the replicate mesh
+    dimension; Megatron-Core's distributed-optimizer instances likewise). 0 without it."""
+    return links["zrep"].all_reduce(nbytes / (P.dp_shard * P.cp))
+
+
 def fsdp2_unit_comms(spec: TransformerSpec, P: PlanArrays, sh: Shapes,
-                     link: Link) -> dict[str, np.ndarray]:
+                     links: Mapping[str, Link]) -> dict[str, np.ndarray]:
     """The first pipeline rank's units: its blocks, and each block's and the root's gather and
-    reduce-scatter. Reads the layout (tp, pp; the link), vpp and precision only."""
+    gradient reduction (reduce-scatter in the shard group, and with hybrid sharding the
+    shard's all-reduce across replicas). Reads the layout (tp, pp, dp, cp, dp_shard; the
+    links), vpp and precision only."""
     wb = np.where(P.precision == 3, 4.0, 2.0)
     layers = stage_blocks(spec, P)["first_layers"]
     block = layer_params_per_rank(spec, sh.tp) * wb
     root = stage_params_per_rank(spec, sh.tp, layers, True, P.pp == 1) * wb - layers * block
-    return {"layers": layers, "ag_block": link.all_gather(block),
-            "rs_block": link.reduce_scatter(block), "ag_root": link.all_gather(root),
-            "rs_root": link.reduce_scatter(root)}
+    shard = links["zshard"]
+
+    def reduce(nbytes: np.ndarray) -> np.ndarray:
+        return shard.reduce_scatter(nbytes) + replica_all_reduce(P, links, nbytes)
+    return {"layers": layers, "ag_block": shard.all_gather(block), "rs_block": reduce(block),
+            "ag_root": shard.all_gather(root), "rs_root": reduce(root)}
 
 
 def fsdp2_overlaps(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
                    link: Link, host: tuple[np.ndarray, np.ndarray] | None = None
                    ) -> tuple[np.ndarray, np.ndarray]:
     """A block's gather prefetched behind one block's forward, and behind its backward (stacks
-    that overlap). Reads the layout (tp; the link), precision and the Shapes only. `host`: the
+    that overlap). `link`: the ZeRO shard group's (zshard). Reads the layout (tp; the link),
+    precision and the Shapes only. `host`: the
     block's exposed host time (forward, backward; planner/cost/host.py), during which the
     gather runs on too."""
     block = layer_params_per_rank(spec, sh.tp) * np.where(P.precision == 3, 4.0, 2.0)
@@ -54,13 +71,13 @@ def fsdp2_overlaps(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: S
 
 
 def fsdp2_exposed(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
-                  link: Link | None, window: np.ndarray,
+                  links: Mapping[str, Link] | None, window: np.ndarray,
                   unit: dict[str, np.ndarray] | None = None,
                   overlaps: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Seconds of FSDP2 communication per step not hidden behind compute (zero_stage >= 1).
     `unit`, `overlaps`: fsdp2_unit_comms and fsdp2_overlaps of these plans, if known (then
-    `link`, the dp x cp link, is not read)."""
-    u = fsdp2_unit_comms(spec, P, sh, link) if unit is None else unit
+    `links` is not read)."""
+    u = fsdp2_unit_comms(spec, P, sh, links) if unit is None else unit
     layers, ag_block, rs_block = u["layers"], u["ag_block"], u["rs_block"]
     ag_root, rs_root = u["ag_root"], u["rs_root"]
     gathers = np.where(P.zero >= 3, 1 + P.micro_batches, 1)  # per block per step
@@ -72,7 +89,8 @@ def fsdp2_exposed(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Sh
         return (gathers * (layers * ag_block + ag_root) + layers * rs_block + rs_root
                 + framework)
     gpu = cluster.gpu
-    ov_f, ov_b = fsdp2_overlaps(spec, cluster, P, sh, link) if overlaps is None else overlaps
+    ov_f, ov_b = (fsdp2_overlaps(spec, cluster, P, sh, links["zshard"]) if overlaps is None
+                  else overlaps)
     first = ag_root + layers * ov_f  # prefetch behind forward
     # Stage 3 gathers every block again for each micro-batch's backward; in the last one the
     # reduce-scatters run too, and both use the same link behind the same backward, so they are

@@ -27,6 +27,12 @@ def problems(plan: Plan, spec: TransformerSpec) -> list[str]:
     if plan.cp > 1:
         out.append(f"cp={plan.cp}: DeepSpeed has no context parallelism (Ulysses sequence "
                    "parallelism splits attention heads, a different plan)")
+    if plan.zero_shard < plan.dp:
+        out.append(f"dp_shard={plan.dp_shard}: DeepSpeed shards ZeRO state over every "
+                   "data-parallel rank; its hybrid sharding, MiCS (mics_shard_size), was removed "
+                   "(DeepSpeed 0.19 rejects the key: deepspeedai/DeepSpeed#8489), and ZeRO++'s "
+                   "zero_hpz_partition_size keeps a second copy of the weights only; leave "
+                   "dp_shard unset")
     if plan.pp > 1 and plan.zero_stage >= 2:
         out.append(f"zero_stage {plan.zero_stage} with pp={plan.pp}: DeepSpeed's pipeline "
                    "engine rejects it ('ZeRO-2 and ZeRO-3 are incompatible with pipeline "

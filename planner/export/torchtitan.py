@@ -54,7 +54,8 @@ def _data_parallel(plan: Plan) -> dict[str, object]:
     """zero 0: DDP (replicate); 1-2: FSDP2 kept gathered through the step; 3: resharded."""
     if plan.zero_stage == 0:
         return {"data_parallel_replicate_degree": plan.dp, "data_parallel_shard_degree": 1}
-    return {"data_parallel_replicate_degree": 1, "data_parallel_shard_degree": plan.dp,
+    return {"data_parallel_replicate_degree": plan.dp // plan.zero_shard,
+            "data_parallel_shard_degree": plan.zero_shard,
             "fsdp_reshard_after_forward": "always" if plan.zero_stage == 3 else "never"}
 
 

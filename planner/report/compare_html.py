@@ -23,7 +23,9 @@ def label(plan: dict) -> str:
     ep, etp = p.get("ep", 1), p.get("etp", 1)  # older files have no expert keys
     extra = [f"ep{ep}" + (f" etp{etp}" if etp > 1 else "")] if ep > 1 or etp > 1 else []
     extra += [f"v{p['virtual_pipeline_stages']}"] if p["virtual_pipeline_stages"] > 1 else []
-    extra += [f"z{p['zero_stage']}"] if p["zero_stage"] else []
+    shard = p.get("dp_shard")  # older files have no dp_shard
+    extra += [f"z{p['zero_stage']}" + (f"/{shard}" if shard and shard < p["dp"] else "")
+              ] if p["zero_stage"] else []
     extra += [p["recompute"]] if p["recompute"] != "none" else []
     extra += ["sp"] if p["sequence_parallel"] else []
     return (f"dp{p['dp']} tp{p['tp']} pp{p['pp']} cp{p['cp']} mb{p['micro_batch_size']} "

@@ -120,7 +120,7 @@ def rows(est: Estimate) -> list[list[str]]:
         p, r = o.plan, o.prediction
         out.append([o.cluster.gpu.name, str(o.num_gpus),
                     f"dp{p.dp} tp{p.tp} pp{p.pp} cp{p.cp} mbs{p.micro_batch_size} "
-                    f"v{p.virtual_pipeline_stages} z{p.zero_stage} {p.recompute}",
+                    f"v{p.virtual_pipeline_stages} {p.zero_label} {p.recompute}",
                     f"{r['step_time_s']:.2f}", f"{r['tokens_per_s']:,.0f}",
                     f"{100 * r['mfu']:.1f}%", f"{o.days:.1f}", f"{o.gpu_hours / 1e6:.2f}M",
                     "-" if o.cost_usd is None else f"${o.cost_usd / 1e6:.2f}M",

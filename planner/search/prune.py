@@ -22,7 +22,7 @@ from planner.plan_arrays import S_GPIPE, PlanArrays, field_codes, group_codes
 from planner.transformer import TransformerSpec
 from planner.validity import CHECKS
 
-ROW_FIELDS = ("tp", "cp", "dp", "pp", "ep", "etp")
+ROW_FIELDS = ("tp", "cp", "dp", "pp", "ep", "etp", "dp_shard")
 COL_FIELDS = ("mbs", "vpp", "schedule", "zero", "recompute", "sp")
 # One value for a whole search (Space.blocks: the batch, precision, order; the defaults).
 CONST_FIELDS = ("gbs", "precision", "order", "grad_sync", "ps_servers", "ps_placement")

@@ -13,6 +13,7 @@ import numpy as np
 
 from planner.cost.layout import topology_for
 from planner.hardware import Cluster
+from planner.nvlink_domain import gpus_per_domain
 from planner.plan import Plan
 from planner.plan_arrays import PlanArrays
 from planner.search import shared
@@ -146,13 +147,14 @@ def _layouts_per_block(space: Space, block_candidates: int) -> int:
 
 
 def _blocks(spec: TransformerSpec, cluster: Cluster, global_batch_size: int, precision: str,
-            block_candidates: int, part: int, parts: int) -> Iterator[tuple]:
+            block_candidates: int, hybrid: bool, part: int, parts: int) -> Iterator[tuple]:
     """(block index, candidates, _evaluate_block's result) for blocks part, part + parts, ...
     of the space."""
     space = Space.build(cluster.num_gpus, spec.num_layers, global_batch_size, precision,
-                        spec.moe)
+                        spec.moe, hsdp_node(cluster) if hybrid else None)
     topo = topology_for(cluster)
-    key = shared.space_key(spec, cluster, global_batch_size, precision, block_candidates)
+    key = shared.space_key(spec, cluster, global_batch_size, precision, block_candidates,
+                           hybrid)
     checks = None
     for b, grid in enumerate(space.grids(global_batch_size,
                                          _layouts_per_block(space, block_candidates))):
@@ -168,6 +170,17 @@ def _blocks(spec: TransformerSpec, cluster: Cluster, global_batch_size: int, pre
                                                                     valid, parts > 1)
 
 
+def hsdp_node(cluster: Cluster) -> int | None:
+    """The scale-up domain size (GPUs of one node, or of an NVLink domain larger than a node)
+    the search plans hybrid sharding in (planner/search/space.py), where the stack runs ZeRO
+    as FSDP2 (torch FSDP2 / HSDP, Megatron-Core's distributed-optimizer instances and
+    Megatron-FSDP); None for the DeepSpeed stacks and clusters of one domain."""
+    domain = gpus_per_domain(cluster)
+    if cluster.stack.zero_impl != "fsdp2" or cluster.num_gpus <= domain:
+        return None
+    return domain
+
+
 def _worker(*args) -> list[tuple]:
     """A process's share of the blocks (see _blocks)."""
     return list(_blocks(*args))
@@ -176,16 +189,18 @@ def _worker(*args) -> list[tuple]:
 def search(spec: TransformerSpec, cluster: Cluster, global_batch_size: int,
            precision: str = "bf16", progress: Callable[[int, int], None] | None = None,
            block_candidates: int = 400_000, workers: int = 1,
-           best_only: bool = False) -> SearchResult:
+           best_only: bool = False, hybrid: bool = True) -> SearchResult:
     """Search the whole space (see planner/search/space.py) for `spec` on `cluster`. With
     `workers` > 1 the blocks are shared among that many processes (spaces of a million
     candidates or more); the result is the same, merged in block order. `best_only`: the
     result holds only the first plan of the ranking (the counts are all there), which is all
-    `paraplan estimate` prices: sorting every kept plan was a tenth of its time."""
+    `paraplan estimate` prices: sorting every kept plan was a tenth of its time. `hybrid`:
+    search hybrid sharding too (dp_shard inside a scale-up domain, where the stack runs ZeRO
+    as FSDP2: planner/search/space.py)."""
     t0 = time.perf_counter()
     space = Space.build(cluster.num_gpus, spec.num_layers, global_batch_size, precision,
-                        spec.moe)
-    args = (spec, cluster, global_batch_size, precision, block_candidates)
+                        spec.moe, hsdp_node(cluster) if hybrid else None)
+    args = (spec, cluster, global_batch_size, precision, block_candidates, hybrid)
     blocks = _run(args, space.size, workers, progress)
     per_block = _layouts_per_block(space, block_candidates)
     counts: dict[str, int] = {}

@@ -31,7 +31,7 @@ def shared_space() -> Iterator[None]:
 
 
 def space_key(spec: TransformerSpec, cluster: Cluster, global_batch: int, precision: str,
-              block_candidates: int) -> tuple | None:
+              block_candidates: int, hybrid: bool = True) -> tuple | None:
     """Everything the valid part of a search reads; None outside shared_space."""
     if _MEMO is None:
         return None
@@ -42,7 +42,7 @@ def space_key(spec: TransformerSpec, cluster: Cluster, global_batch: int, precis
         tuple(cluster.gpu.peak_flops(p) is not None for p in PRECISIONS), cluster.gpu.name)
     return (spec.model_dump_json(), cluster.stack.model_dump_json(), cluster.num_gpus,
             cluster.num_nodes, cluster.gpus_per_node, gpu, global_batch, precision,
-            block_candidates)
+            block_candidates, hybrid)
 
 
 def get(key: tuple | None, block: int) -> tuple | None:

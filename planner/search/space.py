@@ -15,6 +15,11 @@ Domains (for a spec, a cluster of N GPUs and a global batch B):
                        1 or tp (Megatron-Core's two usual foldings: experts without tensor
                        parallelism, or split like the dense layers), with ep*etp dividing
                        tp*cp*dp and etp dividing the expert width; (1, 1) for dense specs
+  dp_shard             dp (full sharding) and, where the stack runs ZeRO as FSDP2 and the
+                       cluster spans several scale-up domains (nodes, or NVLink domains), the
+                       data-parallel ranks of one domain, domain / (tp*cp), when that is at
+                       least 2, divides dp and is smaller (hybrid sharding inside a domain,
+                       replicas across; dense specs only)
 The rank order stays the default (`tp-cp-dp-pp`); precision is the user's choice.
 """
 
@@ -86,7 +91,25 @@ def _expert_splits(tp: int, stage_ranks: int, moe) -> list[tuple[int, int]]:
     return out
 
 
-LAYOUT_COLUMNS = ("tp", "cp", "dp", "pp", "ep", "etp")  # the columns of Space.layouts
+def with_shards(lays: np.ndarray, gpus_per_node: int | None) -> np.ndarray:
+    """`layouts` rows with a dp_shard column: dp, and (`gpus_per_node`, the scale-up domain's
+    GPUs, given) each dense row's domain-local shard group (module docstring) as a second
+    row."""
+    full = np.column_stack([lays, lays[:, 2]])
+    if gpus_per_node is None:
+        return full
+    tp, cp, dp, ep, etp = lays[:, 0], lays[:, 1], lays[:, 2], lays[:, 4], lays[:, 5]
+    fits = (gpus_per_node % (tp * cp) == 0) & (ep * etp == 1)
+    node = np.where(fits, gpus_per_node // (tp * cp), 0)
+    ok = fits & (node >= 2) & (node < dp) & (dp % np.maximum(node, 1) == 0)
+    hybrid = np.column_stack([lays[ok], node[ok]])
+    # Each layout's rows together (full sharding first), the layouts in their order.
+    rows = np.concatenate([full, hybrid])
+    key = np.concatenate([np.arange(len(lays)), np.flatnonzero(ok)])
+    return rows[np.argsort(key, kind="stable")]
+
+
+LAYOUT_COLUMNS = ("tp", "cp", "dp", "pp", "ep", "etp", "dp_shard")  # Space.layouts' columns
 
 
 @dataclass(frozen=True)
@@ -101,8 +124,11 @@ class Space:
 
     @staticmethod
     def build(num_gpus: int, num_layers: int, global_batch: int, precision: str,
-              moe=None) -> "Space":
-        return Space(layouts=layouts(num_gpus, moe), mbs=np.array(divisors(global_batch)),
+              moe=None, hsdp_gpus_per_node: int | None = None) -> "Space":
+        """`hsdp_gpus_per_node`: the scale-up domain's GPUs, to search hybrid sharding
+        inside it (with_shards); None: full sharding only."""
+        return Space(layouts=with_shards(layouts(num_gpus, moe), hsdp_gpus_per_node),
+                     mbs=np.array(divisors(global_batch)),
                      vpp=np.arange(1, max_virtual(num_layers) + 1), precision=precision)
 
     @property

@@ -165,7 +165,7 @@ def _run_map(name: str) -> dict[str, dict]:
     every run of every CV fold, like hardware_map.json): stack_map.json, runs whose documented
     software differs from their framework's default stack (torch.compile on, DeepEP, ...);
     spec_map.json, runs whose benchmark setting the spec keys cannot say (a forced round-robin
-    MoE gate)."""
+    MoE gate); plan_map.json, plan keys the shipped run files predate (hybrid sharding)."""
     path = Path(str(resources.files("planner"))) / "validation" / f"{name}.json"
     return read_json(path, f"{name} {path}") if path.is_file() else {}
 
@@ -178,6 +178,13 @@ def run_transformer(run: PublishedRun) -> TransformerSpec:
         return run.transformer
     moe = run.transformer.moe.model_copy(update=mapped.get("moe", {}))
     return run.transformer.model_copy(update={"moe": moe})
+
+
+def run_published_plan(run: PublishedRun) -> Plan:
+    """The run's plan as published, with the keys plan_map.json adds where the run's notes
+    document a setting its file's plan has no key for (hybrid sharding: `dp_shard`)."""
+    mapped = _run_map("plan_map").get(run.name)
+    return run.plan.model_copy(update=mapped["plan"]) if mapped else run.plan
 
 
 def run_stack(run: PublishedRun) -> str:
@@ -197,7 +204,7 @@ def unplannable(runs: list[PublishedRun]) -> list[tuple[PublishedRun, str]]:
     from planner.validity import spec_problems
     out = []
     for run in runs:
-        problems = spec_problems(run.plan, run_transformer(run))
+        problems = spec_problems(run_published_plan(run), run_transformer(run))
         if problems:
             out.append((run, "; ".join(problems)))
     return out
@@ -224,10 +231,11 @@ def compare(runs: list[PublishedRun], adjust: Callable[[Cluster], Cluster] | Non
 
 def planned(run: PublishedRun, spec: TransformerSpec, cluster: Cluster) -> tuple[Plan, dict]:
     """The run's plan (see run_plan) and its prediction, each plan predicted once."""
+    published = run_published_plan(run)
     if run.recompute_stated:
-        return run.plan, predict(spec, cluster, run.plan)
+        return published, predict(spec, cluster, published)
     for mode in ("none", "selective", "full"):
-        plan = run.plan.model_copy(update={"recompute": mode})
+        plan = published.model_copy(update={"recompute": mode})
         prediction = predict(spec, cluster, plan)
         if prediction["fits"]:
             break
