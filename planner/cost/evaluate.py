@@ -22,6 +22,7 @@ from planner.topology import Topology
 from planner.transformer import TransformerSpec
 from planner.uncertainty import cluster_band
 from planner.validity import plan_problems
+from planner.zero_layout import ZERO_KINDS
 
 BREAKDOWN_KEYS = ("compute_s", "tp_comm_s", "cp_comm_s", "pp_comm_s", "dp_comm_s", "ep_comm_s",
                   "host_s", "bubble_s", "optimizer_s")
@@ -111,7 +112,9 @@ def predict(spec: TransformerSpec, cluster: Cluster, plan: Plan,
         "links": {k: {"size": g.size, "tier": g.tier, "link": g.link_name,
                       "bandwidth_GBps": g.bandwidth_GBps, "ranks_per_node": g.ranks_per_node,
                       "nodes_spanned": g.nodes_spanned}
-                  for k, g in layouts[0].items() if g.size > 1},
+                  for k, g in layouts[0].items()
+                  # The ZeRO groups only where they differ from dp x cp (hybrid sharding).
+                  if g.size > 1 and (k not in ZERO_KINDS or plan.zero_shard < plan.dp)},
         "params": total_params(spec),
         "active_params": active_params(spec),
         "model_flops_per_step": float(model_flops_per_step(spec, np.array([plan.global_batch_size]))[0]),
