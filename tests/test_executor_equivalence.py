@@ -68,6 +68,9 @@ def _extra(world: int) -> list[tuple[str, str, dict]]:
                                      **base}),
         ("dp4-hsdp2-zero2", "tiny", {"dp": 4, "tp": 1, "pp": 1, "zero_stage": 2, "dp_shard": 2,
                                      **base}),
+        # with tp: FSDP2 must combine its 2-D mesh with the tensor-parallel one
+        ("dp2-tp2-hsdp1-zero3", "tiny", {"dp": 2, "tp": 2, "pp": 1, "zero_stage": 3,
+                                         "dp_shard": 1, "sequence_parallel": True, **base}),
         ("dp2-cp2-hsdp1-zero3-cp-outer", "tiny", {
             "dp": 2, "tp": 1, "pp": 1, "cp": 2, "zero_stage": 3, "dp_shard": 1,
             "order": "tp-dp-cp-pp", **base})]
