@@ -143,7 +143,7 @@ def mesh_shape(plan: Plan) -> list[tuple[str, int]]:
     planner/zero_layout.py splits it."""
     out: list[tuple[str, int]] = []
     for name, size in plan.mesh_dims():
-        if name == "dp" and plan.zero_shard < plan.dp:
+        if name == "dp" and plan.hsdp:
             out += [("dp_rep", plan.dp // plan.zero_shard), ("dp_shard", plan.zero_shard)]
         else:
             out.append((name, size))

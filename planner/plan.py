@@ -99,10 +99,14 @@ class Plan(FrozenModel):
         return self.dp if self.dp_shard is None else self.dp_shard
 
     @property
+    def hsdp(self) -> bool:
+        """Hybrid sharding: the ZeRO shard group is smaller than dp (PlanArrays.hsdp's twin)."""
+        return self.zero_shard < self.dp
+
+    @property
     def zero_label(self) -> str:
         """The ZeRO stage as the tables print it: z3, or z3/8 for hybrid sharding over 8."""
-        return f"z{self.zero_stage}" + (f"/{self.dp_shard}" if self.zero_shard < self.dp
-                                        else "")
+        return f"z{self.zero_stage}" + (f"/{self.dp_shard}" if self.hsdp else "")
 
     @property
     def edp(self) -> int:

@@ -30,6 +30,7 @@ from functools import cached_property
 import networkx as nx
 import numpy as np
 
+from planner.cost.efficiency import curve
 from planner.expert_layout import EXPERT_KINDS
 from planner.zero_layout import ZERO_KINDS
 # KINDS and rank_groups live with the placements now; imported from here too.
@@ -145,12 +146,11 @@ _NONE_LINK = {k: GroupLink(k, 1, 1, 1, "none", _INF, 0.0, 0.0, ((1.0, 1.0),), "n
 def _slower_hop(bw_a: float, curve_a, bw_b: float, curve_b) -> tuple[tuple[float, float], ...]:
     """Efficiency curve (message MB, fraction of min(bw_a, bw_b)) of a ring whose hops are of
     two kinds: at each point of either curve, the lower of bw x efficiency of the two, as a
-    fraction of the lower raw bandwidth (planner.cost.efficiency.curve interpolates it, in
-    log10 of the size, as it does the tiers' own curves)."""
+    fraction of the lower raw bandwidth (the tiers' curves read, and the result interpolated,
+    by planner.cost.efficiency.curve)."""
     lo = min(bw_a, bw_b)
     xs = sorted({float(p[0]) for p in curve_a} | {float(p[0]) for p in curve_b})
-    ea, eb = (np.interp(np.log10(xs), np.log10([p[0] for p in c]), [p[1] for p in c])
-              for c in (curve_a, curve_b))
+    ea, eb = curve(curve_a, np.array(xs)), curve(curve_b, np.array(xs))
     return tuple((x, float(min(bw_a * a, bw_b * b) / lo)) for x, a, b in zip(xs, ea, eb))
 
 

@@ -138,7 +138,7 @@ def plan_short(plan: Plan) -> str:
         extra.append(f"v={plan.virtual_pipeline_stages}")
     if plan.zero_stage:
         extra.append(f"zero{plan.zero_stage}" + (f" dp_shard={plan.dp_shard}"
-                                                  if plan.zero_shard < plan.dp else ""))
+                                                  if plan.hsdp else ""))
     if plan.recompute != "none":
         extra.append(f"recompute={plan.recompute}")
     if plan.sequence_parallel:

@@ -200,7 +200,7 @@ def show(res: SearchResult, top: int, cluster: Cluster) -> None:
         out.print(_table(f"Pareto front ({by.split(' (')[0]} vs. memory)", res,
                          [(int(i) + 1, i) for i in res.pareto]))
         shown = list(range(min(top, res.fitting))) + [int(i) for i in res.pareto]
-        if any(res.plan(i).zero_shard < res.plan(i).dp for i in shown):
+        if any(res.plan(i).hsdp for i in shown):
             out.print("zero s/n: ZeRO stage s with its state sharded over n data-parallel ranks "
                       "(x cp) and replicated across the other dp / n groups (hybrid sharding, "
                       "plan key dp_shard)")

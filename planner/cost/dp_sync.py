@@ -19,7 +19,7 @@ from planner.cost.grad_sync import grad_all_reduce
 from planner.cost.params import (stage_expert_params_per_rank, stage_params_per_rank,
                                  stage_tensor_count)
 from planner.cost.stage_blocks import stage_blocks
-from planner.cost.zero import fsdp2_exposed, fsdp2_unit_comms, replica_all_reduce
+from planner.cost.zero import fsdp2_exposed, fsdp2_unit_comms, zero_reduce
 from planner.hardware import Cluster
 from planner.plan_arrays import G_PS, PlanArrays
 from planner.stages import heaviest_middle
@@ -79,11 +79,9 @@ def sync_terms(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shape
     params, expert_params = stage = stage_params(spec, P, sh)
     g = params * np.where(P.precision == 3, 4.0, 2.0)
     link, sw = links["dpcp"], cluster.stack
-    shard = links["zshard"]  # ZeRO's group: dp x cp, or its hybrid-sharding part
     out = {"optimizer": optimizer(spec, cluster, P, sh, links, stage)}
-    reduce = np.where(P.zero == 0, grad_all_reduce(cluster, P, link, g),
-                      shard.reduce_scatter(g) + replica_all_reduce(P, links, g))
-    gather = shard.all_gather(g)
+    reduce = np.where(P.zero == 0, grad_all_reduce(cluster, P, link, g), zero_reduce(P, links, g))
+    gather = links["zshard"].all_gather(g)  # ZeRO's group: dp x cp, or its hybrid part
     if spec.moe is not None:
         # Routed experts' gradients are reduced over edp, the ranks holding the same experts
         # (Megatron-Core's expert data-parallel group), in the same backward window.

@@ -114,7 +114,7 @@ def predict(spec: TransformerSpec, cluster: Cluster, plan: Plan,
                       "nodes_spanned": g.nodes_spanned}
                   for k, g in layouts[0].items()
                   # The ZeRO groups only where they differ from dp x cp (hybrid sharding).
-                  if g.size > 1 and (k not in ZERO_KINDS or plan.zero_shard < plan.dp)},
+                  if g.size > 1 and (k not in ZERO_KINDS or plan.hsdp)},
         "params": total_params(spec),
         "active_params": active_params(spec),
         "model_flops_per_step": float(model_flops_per_step(spec, np.array([plan.global_batch_size]))[0]),

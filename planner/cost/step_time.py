@@ -25,7 +25,7 @@ from planner.cost.moe_cost import per_moe_layer
 from planner.cost.params import layer_params_per_rank
 from planner.cost.shape_cache import by_shape, on_groups
 from planner.cost.stage_blocks import stage_blocks
-from planner.cost.zero import fsdp2_overlaps, replica_all_reduce
+from planner.cost.zero import fsdp2_overlaps, zero_reduce
 from planner.hardware import PRECISIONS, Cluster
 from planner.moe import moe_layer_count
 from planner.plan_arrays import R_FULL, R_SELECTIVE, PlanArrays
@@ -121,7 +121,7 @@ def _per_layer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shape
     wbytes = layer_params_per_rank(spec, sh.tp) * np.where(P.precision == 3, 4.0, 2.0)
     z3 = (P.zero >= 3) & (sw.zero_impl == "deepspeed")
     ag = links["zshard"].all_gather(wbytes)
-    rs = links["zshard"].reduce_scatter(wbytes) + replica_all_reduce(P, links, wbytes)
+    rs = zero_reduce(P, links, wbytes)
     gathers_b = 1.0 + np.where(full & (sw.zero_impl == "deepspeed"), 1.0, 0.0)
     # They run on during the block's exposed TP and CP time as during its compute (another
     # link), so the whole block is their window.

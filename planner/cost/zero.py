@@ -26,13 +26,14 @@ from planner.plan_arrays import PlanArrays
 from planner.transformer import TransformerSpec
 
 
-def replica_all_reduce(P: PlanArrays, links: Mapping[str, Link], nbytes: np.ndarray
-                       ) -> np.ndarray:
-    """Hybrid sharding: after the reduce-scatter of `nbytes` in the shard group each rank
-    all-reduces its 1 / (dp_shard * cp) shard with the ranks holding the same shard in the
-    other replicas (PyTorch FSDP2 HSDP: reduce-scatter then all-reduce over the replicate mesh
-    dimension; Megatron-Core's distributed-optimizer instances likewise). 0 without it."""
-    return links["zrep"].all_reduce(nbytes / (P.dp_shard * P.cp))
+def zero_reduce(P: PlanArrays, links: Mapping[str, Link], nbytes: np.ndarray) -> np.ndarray:
+    """ZeRO's gradient reduction of an `nbytes` buffer: reduce-scatter in the shard group
+    (zshard), then, with hybrid sharding, each rank's 1 / (dp_shard * cp) shard all-reduced
+    with the ranks holding the same shard in the other replicas (PyTorch FSDP2 HSDP:
+    reduce-scatter then all-reduce over the replicate mesh dimension; Megatron-Core's
+    distributed-optimizer instances likewise; zrep has one rank without it)."""
+    return (links["zshard"].reduce_scatter(nbytes)
+            + links["zrep"].all_reduce(nbytes / (P.dp_shard * P.cp)))
 
 
 def fsdp2_unit_comms(spec: TransformerSpec, P: PlanArrays, sh: Shapes,
@@ -46,11 +47,9 @@ def fsdp2_unit_comms(spec: TransformerSpec, P: PlanArrays, sh: Shapes,
     block = layer_params_per_rank(spec, sh.tp) * wb
     root = stage_params_per_rank(spec, sh.tp, layers, True, P.pp == 1) * wb - layers * block
     shard = links["zshard"]
-
-    def reduce(nbytes: np.ndarray) -> np.ndarray:
-        return shard.reduce_scatter(nbytes) + replica_all_reduce(P, links, nbytes)
-    return {"layers": layers, "ag_block": shard.all_gather(block), "rs_block": reduce(block),
-            "ag_root": shard.all_gather(root), "rs_root": reduce(root)}
+    return {"layers": layers, "ag_block": shard.all_gather(block),
+            "rs_block": zero_reduce(P, links, block), "ag_root": shard.all_gather(root),
+            "rs_root": zero_reduce(P, links, root)}
 
 
 def fsdp2_overlaps(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
@@ -58,9 +57,8 @@ def fsdp2_overlaps(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: S
                    ) -> tuple[np.ndarray, np.ndarray]:
     """A block's gather prefetched behind one block's forward, and behind its backward (stacks
     that overlap). `link`: the ZeRO shard group's (zshard). Reads the layout (tp; the link),
-    precision and the Shapes only. `host`: the
-    block's exposed host time (forward, backward; planner/cost/host.py), during which the
-    gather runs on too."""
+    precision and the Shapes only. `host`: the block's exposed host time (forward, backward;
+    planner/cost/host.py), during which the gather runs on too."""
     block = layer_params_per_rank(spec, sh.tp) * np.where(P.precision == 3, 4.0, 2.0)
     ag_block = link.all_gather(block)
     lt = by_shape(lambda s: layer_times(spec, cluster.gpu, s, cluster.stack.flash_attention,

@@ -27,7 +27,7 @@ def problems(plan: Plan, spec: TransformerSpec) -> list[str]:
     if plan.cp > 1:
         out.append(f"cp={plan.cp}: DeepSpeed has no context parallelism (Ulysses sequence "
                    "parallelism splits attention heads, a different plan)")
-    if plan.zero_shard < plan.dp:
+    if plan.hsdp:
         out.append(f"dp_shard={plan.dp_shard}: DeepSpeed shards ZeRO state over every "
                    "data-parallel rank; its hybrid sharding, MiCS (mics_shard_size), was removed "
                    "(DeepSpeed 0.19 rejects the key: deepspeedai/DeepSpeed#8489), and ZeRO++'s "

@@ -56,7 +56,7 @@ def _zero(plan: Plan, stack: Stack | None) -> list[tuple[str, object]]:
         a += [("--use-megatron-fsdp", None), ("--data-parallel-sharding-strategy",
                                                "optim_grads" if plan.zero_stage == 2
                                                else "optim_grads_params")]
-    if plan.zero_stage and plan.zero_shard < plan.dp:
+    if plan.zero_stage and plan.hsdp:
         # Hybrid sharding: dp / dp_shard optimizer instances of dp_shard ranks each (the
         # distributed optimizer, and Megatron-FSDP's HSDP, which it enables only above 1).
         a.append(("--num-distributed-optimizer-instances", plan.dp // plan.zero_shard))
