@@ -54,6 +54,11 @@ class Stack(FrozenModel):
     param_gather_overlap: bool
     """With a sharded optimizer (ZeRO-1/2, Megatron's distributed optimizer), the parameter
     all-gather after the step overlaps the next forward (Megatron `overlap_param_gather`)."""
+    grad_reduce_fp32: bool = False
+    """bf16 and fp8 plans accumulate and reduce gradients in fp32 (4 bytes per element in the
+    gradient buffer and on the wire), not in the 16-bit weights' type: Megatron-LM turns
+    accumulate_allreduce_grads_in_fp32 on for --bf16, torchtitan's and NeMo AutoModel's FSDP2
+    policies reduce in float32. fp16 and fp32 plans keep their own width."""
     grad_bucket_bytes: int = Field(gt=0)
     """Gradient bucket size; the last bucket's reduction cannot overlap."""
     pool_nics: bool

@@ -158,3 +158,30 @@ def test_fsdp_unit_step_overhead_is_paid_once_per_unit_per_step():
                 pytest.approx(33 * 1e-3, rel=1e-6), (zero, m)
     plain = dict(nodes=1, dp=8, global_batch_size=8)
     assert _predict(slow, **plain)["step_time_s"] == _predict(stack, **plain)["step_time_s"]
+
+
+def test_grad_reduce_fp32_doubles_gradient_bytes_and_their_collective():
+    """Megatron-LM with --bf16 (megatron-core-sync-dp, FlagPerf's scripts) accumulates and
+    reduces gradients in fp32; NVIDIA's performance recipes (megatron-core) reduce in bf16.
+    fp16 plans keep fp16 gradients either way."""
+    kw = dict(cluster="dgx_h100", nodes=2, dp=16, global_batch_size=16, zero_stage=1)
+    bf16 = _predict(_flip("megatron-core-sync-dp", grad_reduce_fp32=False), **kw)
+    fp32 = _predict("megatron-core-sync-dp", **kw)
+    assert fp32["memory"]["gradients_bytes"] == pytest.approx(
+        2 * bf16["memory"]["gradients_bytes"])
+    assert fp32["breakdown"]["dp_comm_s"] > 1.3 * bf16["breakdown"]["dp_comm_s"]
+    half = dict(kw, precision="fp16")
+    assert (_predict("megatron-core-sync-dp", **half)["step_time_s"]
+            == _predict(_flip("megatron-core-sync-dp", grad_reduce_fp32=False),
+                        **half)["step_time_s"])
+
+
+def test_torchtitan_op_level_checkpointing_saves_less_than_attention_core():
+    """torchtitan's op-level selective checkpointing keeps the block input, the attention
+    output and every second matmul output; Megatron-LM's selective recompute redoes only the
+    attention core and keeps the rest, several times more."""
+    kw = dict(dp=8, global_batch_size=8, zero_stage=3, recompute="selective")
+    op = _predict("torchtitan", **kw)["memory"]["activations_bytes"]
+    core = _predict(_flip("torchtitan", selective_recompute="attention_core"),
+                    **kw)["memory"]["activations_bytes"]
+    assert op < 0.6 * core

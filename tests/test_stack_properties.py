@@ -110,3 +110,22 @@ def test_faster_gpu_never_slows_a_small_zero3_plan():
     base = predict(spec, cluster, plan)["step_time_s"]
     for k in (1.25, 2.0, 4.0):
         assert predict(spec, _scaled(cluster, gpu=k), plan)["step_time_s"] <= base * (1 + 1e-9)
+
+
+def test_faster_gpu_never_slows_a_tp_recompute_zero3_plan():
+    """The second case hypothesis found: FSDP2 ZeRO-3 with tp 8 and full recompute on two DGX
+    B200 got slower on a 2x GPU, because a block's prefetched gather hid behind its compute
+    alone; it runs on through the recomputed forward and the exposed TP collectives too, which
+    a faster GPU does not shorten (planner/cost/zero.py fsdp2_overlaps)."""
+    spec = TransformerSpec(name="random", num_layers=16, hidden_size=1024, num_attention_heads=8,
+                           num_kv_heads=8, ffn_hidden_size=2048, vocab_size=1000, seq_len=512,
+                           mlp="gelu", tied_embeddings=False)
+    cluster = load_cluster("dgx_b200", 2, "fsdp-compile")
+    for precision, m in (("bf16", 4), ("fp8", 4), ("bf16", 8)):
+        plan = Plan(dp=2, tp=8, pp=1, micro_batch_size=1, global_batch_size=2 * m, zero_stage=3,
+                    recompute="full", precision=precision)
+        assert not plan_problems(plan, spec, cluster)
+        base = predict(spec, cluster, plan)["step_time_s"]
+        for k in (1.25, 2.0, 4.0):
+            faster = predict(spec, _scaled(cluster, gpu=k), plan)["step_time_s"]
+            assert faster <= base * (1 + 1e-9), (precision, m, k, base, faster)

@@ -19,6 +19,7 @@ from planner.cost.grad_sync import grad_all_reduce
 from planner.cost.params import (stage_expert_params_per_rank, stage_params_per_rank,
                                  stage_tensor_count)
 from planner.cost.stage_blocks import stage_blocks
+from planner.cost.widths import grad_bytes, weight_bytes
 from planner.cost.zero import fsdp2_exposed, fsdp2_unit_comms, zero_reduce
 from planner.hardware import Cluster
 from planner.plan_arrays import G_PS, PlanArrays
@@ -49,8 +50,8 @@ def stage_params(spec: TransformerSpec, P: PlanArrays,
 def optimizer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
               links: Mapping[str, Link], stage: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """The step's epilogue. Adam, memory-bound: fp32 master weight, m and v read and written
-    (24 bytes), the gradient read twice (norm for clipping, update) and the 16-bit weight
-    written; plus a fixed cost per parameter tensor, and the small collectives every step
+    (24 bytes), the gradient read twice (norm for clipping, update; at its reduced width) and
+    the 16-bit weight written; plus a fixed cost per parameter tensor, and the small collectives every step
     makes: the global gradient norm (over tp, dp x cp when sharded, and pp) and the loss
     reported as the global-batch mean (over pp and dp x cp). `stage`: stage_params."""
     # A parameter server's shard owner runs Adam on 1/S of the model (planner/cost/grad_sync.py).
@@ -60,7 +61,8 @@ def optimizer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes
     params = params / shards
     if spec.moe is not None:  # expert state shards over edp under ZeRO (distributed optimizer)
         params = params + expert_params / np.where(P.zero >= 1, P.edp, 1)
-    per_param = np.where(P.precision == 3, 24.0 + 2 * 4.0, 24.0 + 2 * 2.0 + 2.0)
+    per_param = np.where(P.precision == 3, 24.0 + 2 * 4.0,
+                         24.0 + 2 * grad_bytes(P, cluster.stack) + 2.0)
     tensors = stage_tensor_count(spec, stage_blocks(spec, P)["first_layers"], True, P.pp == 1)
     scalar = 4.0
     # The gradient norm of sharded state sums over the shard group (the replicas hold the same
@@ -77,20 +79,21 @@ def sync_terms(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shape
     """The collectives of the gradient sync and ZeRO gathers, and the optimizer's seconds: what
     dp_exposed and the step read that no micro-batch, schedule or recompute field changes."""
     params, expert_params = stage = stage_params(spec, P, sh)
-    g = params * np.where(P.precision == 3, 4.0, 2.0)
     link, sw = links["dpcp"], cluster.stack
+    gb, wb = grad_bytes(P, sw), weight_bytes(P)
+    g = params * gb
     out = {"optimizer": optimizer(spec, cluster, P, sh, links, stage)}
     reduce = np.where(P.zero == 0, grad_all_reduce(cluster, P, link, g), zero_reduce(P, links, g))
-    gather = links["zshard"].all_gather(g)  # ZeRO's group: dp x cp, or its hybrid part
+    gather = links["zshard"].all_gather(params * wb)  # ZeRO's group: dp x cp, or its hybrid part
     if spec.moe is not None:
         # Routed experts' gradients are reduced over edp, the ranks holding the same experts
         # (Megatron-Core's expert data-parallel group), in the same backward window.
-        ge = expert_params * np.where(P.precision == 3, 4.0, 2.0)
+        ge, we = expert_params * gb, expert_params * wb
         edp = links["edp"]
         reduce = reduce + np.where(P.zero == 0, edp.all_reduce(ge), edp.reduce_scatter(ge))
-        gather = gather + edp.all_gather(ge)
+        gather = gather + edp.all_gather(we)
         if sw.zero_impl == "fsdp2":
-            out["edp_gather"], out["edp_scatter"] = edp.all_gather(ge), edp.reduce_scatter(ge)
+            out["edp_gather"], out["edp_scatter"] = edp.all_gather(we), edp.reduce_scatter(ge)
     out["reduce"], out["gather"] = reduce, gather
     out["tail"] = reduce * np.minimum(1.0, sw.grad_bucket_bytes / g)  # the last bucket
     # Megatron overlap_param_gather: the updated shards are gathered bucket by bucket behind
@@ -98,7 +101,7 @@ def sync_terms(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shape
     # DistributedDataParallelConfig.overlap_param_gather; NeMo communication_overlap docs).
     out["gather_first"] = gather * np.minimum(1.0, sw.grad_bucket_bytes / g)
     if sw.zero_impl == "fsdp2":
-        out.update({f"unit.{k}": v for k, v in fsdp2_unit_comms(spec, P, sh, links).items()})
+        out.update({f"unit.{k}": v for k, v in fsdp2_unit_comms(spec, sw, P, sh, links).items()})
     return out
 
 

@@ -2,7 +2,8 @@
 
 Model state per parameter follows the ZeRO paper (Rajbhandari et al. 2020, section 3.1): mixed
 precision keeps 2-byte weights, 2-byte gradients and 12 bytes of Adam state (fp32 master, m, v);
-fp32 training keeps 4 + 4 + 8. ZeRO stage 1 shards the optimizer state over the data-parallel
+fp32 training keeps 4 + 4 + 8. Stacks that accumulate and reduce bf16 gradients in fp32
+(Megatron-LM, torchtitan: stack.grad_reduce_fp32) keep 4-byte gradients. ZeRO stage 1 shards the optimizer state over the data-parallel
 ranks (dp x cp), stage 2 also the gradients, stage 3 also the weights.
 
 Activations per block per micro-batch follow Korthikanti et al. 2022 (section 4, eqs. 1-5):
@@ -20,9 +21,11 @@ from planner.cost.compute import Shapes
 from planner.cost.eager_activations import (eager_block_bytes, eager_first_bytes,
                                             eager_last_bytes)
 from planner.cost.moe_cost import moe_activation_bytes
-from planner.cost.params import (layer_params_per_rank, moe_layer_expert_params_per_rank,
+from planner.cost.params import (moe_layer_expert_params_per_rank,
                                  padded_vocab, stage_expert_params_per_rank,
                                  stage_params_per_rank)
+from planner.cost.widths import grad_bytes, weight_bytes
+from planner.cost.zero import fsdp2_block_params
 from planner.hardware import Cluster
 from planner.plan_arrays import R_FULL, R_SELECTIVE, S_GPIPE, S_INTERLEAVED, PlanArrays
 from planner.stages import (heaviest_middle, interleaved_peak_bytes, rank_layers,
@@ -31,9 +34,11 @@ from planner.transformer import TransformerSpec
 
 
 def layer_activation_bytes(spec: TransformerSpec, sh: Shapes, recompute: np.ndarray,
-                           flash: bool) -> tuple[np.ndarray, np.ndarray]:
+                           flash: bool, selective: str = "attention_core"
+                           ) -> tuple[np.ndarray, np.ndarray]:
     """(stored, full): bytes one block saves for backward for one micro-batch on one GPU under
-    the plan's recompute mode, and without recompute."""
+    the plan's recompute mode, and without recompute. `selective`: what selective recompute
+    redoes (stack.selective_recompute)."""
     e, t = sh.act_bytes, sh.tp
     tokens = sh.mbs * spec.seq_len / sh.cp
     h, kv, f = spec.hidden_size, spec.kv_dim, spec.ffn_hidden_size
@@ -51,15 +56,38 @@ def layer_activation_bytes(spec: TransformerSpec, sh: Shapes, recompute: np.ndar
         per_score = 2 * e + 1 if spec.is_gpt_family else e  # softmax out (+ dropout mask, out)
         core = per_score * sh.mbs * heads * (spec.seq_len / sh.cp) * spec.seq_len
     full = unsplit + split + core
-    stored = np.where(recompute == R_SELECTIVE, unsplit + split, full)
-    return np.where(recompute == R_FULL, e * tokens * h / sp_div, stored), full
+    block_input = e * tokens * h / sp_div
+    if selective == "ops_half_matmuls":
+        sel = block_input + _op_policy_saved(spec, sh, tokens, sp_div) + core
+    else:
+        sel = unsplit + split
+    stored = np.where(recompute == R_SELECTIVE, sel, full)
+    return np.where(recompute == R_FULL, block_input, stored), full
+
+
+def _op_policy_saved(spec: TransformerSpec, sh: Shapes, tokens: np.ndarray,
+                     sp_div: np.ndarray) -> np.ndarray:
+    """Bytes torchtitan's op-level selective checkpointing keeps of one block beyond its input:
+    the attention kernel's output, and the output of every second matmul in forward order
+    (its policy counts aten.mm calls per checkpointed block and saves the odd ones;
+    torchtitan distributed/activation_checkpoint.py _apply_op_sac). Column-parallel outputs
+    are split over tp; row-parallel ones are whole per rank unless sequence parallelism's
+    reduce-scatter (also saved) splits them."""
+    t, h, f = sh.tp, spec.hidden_size, spec.ffn_hidden_size
+    col, row = 1.0 / t, 1.0 / sp_div
+    # (width, split) of each matmul output: q, k, v, out-projection, then the MLP's.
+    mlp = [(f, col), (f, col), (h, row)] if spec.mlp == "swiglu" else [(f, col), (h, row)]
+    mms = [(spec.q_dim, col), (spec.kv_dim, col), (spec.kv_dim, col), (h, row)] + mlp
+    kept = sum(w * s for w, s in mms[0::2])
+    return sh.act_bytes * tokens * (spec.q_dim * col + kept)
 
 
 def zero3_gather_unit(spec: TransformerSpec, cluster: Cluster, sh: Shapes) -> np.ndarray:
-    """Parameters gathered at once per rank under ZeRO-3: a whole block (FSDP2) or the largest
-    weight matrix (DeepSpeed's per-tensor gathers)."""
+    """Parameters gathered at once per rank under ZeRO-3: a whole block's unit (FSDP2; an MoE
+    block's dense part, its experts being their own unit) or the largest weight matrix
+    (DeepSpeed's per-tensor gathers)."""
     if cluster.stack.zero_impl == "fsdp2":
-        return layer_params_per_rank(spec, sh.tp)
+        return fsdp2_block_params(spec, sh)
     h, f = spec.hidden_size, spec.ffn_hidden_size
     largest = max(h * (h + 2 * spec.kv_dim), h * f * (2 if spec.mlp == "swiglu" else 1))
     return largest / sh.tp
@@ -95,12 +123,15 @@ def _saved(spec: TransformerSpec, P: PlanArrays, stage: np.ndarray, layers: np.n
 
 
 def model_state_bytes(P: PlanArrays, params: np.ndarray, impl: str,
-                      shard_over: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                      shard_over: np.ndarray | None = None,
+                      grad_width: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Weights, gradients and optimizer bytes at rest for `params` parameters on one rank,
     ZeRO-sharded over `shard_over` ranks (default the ZeRO shard group, dp_shard x cp: dp x cp
-    without hybrid sharding; edp for routed experts)."""
+    without hybrid sharding; edp for routed experts). `grad_width`: bytes per gradient
+    element (widths.grad_bytes; default the weights' width)."""
     fp32 = P.precision == 3
-    w, g, o = np.where(fp32, 4, 2), np.where(fp32, 4, 2), np.where(fp32, 8, 12)
+    w, o = weight_bytes(P), np.where(fp32, 8, 12)
+    g = w if grad_width is None else grad_width
     dpc = P.dp_shard * P.cp if shard_over is None else shard_over
     if impl == "fsdp2":  # every ZeRO stage keeps all three sharded between steps
         shard = np.where(P.zero >= 1, dpc, 1)
@@ -114,13 +145,13 @@ def model_state_bytes(P: PlanArrays, params: np.ndarray, impl: str,
 def zero_buffers(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
                  params: np.ndarray) -> np.ndarray:
     """Unsharded copies ZeRO holds during the step, beyond the sharded state at rest."""
-    wb = np.where(P.precision == 3, 4.0, 2.0)
+    wb, gb = weight_bytes(P), grad_bytes(P, cluster.stack)
     unit = zero3_gather_unit(spec, cluster, sh)
     active = (P.zero >= 1) & (P.dp_shard * P.cp > 1)
     if cluster.stack.zero_impl == "fsdp2":
         # Gradients accumulate unsharded until the last micro-batch (pipelining and the
         # executor skip reduce-scatter in between); with one micro-batch, one block's at a time.
-        grads = np.where((P.micro_batches > 1) | (P.pp > 1), params, unit) * wb
+        grads = np.where((P.micro_batches > 1) | (P.pp > 1), params, unit) * gb
         weights = np.where(P.zero >= 3, 2 * unit, params) * wb  # stage 1-2: kept gathered
         return np.where(active, weights + grads, 0.0)
     return np.where(active & (P.zero >= 3), 2 * unit * wb, 0.0)
@@ -138,7 +169,8 @@ def block_terms(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shap
         t["stored"], t["full"] = eager_block_bytes(spec, sh, P.recompute)
         t["first"], t["last"] = eager_first_bytes(spec, sh), eager_last_bytes(spec, sh)
     else:
-        t["stored"], t["full"] = layer_activation_bytes(spec, sh, P.recompute, flash)
+        t["stored"], t["full"] = layer_activation_bytes(spec, sh, P.recompute, flash,
+                                                        cluster.stack.selective_recompute)
         t["th"] = tokens * spec.hidden_size / np.where(sh.sp, sh.tp, 1)
     if spec.moe is not None:
         t["moe_transient"] = moe_activation_bytes(spec, sh)[1]
@@ -189,9 +221,10 @@ def stage_state(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shap
     first) of a rank holding `layers` blocks of which `k` MoE: what stage_memory adds to the
     activations. Reads no schedule, recompute or sequence-parallel field."""
     params = stage_params_per_rank(spec, sh.tp, layers, first, last, k)
-    state = model_state_bytes(P, params, cluster.stack.zero_impl)
+    gb = grad_bytes(P, cluster.stack)
+    state = model_state_bytes(P, params, cluster.stack.zero_impl, grad_width=gb)
     experts = stage_expert_params_per_rank(spec, sh.ep, sh.etp, k)
-    estate = model_state_bytes(P, experts, cluster.stack.zero_impl, P.edp)
+    estate = model_state_bytes(P, experts, cluster.stack.zero_impl, P.edp, gb)
     state = {key: v + estate[key] for key, v in state.items()}
     e, tokens = sh.act_bytes, sh.mbs * spec.seq_len / sh.cp
     bufs = (zero_buffers(spec, cluster, P, sh, params)
@@ -230,10 +263,10 @@ def _expert_zero_buffers(spec: TransformerSpec, cluster: Cluster, P: PlanArrays,
     all of them kept gathered under stages 1-2, and the unsharded gradients of the step."""
     if cluster.stack.zero_impl != "fsdp2":
         return np.zeros(len(P))
-    wb = np.where(P.precision == 3, 4.0, 2.0)
+    wb, gb = weight_bytes(P), grad_bytes(P, cluster.stack)
     unit = moe_layer_expert_params_per_rank(spec, sh.ep, sh.etp)
     active = (P.zero >= 1) & (P.edp > 1)
-    grads = np.where((P.micro_batches > 1) | (P.pp > 1), experts, unit) * wb
+    grads = np.where((P.micro_batches > 1) | (P.pp > 1), experts, unit) * gb
     weights = np.where(P.zero >= 3, 2 * unit, experts) * wb
     return np.where(active, weights + grads, 0.0)
 

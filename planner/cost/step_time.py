@@ -25,6 +25,7 @@ from planner.cost.moe_cost import per_moe_layer
 from planner.cost.params import layer_params_per_rank
 from planner.cost.shape_cache import by_shape, on_groups
 from planner.cost.stage_blocks import stage_blocks
+from planner.cost.widths import grad_bytes, weight_bytes
 from planner.cost.zero import fsdp2_overlaps, zero_reduce
 from planner.hardware import PRECISIONS, Cluster
 from planner.moe import moe_layer_count
@@ -118,10 +119,10 @@ def _per_layer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shape
     # ZeRO-3 as DeepSpeed: gather the block's weights before forward and backward (and again
     # for the recomputed forward), reduce-scatter its grads, every micro-batch; prefetched behind
     # the previous block's compute. (FSDP2's per-step pattern is in planner/cost/zero.py.)
-    wbytes = layer_params_per_rank(spec, sh.tp) * np.where(P.precision == 3, 4.0, 2.0)
+    block_params = layer_params_per_rank(spec, sh.tp)
     z3 = (P.zero >= 3) & (sw.zero_impl == "deepspeed")
-    ag = links["zshard"].all_gather(wbytes)
-    rs = zero_reduce(P, links, wbytes)
+    ag = links["zshard"].all_gather(block_params * weight_bytes(P))
+    rs = zero_reduce(P, links, block_params * grad_bytes(P, sw))
     gathers_b = 1.0 + np.where(full & (sw.zero_impl == "deepspeed"), 1.0, 0.0)
     # They run on during the block's exposed TP and CP time as during its compute (another
     # link), so the whole block is their window.
@@ -166,9 +167,21 @@ def _block_terms(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Sha
     msg = sh.act_bytes * sh.mbs * spec.seq_len / sh.cp * spec.hidden_size / sh.tp
     out["pp_hop"] = 2 * links["pp"].p2p(msg) + cluster.stack.pp_microbatch_overhead_s
     if cluster.stack.zero_impl == "fsdp2" and cluster.stack.grad_overlap:
+        # A unit's gather hides behind a block's time, averaged over the model's dense and MoE
+        # blocks as the gathered unit is (zero.fsdp2_block_params).
+        unit = per if moe is None else _mean_block(spec, per, moe)
         out["fsdp.ov_f"], out["fsdp.ov_b"] = fsdp2_overlaps(spec, cluster, P, sh, links["zshard"],
-                                                            host=per["host"])
+                                                            unit)
     return out
+
+
+def _mean_block(spec: TransformerSpec, dense: dict[str, tuple[np.ndarray, np.ndarray]],
+                moe: dict[str, tuple[np.ndarray, np.ndarray]]
+                ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """A block's (forward, backward) seconds by category averaged over the model's dense and MoE
+    blocks."""
+    L, k = spec.num_layers, moe_layer_count(spec)
+    return {c: tuple(((L - k) * d + k * m) / L for d, m in zip(dense[c], moe[c])) for c in dense}
 
 
 def _stages(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,

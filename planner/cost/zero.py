@@ -16,13 +16,16 @@ from collections.abc import Mapping
 import numpy as np
 
 from planner.cost.comms import Link
-from planner.cost.compute import Shapes, layer_times
+from planner.cost.compute import Shapes
 from planner.cost.efficiency import overlapped
-from planner.cost.shape_cache import by_shape
-from planner.cost.params import layer_params_per_rank, stage_params_per_rank
+from planner.cost.params import (layer_params_per_rank, moe_layer_dense_params_per_rank,
+                                 stage_params_per_rank)
 from planner.cost.stage_blocks import stage_blocks
+from planner.cost.widths import grad_bytes, weight_bytes
 from planner.hardware import Cluster
+from planner.moe import moe_layer_count
 from planner.plan_arrays import PlanArrays
+from planner.stack import Stack
 from planner.transformer import TransformerSpec
 
 
@@ -36,36 +39,52 @@ def zero_reduce(P: PlanArrays, links: Mapping[str, Link], nbytes: np.ndarray) ->
             + links["zrep"].all_reduce(nbytes / (P.dp_shard * P.cp)))
 
 
-def fsdp2_unit_comms(spec: TransformerSpec, P: PlanArrays, sh: Shapes,
+def fsdp2_block_params(spec: TransformerSpec, sh: Shapes, layers: np.ndarray | float | None = None,
+                       moe: np.ndarray | float | None = None) -> np.ndarray:
+    """Parameters of one block's FSDP unit, averaged over `layers` blocks of which `moe` are MoE
+    blocks (default: the whole model's): a dense block whole, an MoE block's dense part
+    (attention, norms, router, shared experts; its routed experts are a unit of their own over
+    edp, dp_sync.py)."""
+    dense = layer_params_per_rank(spec, sh.tp)
+    if spec.moe is None:
+        return dense
+    if layers is None:
+        layers, moe = spec.num_layers, moe_layer_count(spec)
+    return ((layers - moe) * dense + moe * moe_layer_dense_params_per_rank(spec, sh.tp)
+            ) / np.maximum(layers, 1)
+
+
+def fsdp2_unit_comms(spec: TransformerSpec, stack: Stack, P: PlanArrays, sh: Shapes,
                      links: Mapping[str, Link]) -> dict[str, np.ndarray]:
-    """The first pipeline rank's units: its blocks, and each block's and the root's gather and
-    gradient reduction (reduce-scatter in the shard group, and with hybrid sharding the
-    shard's all-reduce across replicas). Reads the layout (tp, pp, dp, cp, dp_shard; the
-    links), vpp and precision only."""
-    wb = np.where(P.precision == 3, 4.0, 2.0)
-    layers = stage_blocks(spec, P)["first_layers"]
-    block = layer_params_per_rank(spec, sh.tp) * wb
-    root = stage_params_per_rank(spec, sh.tp, layers, True, P.pp == 1) * wb - layers * block
+    """The first pipeline rank's units: its blocks, and each block's and the root's gather (of
+    the weights) and gradient reduction (of the gradients at their reduced width: reduce-scatter
+    in the shard group, and with hybrid sharding the shard's all-reduce across replicas). Reads
+    the layout (tp, pp, dp, cp, dp_shard; the links), vpp and precision only."""
+    sb = stage_blocks(spec, P)
+    layers, moe = sb["first_layers"], sb["first_moe"]
+    block = fsdp2_block_params(spec, sh, layers, moe)
+    root = stage_params_per_rank(spec, sh.tp, layers, True, P.pp == 1, moe) - layers * block
+    wb, gb = weight_bytes(P), grad_bytes(P, stack)
     shard = links["zshard"]
-    return {"layers": layers, "ag_block": shard.all_gather(block),
-            "rs_block": zero_reduce(P, links, block), "ag_root": shard.all_gather(root),
-            "rs_root": zero_reduce(P, links, root)}
+    return {"layers": layers, "ag_block": shard.all_gather(block * wb),
+            "rs_block": zero_reduce(P, links, block * gb), "ag_root": shard.all_gather(root * wb),
+            "rs_root": zero_reduce(P, links, root * gb)}
 
 
 def fsdp2_overlaps(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
-                   link: Link, host: tuple[np.ndarray, np.ndarray] | None = None
+                   link: Link, block: Mapping[str, tuple[np.ndarray, np.ndarray]]
                    ) -> tuple[np.ndarray, np.ndarray]:
     """A block's gather prefetched behind one block's forward, and behind its backward (stacks
-    that overlap). `link`: the ZeRO shard group's (zshard). Reads the layout (tp; the link),
-    precision and the Shapes only. `host`: the block's exposed host time (forward, backward;
-    planner/cost/host.py), during which the gather runs on too."""
-    block = layer_params_per_rank(spec, sh.tp) * np.where(P.precision == 3, 4.0, 2.0)
-    ag_block = link.all_gather(block)
-    lt = by_shape(lambda s: layer_times(spec, cluster.gpu, s, cluster.stack.flash_attention,
-                                        cluster.stack.elementwise_traffic), sh)
-    hf, hb = (0.0, 0.0) if host is None else host
-    return (overlapped(cluster.gpu, ag_block, lt.fwd + hf),
-            overlapped(cluster.gpu, ag_block, lt.bwd + hb))
+    that overlap). `link`: the ZeRO shard group's (zshard). `block`: the block's seconds by
+    category, (forward, backward incl. recompute), as step_time._per_layer gives them with its
+    exposed host time. The gather runs on its own stream and link through all of them: the
+    compute and the recomputed forward, the exposed TP and CP collectives (other links) and
+    the host gaps, so the whole block is its window (as DeepSpeed's, step_time._per_layer)."""
+    ag_block = link.all_gather(fsdp2_block_params(spec, sh) * weight_bytes(P))
+    zero = np.zeros(len(P))
+    win_f = sum((f for f, _ in block.values()), zero)
+    win_b = sum((b for _, b in block.values()), zero)
+    return overlapped(cluster.gpu, ag_block, win_f), overlapped(cluster.gpu, ag_block, win_b)
 
 
 def fsdp2_exposed(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
@@ -73,9 +92,9 @@ def fsdp2_exposed(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Sh
                   unit: dict[str, np.ndarray] | None = None,
                   overlaps: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Seconds of FSDP2 communication per step not hidden behind compute (zero_stage >= 1).
-    `unit`, `overlaps`: fsdp2_unit_comms and fsdp2_overlaps of these plans, if known (then
-    `links` is not read)."""
-    u = fsdp2_unit_comms(spec, P, sh, links) if unit is None else unit
+    `unit`: fsdp2_unit_comms of these plans, if known (then `links` is not read); `overlaps`:
+    fsdp2_overlaps of these plans (needed where the stack overlaps)."""
+    u = fsdp2_unit_comms(spec, cluster.stack, P, sh, links) if unit is None else unit
     layers, ag_block, rs_block = u["layers"], u["ag_block"], u["rs_block"]
     ag_root, rs_root = u["ag_root"], u["rs_root"]
     gathers = np.where(P.zero >= 3, 1 + P.micro_batches, 1)  # per block per step
@@ -87,8 +106,8 @@ def fsdp2_exposed(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Sh
         return (gathers * (layers * ag_block + ag_root) + layers * rs_block + rs_root
                 + framework)
     gpu = cluster.gpu
-    ov_f, ov_b = (fsdp2_overlaps(spec, cluster, P, sh, links["zshard"]) if overlaps is None
-                  else overlaps)
+    assert overlaps is not None, "FSDP2 with overlap needs the blocks' overlaps (_block_terms)"
+    ov_f, ov_b = overlaps
     first = ag_root + layers * ov_f  # prefetch behind forward
     # Stage 3 gathers every block again for each micro-batch's backward; in the last one the
     # reduce-scatters run too, and both use the same link behind the same backward, so they are

@@ -1,0 +1,30 @@
+"""Bytes per element of the weights the step computes with and of the gradients it reduces.
+
+Kept in one place because the same widths size the memory at rest, the gradient buffers, the
+data-parallel collectives and the optimizer's traffic, and they must agree.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from planner.hardware import PRECISIONS
+from planner.plan_arrays import PlanArrays
+from planner.stack import Stack
+
+_FP32 = PRECISIONS.index("fp32")
+_FP32_GRADS = (PRECISIONS.index("bf16"), PRECISIONS.index("fp8"))
+
+
+def weight_bytes(P: PlanArrays) -> np.ndarray:
+    """The 16-bit (or fp32) weights gathered and used by the GEMMs; fp8 plans keep bf16
+    weights and cast per GEMM (planner/cost/compute.py)."""
+    return np.where(P.precision == _FP32, 4.0, 2.0)
+
+
+def grad_bytes(P: PlanArrays, stack: Stack) -> np.ndarray:
+    """Gradient elements as accumulated and reduced: fp32 where the stack reduces bf16 / fp8
+    plans' gradients in fp32 (stack.grad_reduce_fp32), else the weights' width. fp16 plans
+    keep fp16 gradients (Megatron-LM forces fp32 for --bf16 only)."""
+    fp32 = (P.precision == _FP32) | (stack.grad_reduce_fp32 & np.isin(P.precision, _FP32_GRADS))
+    return np.where(fp32, 4.0, 2.0)
