@@ -131,6 +131,8 @@ EXECUTOR_STACK = {
     "param_gather_overlap": (False, "FSDP2 on shared cores: no overlap, as grad_overlap"),
     "pool_nics": (True, "one machine, no NICs: unused"),
     "zero_impl": ("fsdp2", "ZeRO runs as FSDP2 fully_shard (executor/parallel/data.py)"),
+    "fsdp_defer_grad_sync": (True, "FSDP2 reduce-scatters once, after the last micro-batch "
+                                   "(executor/train.py set_requires_gradient_sync)"),
     "cp_impl": ("all_gather", "context parallelism all-gathers K/V (executor/transformer.py)"),
     "activation_layout": ("eager", "plain PyTorch ops (planner/cost/eager_activations.py)"),
     "async_checkpoint": (False, "torch.distributed.checkpoint.save, synchronous "

@@ -72,6 +72,13 @@ class Stack(FrozenModel):
     Rajbhandari et al. 2020 semantics, also Megatron's distributed optimizer at stage 1):
     stage 1 shards optimizer state, 2 also gradients, 3 also weights, gathered one tensor at a
     time, and gathered again for the recomputed forward."""
+    fsdp_defer_grad_sync: bool = True
+    """With FSDP2 (zero_impl fsdp2) and several micro-batches, the reduce-scatter waits for the
+    last micro-batch: earlier backwards accumulate unsharded gradients and keep the weights
+    gathered (set_requires_gradient_sync(False) and set_reshard_after_backward(False), as
+    PyTorch pipelining always does, and this project's executor). False: every micro-batch's
+    backward reduce-scatters and reshards, so each forward gathers again (torchtitan's gradient
+    accumulation without pipeline parallelism). Pipeline-parallel plans defer either way."""
     cp_impl: Literal["ring", "all_gather"]
     """Context parallelism: `ring` passes K/V chunks between neighbours behind the attention
     compute (Megatron-LM); `all_gather` gathers K/V before attention and reduce-scatters their

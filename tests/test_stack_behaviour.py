@@ -185,3 +185,18 @@ def test_torchtitan_op_level_checkpointing_saves_less_than_attention_core():
     core = _predict(_flip("torchtitan", selective_recompute="attention_core"),
                     **kw)["memory"]["activations_bytes"]
     assert op < 0.6 * core
+
+
+def test_torchtitan_reduce_scatters_every_micro_batch_without_a_pipeline():
+    """torchtitan's gradient accumulation does not defer FSDP2's gradient sync: each
+    micro-batch gathers again and reduce-scatters (more exposed DP time), and no unsharded
+    gradients of the whole model wait between micro-batches (less memory). With a pipeline,
+    torch.distributed.pipelining defers it, so the flip changes nothing."""
+    kw = dict(cluster="dgx_h100", nodes=4, dp=32, global_batch_size=256, zero_stage=3)
+    every = _predict("torchtitan", **kw)
+    deferred = _predict(_flip("torchtitan", fsdp_defer_grad_sync=True), **kw)
+    assert every["breakdown"]["dp_comm_s"] > 2 * deferred["breakdown"]["dp_comm_s"]
+    assert every["memory"]["buffers_bytes"] < 0.2 * deferred["memory"]["buffers_bytes"]
+    pp = dict(kw, dp=16, pp=2)
+    assert (_predict("torchtitan", **pp)["step_time_s"]
+            == _predict(_flip("torchtitan", fsdp_defer_grad_sync=True), **pp)["step_time_s"])

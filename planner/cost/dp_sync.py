@@ -107,7 +107,7 @@ def sync_terms(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shape
 
 def dp_exposed(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
                window: np.ndarray, fwd_window: np.ndarray, sync: dict[str, np.ndarray],
-               overlaps: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+               overlaps: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
     """Gradient reduction (and ZeRO-1/2 parameter all-gather) not hidden behind backward;
     `sync`: sync_terms; `overlaps`: zero.fsdp2_overlaps (needed by FSDP2 stacks that
     overlap)."""

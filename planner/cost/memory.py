@@ -25,7 +25,7 @@ from planner.cost.params import (moe_layer_expert_params_per_rank,
                                  padded_vocab, stage_expert_params_per_rank,
                                  stage_params_per_rank)
 from planner.cost.widths import grad_bytes, weight_bytes
-from planner.cost.zero import fsdp2_block_params
+from planner.cost.zero import deferred_grad_sync, fsdp2_block_params
 from planner.hardware import Cluster
 from planner.plan_arrays import R_FULL, R_SELECTIVE, S_GPIPE, S_INTERLEAVED, PlanArrays
 from planner.stages import (heaviest_middle, interleaved_peak_bytes, rank_layers,
@@ -149,12 +149,19 @@ def zero_buffers(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Sha
     unit = zero3_gather_unit(spec, cluster, sh)
     active = (P.zero >= 1) & (P.dp_shard * P.cp > 1)
     if cluster.stack.zero_impl == "fsdp2":
-        # Gradients accumulate unsharded until the last micro-batch (pipelining and the
-        # executor skip reduce-scatter in between); with one micro-batch, one block's at a time.
-        grads = np.where((P.micro_batches > 1) | (P.pp > 1), params, unit) * gb
+        # Gradients accumulate unsharded until the last micro-batch where the reduce-scatter is
+        # deferred (pipelining, the executor); otherwise, or with one micro-batch, one block's
+        # at a time.
+        grads = np.where(_accumulates_unsharded(cluster, P), params, unit) * gb
         weights = np.where(P.zero >= 3, 2 * unit, params) * wb  # stage 1-2: kept gathered
         return np.where(active, weights + grads, 0.0)
     return np.where(active & (P.zero >= 3), 2 * unit * wb, 0.0)
+
+
+def _accumulates_unsharded(cluster: Cluster, P: PlanArrays) -> np.ndarray:
+    """FSDP2 keeps the stage's unsharded gradients between micro-batches (zero.deferred_grad_sync
+    with more than one micro-batch, or a pipeline)."""
+    return ((P.micro_batches > 1) & deferred_grad_sync(cluster.stack, P)) | (P.pp > 1)
 
 
 def block_terms(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
@@ -266,7 +273,7 @@ def _expert_zero_buffers(spec: TransformerSpec, cluster: Cluster, P: PlanArrays,
     wb, gb = weight_bytes(P), grad_bytes(P, cluster.stack)
     unit = moe_layer_expert_params_per_rank(spec, sh.ep, sh.etp)
     active = (P.zero >= 1) & (P.edp > 1)
-    grads = np.where((P.micro_batches > 1) | (P.pp > 1), experts, unit) * gb
+    grads = np.where(_accumulates_unsharded(cluster, P), experts, unit) * gb
     weights = np.where(P.zero >= 3, 2 * unit, experts) * wb
     return np.where(active, weights + grads, 0.0)
 

@@ -170,8 +170,8 @@ def _block_terms(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Sha
         # A unit's gather hides behind a block's time, averaged over the model's dense and MoE
         # blocks as the gathered unit is (zero.fsdp2_block_params).
         unit = per if moe is None else _mean_block(spec, per, moe)
-        out["fsdp.ov_f"], out["fsdp.ov_b"] = fsdp2_overlaps(spec, cluster, P, sh, links["zshard"],
-                                                            unit)
+        out["fsdp.ov_f"], out["fsdp.win_f"], out["fsdp.win_b"] = fsdp2_overlaps(
+            spec, cluster, P, sh, links["zshard"], unit)
     return out
 
 
@@ -227,7 +227,7 @@ def _stages(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
     out = {**{f"max_{c}": v for c, v in slow.items()}, "t_max": t_max, "t_sum": lay["t_sum"],
            "bwd_window": window, "fwd_window": fwd_window, "pp_hop": lay["pp_hop"]}
     if "fsdp.ov_f" in lay:
-        out["fsdp_overlaps"] = (lay["fsdp.ov_f"], lay["fsdp.ov_b"])
+        out["fsdp_overlaps"] = (lay["fsdp.ov_f"], lay["fsdp.win_f"], lay["fsdp.win_b"])
     return out
 
 

@@ -73,9 +73,10 @@ def fsdp2_unit_comms(spec: TransformerSpec, stack: Stack, P: PlanArrays, sh: Sha
 
 def fsdp2_overlaps(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
                    link: Link, block: Mapping[str, tuple[np.ndarray, np.ndarray]]
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """A block's gather prefetched behind one block's forward, and behind its backward (stacks
-    that overlap). `link`: the ZeRO shard group's (zshard). `block`: the block's seconds by
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(exposed seconds of a block's gather prefetched behind one block's forward, that forward's
+    and that backward's seconds: the windows the unit's collectives hide behind; stacks that
+    overlap). `link`: the ZeRO shard group's (zshard). `block`: the block's seconds by
     category, (forward, backward incl. recompute), as step_time._per_layer gives them with its
     exposed host time. The gather runs on its own stream and link through all of them: the
     compute and the recomputed forward, the exposed TP and CP collectives (other links) and
@@ -84,36 +85,53 @@ def fsdp2_overlaps(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: S
     zero = np.zeros(len(P))
     win_f = sum((f for f, _ in block.values()), zero)
     win_b = sum((b for _, b in block.values()), zero)
-    return overlapped(cluster.gpu, ag_block, win_f), overlapped(cluster.gpu, ag_block, win_b)
+    return overlapped(cluster.gpu, ag_block, win_f), win_f, win_b
+
+
+def deferred_grad_sync(stack: Stack, P: PlanArrays) -> np.ndarray:
+    """Plans whose FSDP2 reduce-scatter waits for the last micro-batch (stack.fsdp_defer_grad_sync;
+    pipeline-parallel plans always, torch.distributed.pipelining defers it)."""
+    return np.asarray(stack.fsdp_defer_grad_sync) | (P.pp > 1)
 
 
 def fsdp2_exposed(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
                   links: Mapping[str, Link] | None, window: np.ndarray,
                   unit: dict[str, np.ndarray] | None = None,
-                  overlaps: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+                  overlaps: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
     """Seconds of FSDP2 communication per step not hidden behind compute (zero_stage >= 1).
     `unit`: fsdp2_unit_comms of these plans, if known (then `links` is not read); `overlaps`:
     fsdp2_overlaps of these plans (needed where the stack overlaps)."""
     u = fsdp2_unit_comms(spec, cluster.stack, P, sh, links) if unit is None else unit
     layers, ag_block, rs_block = u["layers"], u["ag_block"], u["rs_block"]
     ag_root, rs_root = u["ag_root"], u["rs_root"]
-    gathers = np.where(P.zero >= 3, 1 + P.micro_batches, 1)  # per block per step
-    calls = gathers * (layers + 1) + layers + 1
+    m, z3 = P.micro_batches, P.zero >= 3
+    defer = deferred_grad_sync(cluster.stack, P)
+    # Per unit per step. Deferred: one forward gather (the weights stay gathered after the
+    # first backward), stage 3 one more per backward, one reduce-scatter. Not deferred: each
+    # micro-batch gathers for its forward (and stage 3 again for its backward) and
+    # reduce-scatters after its backward.
+    fwd_gathers = np.where(defer, 1, m)
+    gathers = fwd_gathers + np.where(z3, m, 0)
+    scatters = np.where(defer, 1, m)
+    calls = (gathers + scatters) * (layers + 1)
     # Calibrated; 0 on GPU presets: per call, and per unit once a step (its sharded update).
     framework = (calls * cluster.stack.fsdp_unit_overhead_s
                  + (layers + 1) * cluster.stack.fsdp_unit_step_overhead_s)
     if not cluster.stack.grad_overlap:
-        return (gathers * (layers * ag_block + ag_root) + layers * rs_block + rs_root
+        return (gathers * (layers * ag_block + ag_root) + scatters * (layers * rs_block + rs_root)
                 + framework)
     gpu = cluster.gpu
     assert overlaps is not None, "FSDP2 with overlap needs the blocks' overlaps (_block_terms)"
-    ov_f, ov_b = overlaps
-    first = ag_root + layers * ov_f  # prefetch behind forward
-    # Stage 3 gathers every block again for each micro-batch's backward; in the last one the
-    # reduce-scatters run too, and both use the same link behind the same backward, so they are
-    # hidden together there (one overlap, not two over the same compute).
-    z3 = P.zero >= 3
-    again = np.where(z3, (P.micro_batches - 1) * layers * ov_b, 0.0)
+    ov_f, win_f, win_b = overlaps
+    first = fwd_gathers * (ag_root + layers * ov_f)  # prefetched behind each forward
+    # Every micro-batch's backward but the last: stage 3 gathers each block again, and without
+    # deferral each block's reduce-scatter runs too; both on their streams behind the same
+    # backward, so hidden together (one overlap, not two over the same compute). The root's
+    # reduce-scatter then runs beside the next micro-batch's first block.
+    behind_b = np.where(z3, ag_block, 0.0) + np.where(defer, 0.0, rs_block)
+    root_rs = np.where(defer, 0.0, overlapped(gpu, rs_root, win_f))
+    again = (m - 1) * (layers * overlapped(gpu, behind_b, win_b) + root_rs)
+    # The last micro-batch's backward: its reduce-scatters (and stage 3's gathers).
     last = layers * rs_block + rs_root + np.where(z3, layers * ag_block, 0.0)
     tail = rs_block  # the last unit's reduce-scatter has nothing left to hide behind
     return first + again + np.maximum(tail, overlapped(gpu, last, window)) + framework
