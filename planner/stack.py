@@ -59,6 +59,10 @@ class Stack(FrozenModel):
     gradient buffer and on the wire), not in the 16-bit weights' type: Megatron-LM turns
     accumulate_allreduce_grads_in_fp32 on for --bf16, torchtitan's and NeMo AutoModel's FSDP2
     policies reduce in float32. fp16 and fp32 plans keep their own width."""
+    fp8_weight_gather: bool = False
+    """fp8 plans all-gather each block's FSDP unit already cast to fp8 (1 byte per element) and
+    keep it gathered in fp8 (torchao float8's enable_fsdp_float8_all_gather); the embedding
+    and the head stay 16-bit. False: the 16-bit weights are gathered and cast per GEMM."""
     grad_bucket_bytes: int = Field(gt=0)
     """Gradient bucket size; the last bucket's reduction cannot overlap."""
     pool_nics: bool

@@ -24,7 +24,7 @@ from planner.cost.moe_cost import moe_activation_bytes
 from planner.cost.params import (moe_layer_expert_params_per_rank,
                                  padded_vocab, stage_expert_params_per_rank,
                                  stage_params_per_rank)
-from planner.cost.widths import grad_bytes, weight_bytes
+from planner.cost.widths import gathered_block_bytes, grad_bytes, weight_bytes
 from planner.cost.zero import deferred_grad_sync, fsdp2_block_params
 from planner.hardware import Cluster
 from planner.plan_arrays import R_FULL, R_SELECTIVE, S_GPIPE, S_INTERLEAVED, PlanArrays
@@ -153,7 +153,9 @@ def zero_buffers(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Sha
         # deferred (pipelining, the executor); otherwise, or with one micro-batch, one block's
         # at a time.
         grads = np.where(_accumulates_unsharded(cluster, P), params, unit) * gb
-        weights = np.where(P.zero >= 3, 2 * unit, params) * wb  # stage 1-2: kept gathered
+        # Stage 3: two units in flight (one prefetched); stage 1-2: all kept gathered.
+        weights = np.where(P.zero >= 3, 2 * unit * gathered_block_bytes(P, cluster.stack),
+                           params * wb)
         return np.where(active, weights + grads, 0.0)
     return np.where(active & (P.zero >= 3), 2 * unit * wb, 0.0)
 

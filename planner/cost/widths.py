@@ -22,6 +22,13 @@ def weight_bytes(P: PlanArrays) -> np.ndarray:
     return np.where(P.precision == _FP32, 4.0, 2.0)
 
 
+def gathered_block_bytes(P: PlanArrays, stack: Stack) -> np.ndarray:
+    """A block's weights as FSDP gathers them: in fp8 (1 byte) for fp8 plans where the stack
+    casts before the all-gather (stack.fp8_weight_gather), else at the weights' width."""
+    fp8 = stack.fp8_weight_gather & (P.precision == PRECISIONS.index("fp8"))
+    return np.where(fp8, 1.0, weight_bytes(P))
+
+
 def grad_bytes(P: PlanArrays, stack: Stack) -> np.ndarray:
     """Gradient elements as accumulated and reduced: fp32 where the stack reduces bf16 / fp8
     plans' gradients in fp32 (stack.grad_reduce_fp32), else the weights' width. fp16 plans

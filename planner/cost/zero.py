@@ -21,7 +21,7 @@ from planner.cost.efficiency import overlapped
 from planner.cost.params import (layer_params_per_rank, moe_layer_dense_params_per_rank,
                                  stage_params_per_rank)
 from planner.cost.stage_blocks import stage_blocks
-from planner.cost.widths import grad_bytes, weight_bytes
+from planner.cost.widths import gathered_block_bytes, grad_bytes, weight_bytes
 from planner.hardware import Cluster
 from planner.moe import moe_layer_count
 from planner.plan_arrays import PlanArrays
@@ -66,7 +66,7 @@ def fsdp2_unit_comms(spec: TransformerSpec, stack: Stack, P: PlanArrays, sh: Sha
     root = stage_params_per_rank(spec, sh.tp, layers, True, P.pp == 1, moe) - layers * block
     wb, gb = weight_bytes(P), grad_bytes(P, stack)
     shard = links["zshard"]
-    return {"layers": layers, "ag_block": shard.all_gather(block * wb),
+    return {"layers": layers, "ag_block": shard.all_gather(block * gathered_block_bytes(P, stack)),
             "rs_block": zero_reduce(P, links, block * gb), "ag_root": shard.all_gather(root * wb),
             "rs_root": zero_reduce(P, links, root * gb)}
 
@@ -81,7 +81,8 @@ def fsdp2_overlaps(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: S
     exposed host time. The gather runs on its own stream and link through all of them: the
     compute and the recomputed forward, the exposed TP and CP collectives (other links) and
     the host gaps, so the whole block is its window (as DeepSpeed's, step_time._per_layer)."""
-    ag_block = link.all_gather(fsdp2_block_params(spec, sh) * weight_bytes(P))
+    ag_block = link.all_gather(fsdp2_block_params(spec, sh)
+                               * gathered_block_bytes(P, cluster.stack))
     zero = np.zeros(len(P))
     win_f = sum((f for f, _ in block.values()), zero)
     win_b = sum((b for _, b in block.values()), zero)
