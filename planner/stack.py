@@ -63,6 +63,13 @@ class Stack(FrozenModel):
     """fp8 plans all-gather each block's FSDP unit already cast to fp8 (1 byte per element) and
     keep it gathered in fp8 (torchao float8's enable_fsdp_float8_all_gather); the embedding
     and the head stay 16-bit. False: the 16-bit weights are gathered and cast per GEMM."""
+    fp8_weight_cache_bytes_per_param: float = Field(default=0.0, ge=0)
+    """Bytes per block weight element kept through the step as fp8 copies in fp8 plans (2 for
+    Transformer Engine: the fp8 weight and its transpose, cached after the first
+    micro-batch); 0 where weights are cast per GEMM."""
+    fp8_saves_gemm_inputs: bool = False
+    """fp8 plans save each GEMM's fp8-cast input for the weight gradient (1 byte per element)
+    instead of its 16-bit input (Transformer Engine)."""
     grad_bucket_bytes: int = Field(gt=0)
     """Gradient bucket size; the last bucket's reduction cannot overlap."""
     pool_nics: bool

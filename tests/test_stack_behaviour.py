@@ -213,3 +213,18 @@ def test_torchtitan_fp8_all_gather_halves_the_block_gathers():
     assert fp8_on < 0.85 * fp8_off
     assert (_predict(on, **kw)["breakdown"]["dp_comm_s"]
             == _predict(off, **kw)["breakdown"]["dp_comm_s"])
+
+
+def test_transformer_engine_fp8_caches_weights_and_saves_fp8_inputs():
+    """Transformer Engine (megatron-core) keeps fp8 weight copies and transposes between
+    micro-batches (more buffer memory) and saves fp8 GEMM inputs (fewer activation bytes);
+    under ZeRO-3 there is no whole-model copy to cache."""
+    kw = dict(dp=4, tp=2, sequence_parallel=True, global_batch_size=64, zero_stage=1)
+    bf16 = _predict("megatron-core", **kw)["memory"]
+    fp8 = _predict("megatron-core", precision="fp8", **kw)["memory"]
+    blocks = 32 * 218e6 / 2  # Llama-3 8B's block weights per tp rank, roughly
+    assert fp8["buffers_bytes"] - bf16["buffers_bytes"] == pytest.approx(2 * blocks, rel=0.05)
+    assert fp8["activations_bytes"] < 0.85 * bf16["activations_bytes"]
+    z3 = dict(kw, zero_stage=3)
+    assert (_predict("megatron-core", precision="fp8", **z3)["memory"]["buffers_bytes"]
+            == _predict("megatron-core", **z3)["memory"]["buffers_bytes"])

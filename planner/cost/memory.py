@@ -20,6 +20,7 @@ import numpy as np
 from planner.cost.compute import Shapes
 from planner.cost.eager_activations import (eager_block_bytes, eager_first_bytes,
                                             eager_last_bytes)
+from planner.cost.fp8_memory import fp8_saved_input_savings, fp8_weight_cache_bytes
 from planner.cost.moe_cost import moe_activation_bytes
 from planner.cost.params import (moe_layer_expert_params_per_rank,
                                  padded_vocab, stage_expert_params_per_rank,
@@ -178,8 +179,10 @@ def block_terms(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shap
         t["stored"], t["full"] = eager_block_bytes(spec, sh, P.recompute)
         t["first"], t["last"] = eager_first_bytes(spec, sh), eager_last_bytes(spec, sh)
     else:
-        t["stored"], t["full"] = layer_activation_bytes(spec, sh, P.recompute, flash,
-                                                        cluster.stack.selective_recompute)
+        stored, full = layer_activation_bytes(spec, sh, P.recompute, flash,
+                                              cluster.stack.selective_recompute)
+        fp8 = fp8_saved_input_savings(spec, sh, cluster.stack, P)
+        t["stored"], t["full"] = stored - fp8, full - fp8
         t["th"] = tokens * spec.hidden_size / np.where(sh.sp, sh.tp, 1)
     if spec.moe is not None:
         t["moe_transient"] = moe_activation_bytes(spec, sh)[1]
@@ -239,7 +242,8 @@ def stage_state(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shap
     bufs = (zero_buffers(spec, cluster, P, sh, params)
             + np.where((P.dp * P.cp > 1) & (P.zero == 0), 2.0 * cluster.stack.grad_bucket_bytes,
                        0.0)
-            + np.where(P.pp > 1, 2 * e * tokens * spec.hidden_size / sh.tp, 0.0))  # p2p buffers
+            + np.where(P.pp > 1, 2 * e * tokens * spec.hidden_size / sh.tp, 0.0)  # p2p buffers
+            + fp8_weight_cache_bytes(spec, sh, cluster.stack, P, layers, k))
     if spec.moe is not None:
         bufs = bufs + _expert_zero_buffers(spec, cluster, P, sh, experts)
     return state, bufs, estate
