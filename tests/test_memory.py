@@ -132,3 +132,20 @@ def test_torchtitan_llama2_70b_selective_op_fits_at_batch_1_not_2():
     checkpointing on 64 A100 80GB runs at local batch size 1 and runs out of memory at 2."""
     from planner.validation.memory_reports import oom_case
     assert oom_case() == (True, False)
+
+
+def test_torchtitan_op_policy_under_tensor_parallelism():
+    """torchtitan's op-level policy with tp 4 and sequence parallelism, counted by hand per
+    token: the block input h/4, the attention output q/4, the kept matmul outputs q/4 (wq),
+    kv/4 (wv), f/4 (w1) and h whole (w2, a row-parallel partial sum), the two reduce-scatter
+    outputs 2h/4, in 16 bits; plus the fp32 log-sum-exp per head."""
+    spec = load_transformer("llama3-70b")
+    cluster = load_cluster("dgx_h100", 1, "torchtitan")
+    P = PlanArrays.from_plans([Plan(dp=2, tp=4, pp=1, micro_batch_size=1, global_batch_size=2,
+                                    recompute="selective", sequence_parallel=True)])
+    sh = shapes(cluster, P)
+    stored, _ = layer_activation_bytes(spec, sh, P.recompute, True, "ops_half_matmuls")
+    h, q, kv, f, t = 8192, spec.q_dim, spec.kv_dim, 28672, 4
+    per_token = 2 * (h / t + q / t + q / t + kv / t + f / t + h + 2 * h / t)
+    lse = 4.0 * spec.num_attention_heads / t
+    assert stored[0] == pytest.approx(spec.seq_len * (per_token + lse))

@@ -228,3 +228,14 @@ def test_transformer_engine_fp8_caches_weights_and_saves_fp8_inputs():
     z3 = dict(kw, zero_stage=3)
     assert (_predict("megatron-core", precision="fp8", **z3)["memory"]["buffers_bytes"]
             == _predict("megatron-core", **z3)["memory"]["buffers_bytes"])
+
+
+def test_expert_units_reduce_scatter_every_micro_batch_like_dense_ones():
+    """FSDP2's expert units follow the stack's gradient-sync rule like the dense units: without
+    deferral (torchtitan) each micro-batch gathers and reduce-scatters the experts again."""
+    kw = dict(cluster="dgx_h100", nodes=4, dp=32, ep=8, global_batch_size=256, zero_stage=2,
+              model="qwen3-30b-a3b")
+    every = _predict(_flip("torchtitan", grad_overlap=False), **kw)["breakdown"]["dp_comm_s"]
+    deferred = _predict(_flip("torchtitan", grad_overlap=False, fsdp_defer_grad_sync=True),
+                        **kw)["breakdown"]["dp_comm_s"]
+    assert every > 4 * deferred

@@ -20,7 +20,7 @@ from planner.cost.params import (stage_expert_params_per_rank, stage_params_per_
                                  stage_tensor_count)
 from planner.cost.stage_blocks import stage_blocks
 from planner.cost.widths import grad_bytes, weight_bytes
-from planner.cost.zero import fsdp2_exposed, fsdp2_unit_comms, zero_reduce
+from planner.cost.zero import deferred_grad_sync, fsdp2_exposed, fsdp2_unit_comms, zero_reduce
 from planner.hardware import Cluster
 from planner.plan_arrays import G_PS, PlanArrays
 from planner.stages import heaviest_middle
@@ -99,7 +99,7 @@ def sync_terms(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shape
     # Megatron overlap_param_gather: the updated shards are gathered bucket by bucket behind
     # the next step's forward; the first bucket is exposed (Megatron-Core
     # DistributedDataParallelConfig.overlap_param_gather; NeMo communication_overlap docs).
-    out["gather_first"] = gather * np.minimum(1.0, sw.grad_bucket_bytes / g)
+    out["gather_first"] = gather * np.minimum(1.0, sw.grad_bucket_bytes / (params * wb))
     if sw.zero_impl == "fsdp2":
         out.update({f"unit.{k}": v for k, v in fsdp2_unit_comms(spec, sw, P, sh, links).items()})
     return out
@@ -131,10 +131,12 @@ def dp_exposed(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shape
     ddp = exposed + sw.dp_step_overhead_s
     if spec.moe is not None and sw.zero_impl == "fsdp2":
         # FSDP2 shards expert weights over edp (torchtitan / AutoModel: the expert mesh's
-        # dp_shard_mod_ep): gathered before the forward (and each backward at stage 3),
-        # reduce-scattered once, behind the stage's compute where the stack overlaps.
-        gathers = np.where(P.zero >= 3, 1 + P.micro_batches, 1)
-        comm = gathers * sync["edp_gather"] + sync["edp_scatter"]
+        # dp_shard_mod_ep): gathered before the forward (and each backward at stage 3) and
+        # reduce-scattered, as often as the dense units (zero.fsdp2_exposed), behind the
+        # stage's compute where the stack overlaps.
+        m, defer = P.micro_batches, deferred_grad_sync(sw, P)
+        gathers = np.where(defer, 1, m) + np.where(P.zero >= 3, m, 0)
+        comm = gathers * sync["edp_gather"] + np.where(defer, 1, m) * sync["edp_scatter"]
         hidden = (P.micro_batches * (window + fwd_window) if sw.grad_overlap
                   else np.zeros(len(P)))
         fsdp = fsdp + overlapped(cluster.gpu, comm, hidden)

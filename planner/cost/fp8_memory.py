@@ -36,6 +36,17 @@ def fp8_saved_input_savings(spec: TransformerSpec, sh: Shapes, stack: Stack,
     return np.where(sh.fp8 & (P.recompute != R_FULL), saved, 0.0)
 
 
+def fp8_mlp_input_savings(spec: TransformerSpec, sh: Shapes, stack: Stack,
+                          P: PlanArrays) -> np.ndarray:
+    """The part of fp8_saved_input_savings that is the dense MLP's down-projection input (an MoE
+    block has no such GEMM)."""
+    if not stack.fp8_saves_gemm_inputs:
+        return np.zeros(len(P))
+    tokens = sh.mbs * spec.seq_len / sh.cp
+    saved = (sh.act_bytes - 1.0) * tokens * spec.ffn_hidden_size / sh.tp
+    return np.where(sh.fp8 & (P.recompute != R_FULL), saved, 0.0)
+
+
 def fp8_weight_cache_bytes(spec: TransformerSpec, sh: Shapes, stack: Stack, P: PlanArrays,
                            layers: np.ndarray, moe_layers: np.ndarray | float) -> np.ndarray:
     """Bytes of the fp8 weight copies a rank holding `layers` blocks (`moe_layers` of them MoE:

@@ -3,24 +3,26 @@
 Model state per parameter follows the ZeRO paper (Rajbhandari et al. 2020, section 3.1): mixed
 precision keeps 2-byte weights, 2-byte gradients and 12 bytes of Adam state (fp32 master, m, v);
 fp32 training keeps 4 + 4 + 8. Stacks that accumulate and reduce bf16 gradients in fp32
-(Megatron-LM, torchtitan: stack.grad_reduce_fp32) keep 4-byte gradients. ZeRO stage 1 shards the optimizer state over the data-parallel
-ranks (dp x cp), stage 2 also the gradients, stage 3 also the weights.
+(Megatron-LM, torchtitan: stack.grad_reduce_fp32) keep 4-byte gradients. ZeRO stage 1 shards
+the optimizer state over the data-parallel ranks (dp x cp), stage 2 also the gradients, stage 3
+also the weights.
 
-Activations per block per micro-batch follow Korthikanti et al. 2022 (section 4, eqs. 1-5):
-s b h (34 + 5 a s / h) bytes for a GPT block in 16-bit, of which s b h (10 + ...) stays whole on
-every tensor-parallel rank unless sequence parallelism splits it; full recompute keeps only the
-block input (2 s b h). The terms are written out below per tensor so GQA, SwiGLU, no-dropout
-(Llama family) and fused attention (no s x s scores) follow from the same accounting.
+Activations per block per micro-batch (planner/cost/block_activations.py) follow Korthikanti
+et al. 2022 (section 4, eqs. 1-5): s b h (34 + 5 a s / h) bytes for a GPT block in 16-bit, of
+which s b h (10 + ...) stays whole on every tensor-parallel rank unless sequence parallelism
+splits it; full recompute keeps only the block input (2 s b h).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from planner.cost.block_activations import layer_activation_bytes
 from planner.cost.compute import Shapes
 from planner.cost.eager_activations import (eager_block_bytes, eager_first_bytes,
                                             eager_last_bytes)
-from planner.cost.fp8_memory import fp8_saved_input_savings, fp8_weight_cache_bytes
+from planner.cost.fp8_memory import (fp8_mlp_input_savings, fp8_saved_input_savings,
+                                     fp8_weight_cache_bytes)
 from planner.cost.moe_cost import moe_activation_bytes
 from planner.cost.params import (moe_layer_expert_params_per_rank,
                                  padded_vocab, stage_expert_params_per_rank,
@@ -32,55 +34,6 @@ from planner.plan_arrays import R_FULL, R_SELECTIVE, S_GPIPE, S_INTERLEAVED, Pla
 from planner.stages import (heaviest_middle, interleaved_peak_bytes, rank_layers,
                             rank_moe_layers)
 from planner.transformer import TransformerSpec
-
-
-def layer_activation_bytes(spec: TransformerSpec, sh: Shapes, recompute: np.ndarray,
-                           flash: bool, selective: str = "attention_core"
-                           ) -> tuple[np.ndarray, np.ndarray]:
-    """(stored, full): bytes one block saves for backward for one micro-batch on one GPU under
-    the plan's recompute mode, and without recompute. `selective`: what selective recompute
-    redoes (stack.selective_recompute)."""
-    e, t = sh.act_bytes, sh.tp
-    tokens = sh.mbs * spec.seq_len / sh.cp
-    h, kv, f = spec.hidden_size, spec.kv_dim, spec.ffn_hidden_size
-    sp_div = np.where(sh.sp, t, 1)
-    masks = 2.0 if spec.is_gpt_family else 0.0  # 1-byte dropout masks after attention and MLP
-    # Norm inputs (2), QKV input, MLP input, dropout masks: whole on each rank without SP.
-    unsplit = tokens * h * (4 * e + masks) / sp_div
-    # Q, K, V, out-proj input; MLP: gelu input + output, or swiglu gate, up and product.
-    mlp = (3 if spec.mlp == "swiglu" else 2) * e * tokens * f
-    split = (e * tokens * (2 * spec.q_dim + 2 * kv) + mlp) / t
-    heads = spec.num_attention_heads / t
-    if flash:
-        core = 4.0 * sh.mbs * heads * spec.seq_len / sh.cp  # fp32 log-sum-exp per query row
-    else:
-        per_score = 2 * e + 1 if spec.is_gpt_family else e  # softmax out (+ dropout mask, out)
-        core = per_score * sh.mbs * heads * (spec.seq_len / sh.cp) * spec.seq_len
-    full = unsplit + split + core
-    block_input = e * tokens * h / sp_div
-    if selective == "ops_half_matmuls":
-        sel = block_input + _op_policy_saved(spec, sh, tokens, sp_div) + core
-    else:
-        sel = unsplit + split
-    stored = np.where(recompute == R_SELECTIVE, sel, full)
-    return np.where(recompute == R_FULL, block_input, stored), full
-
-
-def _op_policy_saved(spec: TransformerSpec, sh: Shapes, tokens: np.ndarray,
-                     sp_div: np.ndarray) -> np.ndarray:
-    """Bytes torchtitan's op-level selective checkpointing keeps of one block beyond its input:
-    the attention kernel's output, and the output of every second matmul in forward order
-    (its policy counts aten.mm calls per checkpointed block and saves the odd ones;
-    torchtitan distributed/activation_checkpoint.py _apply_op_sac). Column-parallel outputs
-    are split over tp; row-parallel ones are whole per rank unless sequence parallelism's
-    reduce-scatter (also saved) splits them."""
-    t, h, f = sh.tp, spec.hidden_size, spec.ffn_hidden_size
-    col, row = 1.0 / t, 1.0 / sp_div
-    # (width, split) of each matmul output: q, k, v, out-projection, then the MLP's.
-    mlp = [(f, col), (f, col), (h, row)] if spec.mlp == "swiglu" else [(f, col), (h, row)]
-    mms = [(spec.q_dim, col), (spec.kv_dim, col), (spec.kv_dim, col), (h, row)] + mlp
-    kept = sum(w * s for w, s in mms[0::2])
-    return sh.act_bytes * tokens * (spec.q_dim * col + kept)
 
 
 def zero3_gather_unit(spec: TransformerSpec, cluster: Cluster, sh: Shapes) -> np.ndarray:
@@ -144,19 +97,26 @@ def model_state_bytes(P: PlanArrays, params: np.ndarray, impl: str,
 
 
 def zero_buffers(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
-                 params: np.ndarray) -> np.ndarray:
-    """Unsharded copies ZeRO holds during the step, beyond the sharded state at rest."""
+                 params: np.ndarray, blocks: np.ndarray | None = None) -> np.ndarray:
+    """Unsharded copies ZeRO holds during the step, beyond the sharded state at rest. `blocks`:
+    the part of `params` in the stage's blocks (default all of it)."""
     wb, gb = weight_bytes(P), grad_bytes(P, cluster.stack)
     unit = zero3_gather_unit(spec, cluster, sh)
     active = (P.zero >= 1) & (P.dp_shard * P.cp > 1)
     if cluster.stack.zero_impl == "fsdp2":
         # Gradients accumulate unsharded until the last micro-batch where the reduce-scatter is
         # deferred (pipelining, the executor); otherwise, or with one micro-batch, one block's
-        # at a time.
-        grads = np.where(_accumulates_unsharded(cluster, P), params, unit) * gb
-        # Stage 3: two units in flight (one prefetched); stage 1-2: all kept gathered.
-        weights = np.where(P.zero >= 3, 2 * unit * gathered_block_bytes(P, cluster.stack),
-                           params * wb)
+        # at a time. Deferred, the weights also stay gathered after each backward
+        # (set_reshard_after_backward(False)).
+        kept = _accumulates_unsharded(cluster, P)
+        grads = np.where(kept, params, unit) * gb
+        blocks = params if blocks is None else blocks
+        # Gathered blocks at their gathered width (fp8 with an fp8 all-gather), the rest 16-bit.
+        whole = blocks * gathered_block_bytes(P, cluster.stack) + (params - blocks) * wb
+        # Stage 3: two units in flight (one prefetched), or the whole stage while deferred;
+        # stage 1-2: all kept gathered.
+        z3 = np.where(kept, whole, 2 * unit * gathered_block_bytes(P, cluster.stack))
+        weights = np.where(P.zero >= 3, z3, whole)
         return np.where(active, weights + grads, 0.0)
     return np.where(active & (P.zero >= 3), 2 * unit * wb, 0.0)
 
@@ -174,7 +134,7 @@ def block_terms(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shap
     e, tokens = sh.act_bytes, sh.mbs * spec.seq_len / sh.cp
     t = {"e": e,
          "logits": tokens * padded_vocab(spec, sh.tp) / sh.tp,
-         "moe_delta": _moe_delta(spec, sh, P)}
+         "moe_delta": _moe_delta(spec, cluster, sh, P)}
     if cluster.stack.activation_layout == "eager":
         t["stored"], t["full"] = eager_block_bytes(spec, sh, P.recompute)
         t["first"], t["last"] = eager_first_bytes(spec, sh), eager_last_bytes(spec, sh)
@@ -216,13 +176,22 @@ def stage_activations(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh
     return saved, transient
 
 
-def _moe_delta(spec: TransformerSpec, sh: Shapes, P: PlanArrays) -> np.ndarray:
+def _moe_delta(spec: TransformerSpec, cluster: Cluster, sh: Shapes,
+               P: PlanArrays) -> np.ndarray:
     """What an MoE block saves beyond a dense block: its FFN's activations
-    (planner/cost/moe_cost.py) in place of the dense MLP's; nothing under full recompute."""
+    (planner/cost/moe_cost.py) in place of what the dense block keeps of its MLP (under
+    torchtitan's op-level selective policy, the up-projection's and the down-projection's
+    outputs; with fp8-saved inputs, the down-projection's input at 1 byte); nothing under full
+    recompute."""
     if spec.moe is None:
         return np.zeros(len(P))
     tokens = sh.mbs * spec.seq_len / sh.cp
-    mlp = (3 if spec.mlp == "swiglu" else 2) * sh.act_bytes * tokens * spec.ffn_hidden_size / sh.tp
+    e, f, h = sh.act_bytes, spec.ffn_hidden_size, spec.hidden_size
+    mlp = (3 if spec.mlp == "swiglu" else 2) * e * tokens * f / sh.tp
+    if cluster.stack.selective_recompute == "ops_half_matmuls":
+        kept = f / sh.tp + h + np.where(sh.sp & (sh.tp > 1), h / sh.tp, 0.0)
+        mlp = np.where(P.recompute == R_SELECTIVE, e * tokens * kept, mlp)
+    mlp = mlp - fp8_mlp_input_savings(spec, sh, cluster.stack, P)
     return np.where(P.recompute == R_FULL, 0.0, moe_activation_bytes(spec, sh)[0] - mlp)
 
 
@@ -239,7 +208,8 @@ def stage_state(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shap
     estate = model_state_bytes(P, experts, cluster.stack.zero_impl, P.edp, gb)
     state = {key: v + estate[key] for key, v in state.items()}
     e, tokens = sh.act_bytes, sh.mbs * spec.seq_len / sh.cp
-    bufs = (zero_buffers(spec, cluster, P, sh, params)
+    blocks = stage_params_per_rank(spec, sh.tp, layers, False, False, k)
+    bufs = (zero_buffers(spec, cluster, P, sh, params, blocks)
             + np.where((P.dp * P.cp > 1) & (P.zero == 0), 2.0 * cluster.stack.grad_bucket_bytes,
                        0.0)
             + np.where(P.pp > 1, 2 * e * tokens * spec.hidden_size / sh.tp, 0.0)  # p2p buffers

@@ -119,8 +119,10 @@ def fsdp2_exposed(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Sh
     framework = (calls * cluster.stack.fsdp_unit_overhead_s
                  + (layers + 1) * cluster.stack.fsdp_unit_step_overhead_s)
     if not cluster.stack.grad_overlap:
-        return (gathers * (layers * ag_block + ag_root) + scatters * (layers * rs_block + rs_root)
-                + framework)
+        # The root (embedding, norm, head) is not resharded after forward: gathered once per
+        # forward gather, as in the overlapped path below.
+        return (gathers * layers * ag_block + fwd_gathers * ag_root
+                + scatters * (layers * rs_block + rs_root) + framework)
     gpu = cluster.gpu
     assert overlaps is not None, "FSDP2 with overlap needs the blocks' overlaps (_block_terms)"
     ov_f, win_f, win_b = overlaps
