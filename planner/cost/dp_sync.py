@@ -20,7 +20,7 @@ from planner.cost.params import (stage_expert_params_per_rank, stage_params_per_
                                  stage_tensor_count)
 from planner.cost.stage_blocks import stage_blocks
 from planner.cost.widths import grad_bytes, weight_bytes
-from planner.cost.zero import deferred_grad_sync, fsdp2_exposed, fsdp2_unit_comms, zero_reduce
+from planner.cost.zero import fsdp2_calls, fsdp2_exposed, fsdp2_unit_comms, zero_reduce
 from planner.hardware import Cluster
 from planner.plan_arrays import G_PS, PlanArrays
 from planner.stages import heaviest_middle
@@ -134,9 +134,8 @@ def dp_exposed(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shape
         # dp_shard_mod_ep): gathered before the forward (and each backward at stage 3) and
         # reduce-scattered, as often as the dense units (zero.fsdp2_exposed), behind the
         # stage's compute where the stack overlaps.
-        m, defer = P.micro_batches, deferred_grad_sync(sw, P)
-        gathers = np.where(defer, 1, m) + np.where(P.zero >= 3, m, 0)
-        comm = gathers * sync["edp_gather"] + np.where(defer, 1, m) * sync["edp_scatter"]
+        _, gathers, scatters = fsdp2_calls(sw, P)
+        comm = gathers * sync["edp_gather"] + scatters * sync["edp_scatter"]
         hidden = (P.micro_batches * (window + fwd_window) if sw.grad_overlap
                   else np.zeros(len(P)))
         fsdp = fsdp + overlapped(cluster.gpu, comm, hidden)

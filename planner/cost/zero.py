@@ -95,6 +95,16 @@ def deferred_grad_sync(stack: Stack, P: PlanArrays) -> np.ndarray:
     return np.asarray(stack.fsdp_defer_grad_sync) | (P.pp > 1)
 
 
+def fsdp2_calls(stack: Stack, P: PlanArrays) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(forward gathers, gathers, reduce-scatters) of one FSDP2 unit per step. Deferred: one
+    forward gather (the weights stay gathered after the first backward), stage 3 one more per
+    backward, one reduce-scatter. Not deferred: each micro-batch gathers for its forward (and
+    stage 3 again for its backward) and reduce-scatters after its backward."""
+    m, defer = P.micro_batches, deferred_grad_sync(stack, P)
+    fwd_gathers = np.where(defer, 1, m)
+    return fwd_gathers, fwd_gathers + np.where(P.zero >= 3, m, 0), np.where(defer, 1, m)
+
+
 def fsdp2_exposed(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
                   links: Mapping[str, Link] | None, window: np.ndarray,
                   unit: dict[str, np.ndarray] | None = None,
@@ -107,13 +117,7 @@ def fsdp2_exposed(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Sh
     ag_root, rs_root = u["ag_root"], u["rs_root"]
     m, z3 = P.micro_batches, P.zero >= 3
     defer = deferred_grad_sync(cluster.stack, P)
-    # Per unit per step. Deferred: one forward gather (the weights stay gathered after the
-    # first backward), stage 3 one more per backward, one reduce-scatter. Not deferred: each
-    # micro-batch gathers for its forward (and stage 3 again for its backward) and
-    # reduce-scatters after its backward.
-    fwd_gathers = np.where(defer, 1, m)
-    gathers = fwd_gathers + np.where(z3, m, 0)
-    scatters = np.where(defer, 1, m)
+    fwd_gathers, gathers, scatters = fsdp2_calls(cluster.stack, P)
     calls = (gathers + scatters) * (layers + 1)
     # Calibrated; 0 on GPU presets: per call, and per unit once a step (its sharded update).
     framework = (calls * cluster.stack.fsdp_unit_overhead_s
