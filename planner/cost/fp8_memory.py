@@ -27,23 +27,25 @@ def fp8_saved_input_savings(spec: TransformerSpec, sh: Shapes, stack: Stack,
     outputs, whole per rank unless sequence parallelism splits them, and the out-projection's
     and the down-projection's inputs, split over tp). 0 under full recompute (only the block
     input is kept) and where the stack saves 16-bit inputs."""
-    if not stack.fp8_saves_gemm_inputs:
-        return np.zeros(len(P))
-    tokens = sh.mbs * spec.seq_len / sh.cp
     sp_div = np.where(sh.sp, sh.tp, 1)
     per_token = 2 * spec.hidden_size / sp_div + (spec.q_dim + spec.ffn_hidden_size) / sh.tp
-    saved = (sh.act_bytes - 1.0) * tokens * per_token
-    return np.where(sh.fp8 & (P.recompute != R_FULL), saved, 0.0)
+    return _saved_in_fp8(spec, sh, stack, P, per_token)
 
 
 def fp8_mlp_input_savings(spec: TransformerSpec, sh: Shapes, stack: Stack,
                           P: PlanArrays) -> np.ndarray:
     """The part of fp8_saved_input_savings that is the dense MLP's down-projection input (an MoE
     block has no such GEMM)."""
+    return _saved_in_fp8(spec, sh, stack, P, spec.ffn_hidden_size / sh.tp)
+
+
+def _saved_in_fp8(spec: TransformerSpec, sh: Shapes, stack: Stack, P: PlanArrays,
+                  per_token: np.ndarray | float) -> np.ndarray:
+    """Bytes saved by keeping `per_token` activation elements per token of a micro-batch in 1 byte
+    instead of the activations' width, in fp8 plans of stacks that do, unless fully recomputed."""
     if not stack.fp8_saves_gemm_inputs:
         return np.zeros(len(P))
-    tokens = sh.mbs * spec.seq_len / sh.cp
-    saved = (sh.act_bytes - 1.0) * tokens * spec.ffn_hidden_size / sh.tp
+    saved = (sh.act_bytes - 1.0) * sh.mbs * spec.seq_len / sh.cp * per_token
     return np.where(sh.fp8 & (P.recompute != R_FULL), saved, 0.0)
 
 

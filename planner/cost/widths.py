@@ -12,8 +12,8 @@ from planner.hardware import PRECISIONS
 from planner.plan_arrays import PlanArrays
 from planner.stack import Stack
 
-_FP32 = PRECISIONS.index("fp32")
-_FP32_GRADS = (PRECISIONS.index("bf16"), PRECISIONS.index("fp8"))
+_FP32, _FP8 = PRECISIONS.index("fp32"), PRECISIONS.index("fp8")
+_FP32_GRADS = (PRECISIONS.index("bf16"), _FP8)
 
 
 def weight_bytes(P: PlanArrays) -> np.ndarray:
@@ -25,7 +25,7 @@ def weight_bytes(P: PlanArrays) -> np.ndarray:
 def gathered_block_bytes(P: PlanArrays, stack: Stack) -> np.ndarray:
     """A block's weights as FSDP gathers them: in fp8 (1 byte) for fp8 plans where the stack
     casts before the all-gather (stack.fp8_weight_gather), else at the weights' width."""
-    fp8 = stack.fp8_weight_gather & (P.precision == PRECISIONS.index("fp8"))
+    fp8 = stack.fp8_weight_gather & (P.precision == _FP8)
     return np.where(fp8, 1.0, weight_bytes(P))
 
 
