@@ -149,3 +149,19 @@ def test_torchtitan_op_policy_under_tensor_parallelism():
     per_token = 2 * (h / t + q / t + q / t + kv / t + f / t + h + 2 * h / t)
     lse = 4.0 * spec.num_attention_heads / t
     assert stored[0] == pytest.approx(spec.seq_len * (per_token + lse))
+
+
+def test_op_policy_keeps_every_second_matmul_of_the_mlp_in_forward_order():
+    """After the four attention matmuls, torchtitan's policy keeps the MLP's first, third, ...
+    matmul outputs: SwiGLU's w1 and w2 (w2 a row-parallel partial sum, whole), GELU's fc1 only;
+    with sequence parallelism also the down-projection's reduce-scatter output."""
+    from planner.cost.block_activations import op_policy_kept
+    cluster = load_cluster("dgx_h100", 1, "torchtitan")
+    P = PlanArrays.from_plans([Plan(dp=2, tp=4, pp=1, micro_batch_size=1, global_batch_size=2,
+                                    recompute="selective", sequence_parallel=True)])
+    sh = shapes(cluster, P)
+    swiglu = load_transformer("llama3-70b")
+    gelu = swiglu.model_copy(update={"mlp": "gelu"})
+    h, f = swiglu.hidden_size, swiglu.ffn_hidden_size
+    assert op_policy_kept(swiglu, sh)[1][0] == pytest.approx(f / 4 + h + h / 4)
+    assert op_policy_kept(gelu, sh)[1][0] == pytest.approx(f / 4 + h / 4)

@@ -38,27 +38,28 @@ def layer_activation_bytes(spec: TransformerSpec, sh: Shapes, recompute: np.ndar
     full = unsplit + split + core
     block_input = e * tokens * h / sp_div
     if selective == "ops_half_matmuls":
-        sel = block_input + _op_policy_saved(spec, sh, tokens, sp_div) + core
+        attention, mlp = op_policy_kept(spec, sh)
+        sel = block_input + sh.act_bytes * tokens * (attention + mlp) + core
     else:
         sel = unsplit + split
     stored = np.where(recompute == R_SELECTIVE, sel, full)
     return np.where(recompute == R_FULL, block_input, stored), full
 
 
-def _op_policy_saved(spec: TransformerSpec, sh: Shapes, tokens: np.ndarray,
-                     sp_div: np.ndarray) -> np.ndarray:
-    """Bytes torchtitan's op-level selective checkpointing keeps of one block beyond its input:
-    the attention kernel's output, and the output of every second matmul in forward order
-    (its policy counts aten.mm calls per checkpointed block and saves the odd ones;
-    torchtitan distributed/activation_checkpoint.py _apply_op_sac). Column-parallel outputs
-    are split over tp; a row-parallel matmul's output is a partial sum, whole on every rank.
-    With sequence parallelism the policy also keeps each reduce-scatter's output (the out- and
-    down-projections', 1/tp of the hidden size each)."""
+def op_policy_kept(spec: TransformerSpec, sh: Shapes) -> tuple[np.ndarray, np.ndarray]:
+    """Elements per token torchtitan's op-level selective checkpointing keeps of one block
+    beyond its input, (attention's, the MLP's): the attention kernel's output, and the output of
+    every second matmul in forward order (its policy counts aten.mm calls per checkpointed block
+    and saves the odd ones; torchtitan distributed/activation_checkpoint.py _apply_op_sac).
+    Column-parallel outputs are split over tp; a row-parallel matmul's output is a partial sum,
+    whole on every rank. With sequence parallelism the policy also keeps each reduce-scatter's
+    output (the out- and down-projections', 1/tp of the hidden size each)."""
     t, h, f = sh.tp, spec.hidden_size, spec.ffn_hidden_size
     col = 1.0 / t
-    # (width, split) of each matmul output: q, k, v, out-projection, then the MLP's.
+    # (width, split) of each matmul output: q, k, v, out-projection, then the MLP's; the four
+    # attention matmuls come first, so the MLP's kept ones are its own first, third, ...
     mlp = [(f, col), (f, col), (h, 1.0)] if spec.mlp == "swiglu" else [(f, col), (h, 1.0)]
-    mms = [(spec.q_dim, col), (spec.kv_dim, col), (spec.kv_dim, col), (h, 1.0)] + mlp
-    kept = sum(w * s for w, s in mms[0::2])
-    scattered = np.where(sp_div > 1, 2 * h / t, 0.0)
-    return sh.act_bytes * tokens * (spec.q_dim * col + kept + scattered)
+    mms = [(spec.q_dim, col), (spec.kv_dim, col), (spec.kv_dim, col), (h, 1.0)]
+    scattered = np.where(sh.sp & (t > 1), h / t, 0.0)  # one reduce-scatter each
+    attention = spec.q_dim * col + sum(w * s for w, s in mms[0::2]) + scattered
+    return attention, sum(w * s for w, s in mlp[0::2]) + scattered

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from planner.cost.block_activations import layer_activation_bytes
+from planner.cost.block_activations import layer_activation_bytes, op_policy_kept
 from planner.cost.compute import Shapes
 from planner.cost.eager_activations import (eager_block_bytes, eager_first_bytes,
                                             eager_last_bytes)
@@ -186,11 +186,10 @@ def _moe_delta(spec: TransformerSpec, cluster: Cluster, sh: Shapes,
     if spec.moe is None:
         return np.zeros(len(P))
     tokens = sh.mbs * spec.seq_len / sh.cp
-    e, f, h = sh.act_bytes, spec.ffn_hidden_size, spec.hidden_size
+    e, f = sh.act_bytes, spec.ffn_hidden_size
     mlp = (3 if spec.mlp == "swiglu" else 2) * e * tokens * f / sh.tp
     if cluster.stack.selective_recompute == "ops_half_matmuls":
-        kept = f / sh.tp + h + np.where(sh.sp & (sh.tp > 1), h / sh.tp, 0.0)
-        mlp = np.where(P.recompute == R_SELECTIVE, e * tokens * kept, mlp)
+        mlp = np.where(P.recompute == R_SELECTIVE, e * tokens * op_policy_kept(spec, sh)[1], mlp)
     mlp = mlp - fp8_mlp_input_savings(spec, sh, cluster.stack, P)
     return np.where(P.recompute == R_FULL, 0.0, moe_activation_bytes(spec, sh)[0] - mlp)
 
