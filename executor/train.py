@@ -87,9 +87,11 @@ def run_step(pm: ParallelModel, opt: torch.optim.Optimizer, x: torch.Tensor, y: 
     pm.scaled_loss.factor = scale
     opt.zero_grad(set_to_none=True)
     # Balancing-loss gradient per micro-batch: alpha x loss scale, / m where micro-batch losses
-    # are divided by m here (_accumulate); the pipeline schedule divides the gradients itself.
+    # are divided by m here (_accumulate) and over several pipeline passes (_PerStepMean); one
+    # pipeline schedule per step divides the gradients itself.
     m = plan.num_micro_batches
-    aux = start_aux(pm.moe, cfg.moe_aux_loss_coeff * scale / (1 if pm.schedule else m))
+    divided = pm.schedule is not None and plan.pipeline_passes == 1
+    aux = start_aux(pm.moe, cfg.moe_aux_loss_coeff * scale / (1 if divided else m))
     ctx = loss_parallel() if plan.tp > 1 else contextlib.nullcontext()
     meter = SavedTensorMeter(pm.parameters() + pm.buffers()) if stats else \
         contextlib.nullcontext()
@@ -134,15 +136,25 @@ def run_step(pm: ParallelModel, opt: torch.optim.Optimizer, x: torch.Tensor, y: 
 
 
 def _pipeline_step(pm: ParallelModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    if pm.is_first:
-        pm.schedule.step(x)
-    elif pm.is_last:
-        losses: list[torch.Tensor] = []
-        pm.schedule.step(target=y, losses=losses)
-        return torch.stack([_value(t).detach() for t in losses]).mean()
-    else:
-        pm.schedule.step()
-    return torch.zeros((), device=pm.device)
+    """The step's micro-batches through the pipeline schedule, in plan.pipeline_passes runs of
+    it (each its own fill and drain); the mean micro-batch loss on the last stage."""
+    passes = pm.plan.pipeline_passes
+    losses: list[torch.Tensor] = []
+    for xp, yp in zip(x.chunk(passes), y.chunk(passes)):
+        if pm.is_first:
+            pm.schedule.step(xp)
+        elif pm.is_last:
+            mine: list[torch.Tensor] = []  # the schedule clears the list it is given
+            pm.schedule.step(target=yp, losses=mine)
+            losses += mine
+        else:
+            pm.schedule.step()
+    if not pm.is_last:
+        return torch.zeros((), device=pm.device)
+    # With several passes each loss came back divided by the step's micro-batches
+    # (executor/parallel/pipeline.py _PerStepMean).
+    unscale = pm.plan.num_micro_batches if passes > 1 else 1
+    return torch.stack([_value(t).detach() for t in losses]).mean() * unscale
 
 
 def _accumulate(pm: ParallelModel, x: torch.Tensor, y: torch.Tensor,

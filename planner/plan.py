@@ -50,6 +50,13 @@ class Plan(FrozenModel):
     """Model chunks per pipeline rank (interleaved 1F1B); 1 otherwise."""
     schedule: Literal["1f1b", "gpipe", "interleaved_1f1b"] = "1f1b"
     """Pipeline schedule."""
+    pipeline_passes: int = Field(default=1, ge=1)
+    """Pipeline schedules run per optimizer step, each over num_micro_batches / pipeline_passes
+    micro-batches with its own fill and drain (pp > 1 only). 1: every micro-batch in one
+    schedule, as Megatron-Core runs them. Frameworks that accumulate gradients around
+    torch.distributed.pipelining call the schedule once per accumulation step (torchtitan's and
+    NeMo AutoModel's train loops, local_batch_size samples each), and its last backward syncs
+    the gradients each time (PipelineStage.backward_maybe_with_nosync)."""
     zero_stage: int = Field(default=0, ge=0, le=3)
     """0: replicated optimizer; 1: optimizer state sharded over dp; 2: + gradients; 3: + weights."""
     dp_shard: int | None = Field(default=None, ge=1)
@@ -117,6 +124,11 @@ class Plan(FrozenModel):
     def num_micro_batches(self) -> int:
         """Micro-batches per step per pipeline (rounded down if the batch does not divide)."""
         return self.global_batch_size // (self.dp * self.micro_batch_size)
+
+    @property
+    def micro_batches_per_pass(self) -> int:
+        """Micro-batches of one pipeline schedule (num_micro_batches / pipeline_passes)."""
+        return self.num_micro_batches // self.pipeline_passes
 
     def mesh_dims(self) -> list[tuple[str, int]]:
         """(dimension, size) outermost first: the shape of `arange(world).reshape(...)`."""

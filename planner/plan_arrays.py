@@ -104,12 +104,13 @@ class PlanArrays:
     ep: np.ndarray | None = None   # None -> 1 (dense plans)
     etp: np.ndarray | None = None
     dp_shard: np.ndarray | None = None  # None -> dp (ZeRO shards over every dp rank)
+    passes: np.ndarray | None = None    # None -> 1 (one pipeline schedule per step)
 
     def __post_init__(self) -> None:
         for name in ("grad_sync", "ps_servers", "ps_placement"):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, np.zeros(len(self.dp), dtype=np.int64))
-        for name in ("ep", "etp"):
+        for name in ("ep", "etp", "passes"):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, np.ones(len(self.dp), dtype=np.int64))
         if self.dp_shard is None:
@@ -134,6 +135,11 @@ class PlanArrays:
         Computed once per PlanArrays (the cost model reads it a dozen times; integer division
         over 16k plans is not free). The fields are never rebound (frozen), so it stays right."""
         return self.gbs // (self.dp * self.mbs)
+
+    @cached_property
+    def pass_micro_batches(self) -> np.ndarray:
+        """Micro-batches of one pipeline schedule: micro_batches / passes (floored)."""
+        return self.micro_batches // self.passes
 
     @cached_property
     def _memo(self) -> dict:
@@ -187,6 +193,7 @@ class PlanArrays:
             ps_placement=PS_PLACEMENTS[int(self.ps_placement[i])],
             ep=int(self.ep[i]), etp=int(self.etp[i]),
             dp_shard=int(self.dp_shard[i]) if self.dp_shard[i] < self.dp[i] else None,
+            pipeline_passes=int(self.passes[i]),
         )
 
     @staticmethod
@@ -208,4 +215,5 @@ class PlanArrays:
             ps_placement=col(lambda p: PS_PLACEMENTS.index(p.ps_placement)),
             ep=col(lambda p: p.ep), etp=col(lambda p: p.etp),
             dp_shard=col(lambda p: p.zero_shard),
+            passes=col(lambda p: p.pipeline_passes),
         )

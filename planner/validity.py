@@ -70,6 +70,15 @@ CHECKS: tuple[Check, ...] = (
           lambda s, c, P, i: (f"global_batch_size {_i(P.gbs, i)} is not divisible by "
                               f"dp*micro_batch_size = {_i(P.dp, i)}*{_i(P.mbs, i)} = "
                               f"{_i(P.dp * P.mbs, i)}")),
+    Check("passes_need_pp", "pipeline_passes > 1 with pp=1",
+          lambda s, c, P: (P.passes > 1) & (P.pp < 2),
+          lambda s, c, P, i: (f"pipeline_passes={_i(P.passes, i)} needs pp >= 2 (it counts "
+                              "pipeline schedules per step); use 1 with pp=1")),
+    Check("passes_micro_batches", "micro-batches not divisible by pipeline_passes",
+          lambda s, c, P: P.micro_batches % P.passes != 0,
+          lambda s, c, P, i: (f"the {_i(P.micro_batches, i)} micro-batches per step are not "
+                              f"divisible by pipeline_passes={_i(P.passes, i)} (each schedule "
+                              "runs the same number)")),
     Check("interleaved_needs_v", "interleaved_1f1b without virtual stages",
           lambda s, c, P: (P.schedule == S_INTERLEAVED) & (P.vpp < 2),
           lambda s, c, P, i: ("schedule interleaved_1f1b needs virtual_pipeline_stages >= 2, got "
@@ -83,15 +92,16 @@ CHECKS: tuple[Check, ...] = (
           lambda s, c, P, i: "schedule interleaved_1f1b needs pp >= 2, got pp=1"),
     Check("interleaved_micro_batches", "interleaved: micro-batches not a multiple of pp",
           # Megatron-LM's interleaved schedule requires it (pipeline_parallel/schedules.py).
-          lambda s, c, P: (P.schedule == S_INTERLEAVED) & (P.micro_batches % P.pp != 0),
+          lambda s, c, P: (P.schedule == S_INTERLEAVED) & (P.pass_micro_batches % P.pp != 0),
           lambda s, c, P, i: (f"schedule interleaved_1f1b needs the number of micro-batches "
-                              f"({_i(P.micro_batches, i)}) to be a multiple of pp={_i(P.pp, i)}")),
+                              f"per schedule ({_i(P.pass_micro_batches, i)}) to be a multiple of "
+                              f"pp={_i(P.pp, i)}")),
     Check("1f1b_micro_batches", "1f1b with fewer micro-batches than stages",
           # torch.distributed.pipelining's Schedule1F1B rejects it (the executor's schedule).
-          lambda s, c, P: (P.schedule == S_1F1B) & (P.pp > 1) & (P.micro_batches < P.pp),
-          lambda s, c, P, i: (f"schedule 1f1b needs at least pp={_i(P.pp, i)} micro-batches, got "
-                              f"{_i(P.micro_batches, i)} (use gpipe or a smaller "
-                              "micro_batch_size)")),
+          lambda s, c, P: (P.schedule == S_1F1B) & (P.pp > 1) & (P.pass_micro_batches < P.pp),
+          lambda s, c, P, i: (f"schedule 1f1b needs at least pp={_i(P.pp, i)} micro-batches per "
+                              f"schedule, got {_i(P.pass_micro_batches, i)} (use gpipe, a "
+                              "smaller micro_batch_size or fewer pipeline_passes)")),
     Check("sp_needs_tp", "sequence parallel with tp=1",
           lambda s, c, P: P.sp & (P.tp < 2),
           lambda s, c, P, i: "sequence_parallel needs tp >= 2 (it shards activations over tp)"),

@@ -49,6 +49,11 @@ def _extra(world: int) -> list[tuple[str, str, dict]]:
                                             "sequence_parallel": True, **base}),
             ("gpt-cp2-zero3", "tiny-gpt", {"dp": 1, "tp": 1, "pp": 1, "cp": 2, "zero_stage": 3,
                                           **base}),
+            # Two pipeline schedules per step (pipeline_passes): gradients accumulate across
+            # them, each micro-batch's loss a share of the step's mean.
+            ("pp2-v2-interleaved-passes2", "tiny", {
+                "dp": 1, "tp": 1, "pp": 2, "schedule": "interleaved_1f1b",
+                "virtual_pipeline_stages": 2, "pipeline_passes": 2, **base}),
             # 4 blocks over pp 2 x v 3 = 6 chunks: the first holds only the embedding, the
             # last only the head (Megatron's account-for-embedding / -loss split).
             ("pp2-v3-empty-ends", "tiny", {"dp": 1, "tp": 1, "pp": 2, "virtual_pipeline_stages": 3,
@@ -61,6 +66,9 @@ def _extra(world: int) -> list[tuple[str, str, dict]]:
         ("dp2-tp2-sp-zero3", "tiny", {"dp": 2, "tp": 2, "pp": 1, "zero_stage": 3,
                                       "sequence_parallel": True, **base}),
         ("dp2-pp2-zero3", "tiny", {"dp": 2, "tp": 1, "pp": 2, "zero_stage": 3, **base}),
+        # FSDP2 reduce-scatters at the end of each of the two schedules.
+        ("dp2-pp2-zero3-passes2", "tiny", {"dp": 2, "tp": 1, "pp": 2, "zero_stage": 3,
+                                           "pipeline_passes": 2, **base}),
         ("dp2-cp2-zero1", "tiny", {"dp": 2, "tp": 1, "pp": 1, "cp": 2, "zero_stage": 1, **base}),
         # Hybrid sharding (HSDP): shards over 2 of the 4 dp ranks, replicas across; and over
         # the cp ranks alone, with cp outside dp in the rank order.

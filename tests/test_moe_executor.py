@@ -51,6 +51,9 @@ JOBS = {
     4: [("dp4-ep4", "tiny-moe", {"dp": 4, "tp": 1, "pp": 1, "ep": 4, "micro_batch_size": 2}),
         ("dp2-tp2-ep2", "tiny-moe", {"dp": 2, "tp": 2, "pp": 1, "ep": 2, "micro_batch_size": 2}),
         ("dp2-pp2-ep2", "tiny-moe", {"dp": 2, "tp": 1, "pp": 2, "ep": 2, "micro_batch_size": 1}),
+        # Two schedules per step: the balancing loss's gradient scaled as the losses are.
+        ("dp2-pp2-ep2-passes2", "tiny-moe", {"dp": 2, "tp": 1, "pp": 2, "ep": 2,
+                                             "micro_batch_size": 1, "pipeline_passes": 2}),
         ("dp2-tp2-ep2-etp2-zero1", "tiny-moe", {"dp": 2, "tp": 2, "pp": 1, "ep": 2, "etp": 2,
                                                 "zero_stage": 1, "micro_batch_size": 2}),
         # Stage 0 holds only the dense block: its collectives must still match the others'.

@@ -48,8 +48,9 @@ def cases(draw) -> tuple[TransformerSpec, Cluster, Plan]:
     mbs = draw(st.sampled_from([1, 2]))
     m = draw(st.sampled_from([1, 2, 4, 8])) * pp
     schedule = draw(st.sampled_from(["1f1b", "gpipe"] + (["interleaved_1f1b"] if pp > 1 else [])))
+    passes = draw(st.sampled_from([p for p in (1, 2) if pp > 1 and (m // pp) % p == 0] or [1]))
     plan = Plan(dp=dp, tp=tp, pp=pp, cp=cp, micro_batch_size=mbs,
-                global_batch_size=dp * mbs * m, schedule=schedule,
+                global_batch_size=dp * mbs * m, schedule=schedule, pipeline_passes=passes,
                 virtual_pipeline_stages=2 if schedule == "interleaved_1f1b" else 1,
                 zero_stage=draw(st.integers(0, 3)),
                 recompute=draw(st.sampled_from(["none", "selective", "full"])),

@@ -46,8 +46,27 @@ def build_schedule(parts: list[Transformer], indices: list[int], plan: Plan, gro
     """PipelineStages and the plan's schedule over this rank's parts."""
     n_stages = plan.pp * plan.virtual_pipeline_stages
     stages = [PipelineStage(p, i, n_stages, device, group=group) for p, i in zip(parts, indices)]
-    m = plan.num_micro_batches
+    m, kw = plan.micro_batches_per_pass, {}
+    if plan.pipeline_passes > 1:
+        # The schedule runs once per pass (executor/train.py _pipeline_step). Its own grad
+        # scaling divides every accumulated gradient by m at the end of each run, earlier
+        # passes' included, so it is off and each micro-batch's loss is divided by the step's
+        # micro-batches instead (torchtitan and NeMo AutoModel do the same when they accumulate
+        # around the schedule).
+        kw["scale_grads"] = False
+        loss_fn = _PerStepMean(loss_fn, plan.num_micro_batches)
     if plan.schedule == "interleaved_1f1b":
-        return ScheduleInterleaved1F1B(stages, m, loss_fn=loss_fn)
+        return ScheduleInterleaved1F1B(stages, m, loss_fn=loss_fn, **kw)
     cls = ScheduleGPipe if plan.schedule == "gpipe" else Schedule1F1B
-    return cls(stages[0], m, loss_fn=loss_fn)
+    return cls(stages[0], m, loss_fn=loss_fn, **kw)
+
+
+class _PerStepMean:
+    """loss_fn / the step's micro-batches: the schedule's backward then sums every pass's
+    share of the step's mean gradient."""
+
+    def __init__(self, fn: Callable, micro_batches: int) -> None:
+        self.fn, self.micro_batches = fn, micro_batches
+
+    def __call__(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.fn(out, target) / self.micro_batches

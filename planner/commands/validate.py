@@ -142,7 +142,9 @@ def _summary_row(t: Table, label: str, s: dict) -> None:
 
 
 def plan_compact(p: Plan) -> str:
-    """e.g. `16.8.8 mb1 v3 z0 full+sp`."""
+    """e.g. `16.8.8 mb1 v3 z0 full+sp` (`x4` after the micro-batch: four pipeline passes)."""
     rc = {"none": "-", "selective": "sel", "full": "full"}[p.recompute]
-    return (f"{p.dp}.{p.tp}.{p.pp} mb{p.micro_batch_size} v{p.virtual_pipeline_stages} "
-            f"{p.zero_label} {rc}{'+sp' if p.sequence_parallel else ''}")
+    passes = f"x{p.pipeline_passes}" if p.pipeline_passes > 1 else ""
+    sp = "+sp" if p.sequence_parallel else ""
+    return (f"{p.dp}.{p.tp}.{p.pp} mb{p.micro_batch_size}{passes} "
+            f"v{p.virtual_pipeline_stages} {p.zero_label} {rc}{sp}")

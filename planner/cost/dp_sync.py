@@ -122,7 +122,10 @@ def dp_exposed(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shape
         exposed = np.maximum(sync["tail"], overlapped(cluster.gpu, reduce, window))
     else:
         exposed = reduce
-    exposed = np.where(P.zero == 2, P.micro_batches * exposed, exposed)
+    # Stage 2 reduces every micro-batch; otherwise at the end of each pipeline schedule
+    # (plan.pipeline_passes: a schedule's last backward syncs, PipelineStage.
+    # backward_maybe_with_nosync; Megatron-Core runs one schedule per step).
+    exposed = np.where(P.zero == 2, P.micro_batches, P.passes) * exposed
     gather = sync["gather"]
     if sw.param_gather_overlap:
         gather = np.maximum(sync["gather_first"], overlapped(cluster.gpu, gather, fwd_window))

@@ -52,8 +52,8 @@ def _in_flight(P: PlanArrays, stage: np.ndarray) -> np.ndarray:
     interleaved schedule is walked chunk by chunk instead: planner.stages.interleaved_peak_bytes,
     for an even split Megatron-LM's warm-up 2(pp - s - 1) + (v - 1) pp chunks, plus one, each
     1/v of the stage; Narayanan et al. 2021, section 2.2.1)."""
-    return np.where(P.schedule == S_GPIPE, P.micro_batches, np.minimum(P.micro_batches,
-                                                                         P.pp - stage))
+    m = P.pass_micro_batches  # one pipeline schedule's: passes run one after another
+    return np.where(P.schedule == S_GPIPE, m, np.minimum(m, P.pp - stage))
 
 
 def _saved(spec: TransformerSpec, P: PlanArrays, stage: np.ndarray, layers: np.ndarray,
@@ -62,7 +62,7 @@ def _saved(spec: TransformerSpec, P: PlanArrays, stage: np.ndarray, layers: np.n
     the first chunk (0 off the first stage) and `head` per micro-batch past the loss (0 off the
     last stage): GPipe holds every micro-batch's head, 1F1B one; interleaved plans walked."""
     n_act = _in_flight(P, stage)
-    heads = np.where(P.schedule == S_GPIPE, P.micro_batches, 1)
+    heads = np.where(P.schedule == S_GPIPE, P.pass_micro_batches, 1)
     saved = n_act * (layers * block + first) + heads * head
     inter = P.schedule == S_INTERLEAVED
     if inter.any():
@@ -71,7 +71,7 @@ def _saved(spec: TransformerSpec, P: PlanArrays, stage: np.ndarray, layers: np.n
         saved = np.array(np.broadcast_to(saved, inter.shape), dtype=float)
         saved[inter] = interleaved_peak_bytes(
             spec.num_layers, P.pp[inter], P.vpp[inter],
-            np.broadcast_to(stage, inter.shape)[inter], P.micro_batches[inter], at(block),
+            np.broadcast_to(stage, inter.shape)[inter], P.pass_micro_batches[inter], at(block),
             at(first), at(head))
     return saved
 

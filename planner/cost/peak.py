@@ -25,7 +25,8 @@ from planner.transformer import TransformerSpec
 # The fields each part reads ("layout": tp, cp, pp, dp, order, ep, etp), directly or through
 # the Shapes (tp, cp, micro-batch, sequence parallelism, precision, ep, etp) and the number of
 # micro-batches (gbs, dp, micro-batch).
-ACTIVATION_FIELDS = ("layout", "vpp", "schedule", "mbs", "gbs", "sp", "precision", "recompute")
+ACTIVATION_FIELDS = ("layout", "vpp", "schedule", "mbs", "gbs", "passes", "sp", "precision",
+                     "recompute")
 STATE_FIELDS = ("layout", "vpp", "zero", "precision", "mbs", "gbs")
 
 

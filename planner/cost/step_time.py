@@ -7,7 +7,9 @@ and exposed ZeRO-3 gathers), m micro-batches and v virtual stages,
     time = m * max_i T_i + (sum_i T_i - max_i T_i) / v
 which for equal stages is (m + (p - 1) / v) T: the 1F1B / GPipe bubble (p - 1)/m and the
 interleaved (p - 1)/(v m) of Narayanan et al. 2021 (section 2.2). Point-to-point transfers sit on
-the critical path: 2 per chunk, (m v + p - 1) chunk slots.
+the critical path: 2 per chunk, (m v + p - 1) chunk slots. A step of n pipeline passes (schedules
+of m / n micro-batches each, plan.pipeline_passes) pays the bubble and the p - 1 fill slots n
+times.
 """
 
 from __future__ import annotations
@@ -250,7 +252,10 @@ def step_breakdown(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: S
     sync = on_groups(lambda p, s, ln: sync_terms(spec, cluster, p, s, ln), P, sh, links,
                      P.groups(*SYNC_FIELDS))
     m, v = P.micro_batches.astype(float), P.vpp.astype(float)
-    slots = m * v + P.pp - 1  # chunk slots on the critical path
+    # Each pipeline schedule (plan.pipeline_passes per step) fills and drains on its own: the
+    # bubble and the fill's p2p slots once per pass.
+    passes = P.passes.astype(float)
+    slots = m * v + passes * (P.pp - 1)  # chunk slots on the critical path
     pp_comm = np.where(P.pp > 1, st["pp_hop"] * slots, 0.0)
     out = {
         "compute_s": m * st["max_compute"],
@@ -264,7 +269,7 @@ def step_breakdown(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: S
                                                     st.get("fsdp_overlaps")),
         # Clamped: with one stage t_sum and t_max are the same sum in another order, and the
         # float difference can come out -1e-20 (tests/test_stack_properties.py found it).
-        "bubble_s": np.maximum(0.0, st["t_sum"] - st["t_max"]) / v,
+        "bubble_s": passes * np.maximum(0.0, st["t_sum"] - st["t_max"]) / v,
         "optimizer_s": sync["optimizer"],
     }
     out["step_time_s"] = sum(out.values())

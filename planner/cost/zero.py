@@ -95,14 +95,22 @@ def deferred_grad_sync(stack: Stack, P: PlanArrays) -> np.ndarray:
     return np.asarray(stack.fsdp_defer_grad_sync) | (P.pp > 1)
 
 
+def sync_points(stack: Stack, P: PlanArrays) -> np.ndarray:
+    """Times per step FSDP2 reduce-scatters every unit's gradients: once per micro-batch, or
+    deferred to the last backward of each pipeline schedule (plan.pipeline_passes of them:
+    torch.distributed.pipelining's PipelineStage.backward_maybe_with_nosync syncs on each
+    schedule's last backward, and reshards)."""
+    return np.where(deferred_grad_sync(stack, P), P.passes, P.micro_batches)
+
+
 def fsdp2_calls(stack: Stack, P: PlanArrays) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(forward gathers, gathers, reduce-scatters) of one FSDP2 unit per step. Deferred: one
-    forward gather (the weights stay gathered after the first backward), stage 3 one more per
-    backward, one reduce-scatter. Not deferred: each micro-batch gathers for its forward (and
-    stage 3 again for its backward) and reduce-scatters after its backward."""
-    m, defer = P.micro_batches, deferred_grad_sync(stack, P)
-    fwd_gathers = np.where(defer, 1, m)
-    return fwd_gathers, fwd_gathers + np.where(P.zero >= 3, m, 0), np.where(defer, 1, m)
+    forward gather per schedule (the weights stay gathered after the first backward), stage 3
+    one more per backward, one reduce-scatter per schedule. Not deferred: each micro-batch
+    gathers for its forward (and stage 3 again for its backward) and reduce-scatters after its
+    backward."""
+    syncs = sync_points(stack, P)
+    return syncs, syncs + np.where(P.zero >= 3, P.micro_batches, 0), syncs
 
 
 def fsdp2_exposed(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
@@ -118,6 +126,7 @@ def fsdp2_exposed(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Sh
     m, z3 = P.micro_batches, P.zero >= 3
     defer = deferred_grad_sync(cluster.stack, P)
     fwd_gathers, gathers, scatters = fsdp2_calls(cluster.stack, P)
+    ends = np.where(defer, P.passes, 1)  # backwards whose reduce-scatters end a schedule
     calls = (gathers + scatters) * (layers + 1)
     # Calibrated; 0 on GPU presets: per call, and per unit once a step (its sharded update).
     framework = (calls * cluster.stack.fsdp_unit_overhead_s
@@ -137,8 +146,9 @@ def fsdp2_exposed(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Sh
     # reduce-scatter then runs beside the next micro-batch's first block.
     behind_b = np.where(z3, ag_block, 0.0) + np.where(defer, 0.0, rs_block)
     root_rs = np.where(defer, 0.0, overlapped(gpu, rs_root, win_f))
-    again = (m - 1) * (layers * overlapped(gpu, behind_b, win_b) + root_rs)
-    # The last micro-batch's backward: its reduce-scatters (and stage 3's gathers).
+    again = (m - ends) * (layers * overlapped(gpu, behind_b, win_b) + root_rs)
+    # The last micro-batch's backward (of each schedule, when deferred): its reduce-scatters
+    # (and stage 3's gathers).
     last = layers * rs_block + rs_root + np.where(z3, layers * ag_block, 0.0)
     tail = rs_block  # the last unit's reduce-scatter has nothing left to hide behind
-    return first + again + np.maximum(tail, overlapped(gpu, last, window)) + framework
+    return first + again + ends * np.maximum(tail, overlapped(gpu, last, window)) + framework

@@ -103,6 +103,10 @@ def unexpressed(plan: Plan, spec: TransformerSpec) -> list[str]:
     elif plan.schedule == "gpipe" and plan.pp > 1:
         out.append("schedule=gpipe: DeepSpeed's pipeline engine runs its own 1F1B-style "
                    "TrainSchedule")
+    if plan.pipeline_passes > 1:
+        out.append(f"pipeline_passes={plan.pipeline_passes}: DeepSpeed's pipeline engine runs "
+                   "gradient_accumulation_steps micro-batches in one schedule per step (one "
+                   "fill and drain: a smaller bubble than planned)")
     if plan.pp > 1 and not is_even_split(plan, spec):
         out.append("uneven pipeline stages (extra blocks on ranks 1..k): DeepSpeed's "
                    "PipelineModule partitions by its own partition_method")

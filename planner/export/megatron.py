@@ -129,6 +129,10 @@ def unexpressed(plan: Plan) -> list[str]:
     if plan.zero_stage == 2:
         out.append("zero_stage=2: exported as Megatron-FSDP optim_grads (gradients and "
                    "optimizer state sharded, FSDP-style)")
+    if plan.pipeline_passes > 1:
+        out.append(f"pipeline_passes={plan.pipeline_passes}: Megatron-LM runs every "
+                   "micro-batch of a step in one pipeline schedule (one fill and drain: a "
+                   "smaller bubble than planned)")
     return out
 
 

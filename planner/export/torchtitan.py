@@ -89,9 +89,11 @@ def _parallelism(plan: Plan, spec: TransformerSpec, stack: Stack | None) -> dict
 
 def _training(plan: Plan, spec: TransformerSpec) -> dict[str, object]:
     # Without PP, local_batch_size is one micro-batch and torchtitan accumulates
-    # global / (local * dp) of them; with PP it is the whole per-replica batch, cut into
-    # pipeline_parallel_microbatch_size micro-batches.
-    local = (plan.global_batch_size // plan.dp if plan.pp > 1 else plan.micro_batch_size)
+    # global / (local * dp) of them; with PP it is one pipeline schedule's share of the
+    # per-replica batch (cut into pipeline_parallel_microbatch_size micro-batches), and
+    # torchtitan runs global / (local * dp) = pipeline_passes schedules per step.
+    local = (plan.global_batch_size // (plan.dp * plan.pipeline_passes) if plan.pp > 1
+             else plan.micro_batch_size)
     return {"local_batch_size": local, "global_batch_size": plan.global_batch_size,
             "seq_len": spec.seq_len,
             "mixed_precision_param": "float32" if plan.precision == "fp32" else "bfloat16"}

@@ -25,7 +25,8 @@ from planner.validity import CHECKS
 ROW_FIELDS = ("tp", "cp", "dp", "pp", "ep", "etp", "dp_shard")
 COL_FIELDS = ("mbs", "vpp", "schedule", "zero", "recompute", "sp")
 # One value for a whole search (Space.blocks: the batch, precision, order; the defaults).
-CONST_FIELDS = ("gbs", "precision", "order", "grad_sync", "ps_servers", "ps_placement")
+CONST_FIELDS = ("gbs", "precision", "order", "grad_sync", "ps_servers", "ps_placement",
+                "passes")
 
 # Valid but pointless duplicates of another candidate, so not emitted: summary, and why.
 REDUNDANT = {

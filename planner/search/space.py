@@ -160,7 +160,8 @@ class Space:
                 "zero": grid[2], "recompute": grid[3], "sp": grid[4]}
         const = {"gbs": global_batch, "precision": PRECISIONS.index(self.precision),
                  "order": ORDERS.index(self.order), "grad_sync": 0, "ps_servers": 0,
-                 "ps_placement": 0}  # ring gradient sync, as PlanArrays' defaults
+                 "ps_placement": 0, "passes": 1}  # ring gradient sync, one pipeline schedule
+        # per step: PlanArrays' defaults
         return cols, const
 
     def grids(self, global_batch: int, layouts_per_block: int) -> Iterator[Grid]:

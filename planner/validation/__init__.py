@@ -182,7 +182,8 @@ def run_transformer(run: PublishedRun) -> TransformerSpec:
 
 def run_published_plan(run: PublishedRun) -> Plan:
     """The run's plan as published, with the keys plan_map.json adds where the run's notes
-    document a setting its file's plan has no key for (hybrid sharding: `dp_shard`)."""
+    document a setting its file's plan has no key for (hybrid sharding: `dp_shard`; pipeline
+    schedules per step: `pipeline_passes`)."""
     mapped = _run_map("plan_map").get(run.name)
     return run.plan.model_copy(update=mapped["plan"]) if mapped else run.plan
 
