@@ -133,6 +133,8 @@ EXECUTOR_STACK = {
     "zero_impl": ("fsdp2", "ZeRO runs as FSDP2 fully_shard (executor/parallel/data.py)"),
     "fsdp_defer_grad_sync": (True, "FSDP2 reduce-scatters once, after the last micro-batch "
                                    "(executor/train.py set_requires_gradient_sync)"),
+    "sharded_grads_reduce_each_backward": (False, "FSDP2 keeps unsharded gradients until the "
+                                                  "last micro-batch at every ZeRO stage"),
     "cp_impl": ("all_gather", "context parallelism all-gathers K/V (executor/transformer.py)"),
     "activation_layout": ("eager", "plain PyTorch ops (planner/cost/eager_activations.py)"),
     "async_checkpoint": (False, "torch.distributed.checkpoint.save, synchronous "

@@ -89,7 +89,14 @@ class Stack(FrozenModel):
     gathered (set_requires_gradient_sync(False) and set_reshard_after_backward(False), as
     PyTorch pipelining always does, and this project's executor). False: every micro-batch's
     backward reduce-scatters and reshards, so each forward gathers again (torchtitan's gradient
-    accumulation without pipeline parallelism). Pipeline-parallel plans defer either way."""
+    accumulation without pipeline parallelism). Pipeline-parallel plans defer either way,
+    unless sharded_grads_reduce_each_backward says otherwise."""
+    sharded_grads_reduce_each_backward: bool = False
+    """With gradients sharded (zero_stage >= 2, zero_impl fsdp2), every backward
+    reduce-scatters into the sharded gradient buffer, whatever the micro-batch and the
+    pipeline (Megatron-FSDP's optim_grads / optim_grads_params: no unsharded gradients are
+    kept between micro-batches; at stage 2 its weights stay unsharded, gathered once a step
+    after the update). False: fsdp_defer_grad_sync decides."""
     cp_impl: Literal["ring", "all_gather"]
     """Context parallelism: `ring` passes K/V chunks between neighbours behind the attention
     compute (Megatron-LM); `all_gather` gathers K/V before attention and reduce-scatters their

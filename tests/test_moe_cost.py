@@ -146,11 +146,12 @@ def test_ep_on_a_dense_model_is_refused(capsys):
 
 def test_moe_validation_set_accuracy_does_not_regress():
     """The shipped MoE runs (planner/validation/moe_runs.json; docs/accuracy.md logs the
-    figures): recorded 11.4% mean, 35.3% max on all 13 (session 25: pipeline passes)."""
+    figures): recorded 12.8% mean, 35.3% max on all 13 (session 25: pipeline passes, then
+    Megatron-FSDP's per-backward reduce-scatter)."""
     from planner.validation import compare, summary
     s = summary(compare(load_runs(shipped_set_path("moe"))))
     assert s["count"] == 13
-    assert s["mape_pct"] <= 11.4 + 0.5 and s["max_abs_error_pct"] <= 35.3 + 1.0, s
+    assert s["mape_pct"] <= 12.8 + 0.5 and s["max_abs_error_pct"] <= 35.3 + 1.0, s
 
 
 def test_deepep_kernel_efficiency_moves_dispatch_time_the_documented_way():

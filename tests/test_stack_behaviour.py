@@ -239,3 +239,24 @@ def test_expert_units_reduce_scatter_every_micro_batch_like_dense_ones():
     deferred = _predict(_flip("torchtitan", grad_overlap=False, fsdp_defer_grad_sync=True),
                         **kw)["breakdown"]["dp_comm_s"]
     assert every > 4 * deferred
+
+
+def test_megatron_fsdp_reduces_sharded_gradients_every_backward():
+    """Megatron-Core's FSDP (sharded_grads_reduce_each_backward) reduce-scatters every
+    backward at stages 2-3, with a pipeline too: more exposed DP time than a deferred sync,
+    and no unsharded gradients of the stage kept between micro-batches. Stage 1 (the
+    distributed optimizer) still defers; stage 2 keeps its weights unsharded, so it gathers
+    them once a step, not per micro-batch."""
+    kw = dict(cluster="dgx_h100", nodes=4, dp=32, global_batch_size=256)
+    deferred = _flip("megatron-core", sharded_grads_reduce_each_backward=False)
+    for extra in ({}, {"dp": 16, "pp": 2}):
+        each = _predict("megatron-core", **{**kw, **extra}, zero_stage=3)
+        kept = _predict(deferred, **{**kw, **extra}, zero_stage=3)
+        assert each["breakdown"]["dp_comm_s"] > kept["breakdown"]["dp_comm_s"]
+        assert each["memory"]["buffers_bytes"] < 0.5 * kept["memory"]["buffers_bytes"]
+    z1 = [_predict(s, **kw, zero_stage=1)["step_time_s"] for s in ("megatron-core", deferred)]
+    assert z1[0] == z1[1]
+    # Stage 2 against stage 3: the same reduce-scatters, but no per-micro-batch gathers.
+    z2 = _predict("megatron-core", **kw, zero_stage=2)["breakdown"]["dp_comm_s"]
+    z3 = _predict("megatron-core", **kw, zero_stage=3)["breakdown"]["dp_comm_s"]
+    assert z2 < z3

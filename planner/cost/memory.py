@@ -124,7 +124,7 @@ def zero_buffers(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Sha
 def _accumulates_unsharded(cluster: Cluster, P: PlanArrays) -> np.ndarray:
     """FSDP2 keeps the stage's unsharded gradients between micro-batches (zero.deferred_grad_sync
     with more than one micro-batch, or a pipeline)."""
-    return ((P.micro_batches > 1) & deferred_grad_sync(cluster.stack, P)) | (P.pp > 1)
+    return ((P.micro_batches > 1) | (P.pp > 1)) & deferred_grad_sync(cluster.stack, P)
 
 
 def block_terms(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,

@@ -89,10 +89,19 @@ def fsdp2_overlaps(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: S
     return overlapped(cluster.gpu, ag_block, win_f), win_f, win_b
 
 
+def reduces_each_backward(stack: Stack, P: PlanArrays) -> np.ndarray:
+    """Plans whose sharded gradients are reduce-scattered by every backward, whatever the
+    stack's deferral (stack.sharded_grads_reduce_each_backward at zero_stage >= 2:
+    Megatron-FSDP)."""
+    return np.asarray(stack.sharded_grads_reduce_each_backward) & (P.zero >= 2)
+
+
 def deferred_grad_sync(stack: Stack, P: PlanArrays) -> np.ndarray:
     """Plans whose FSDP2 reduce-scatter waits for the last micro-batch (stack.fsdp_defer_grad_sync;
-    pipeline-parallel plans always, torch.distributed.pipelining defers it)."""
-    return np.asarray(stack.fsdp_defer_grad_sync) | (P.pp > 1)
+    pipeline-parallel plans too, torch.distributed.pipelining defers it), unless the stack
+    reduces sharded gradients every backward."""
+    defer = np.asarray(stack.fsdp_defer_grad_sync) | (P.pp > 1)
+    return defer & ~reduces_each_backward(stack, P)
 
 
 def sync_points(stack: Stack, P: PlanArrays) -> np.ndarray:
@@ -110,7 +119,10 @@ def fsdp2_calls(stack: Stack, P: PlanArrays) -> tuple[np.ndarray, np.ndarray, np
     gathers for its forward (and stage 3 again for its backward) and reduce-scatters after its
     backward."""
     syncs = sync_points(stack, P)
-    return syncs, syncs + np.where(P.zero >= 3, P.micro_batches, 0), syncs
+    # Megatron-FSDP's stage 2 (optim_grads) never shards the weights: gathered once a step,
+    # after the update, however often the gradients are reduced.
+    fwd = np.where(reduces_each_backward(stack, P) & (P.zero == 2), 1, syncs)
+    return fwd, fwd + np.where(P.zero >= 3, P.micro_batches, 0), syncs
 
 
 def fsdp2_exposed(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,

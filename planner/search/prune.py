@@ -38,7 +38,7 @@ REDUNDANT = {
         "ZeRO stage 1 under FSDP2 (same plan as stage 2)",
         "stack.zero_impl fsdp2 shards weights, gradients and optimizer state at stage 1 "
         "as at stage 2 (fully_shard, reshard_after_forward=False: executor/parallel/data.py); "
-        "stage 2 is kept"),
+        "stage 2 is kept (not on stacks whose stage 2 reduces every backward)"),
 }
 
 
@@ -119,7 +119,10 @@ Rule = tuple[str, str, Callable, Callable]  # key, summary, invalid mask, exampl
 def rules(cluster: Cluster) -> list[Rule]:
     """validity.CHECKS then the redundant duplicates, in the order the counts are taken."""
     out: list[Rule] = [(c.key, c.summary, c.invalid, c.message) for c in CHECKS]
-    fsdp2 = cluster.stack.zero_impl == "fsdp2"
+    # Megatron-FSDP's stage 2 reduce-scatters every backward where stage 1 (the distributed
+    # optimizer) defers: two plans there (stack.sharded_grads_reduce_each_backward).
+    fsdp2 = (cluster.stack.zero_impl == "fsdp2"
+             and not cluster.stack.sharded_grads_reduce_each_backward)
     extra = {"zero_without_dp": lambda s, c, P: (P.zero > 0) & (P.dp * P.cp == 1),
              "gpipe_without_pp": lambda s, c, P: (P.schedule == S_GPIPE) & (P.pp == 1),
              "zero1_under_fsdp2": lambda s, c, P: (P.zero == 1) & fsdp2}
