@@ -59,6 +59,15 @@ class Stack(FrozenModel):
     gradient buffer and on the wire), not in the 16-bit weights' type: Megatron-LM turns
     accumulate_allreduce_grads_in_fp32 on for --bf16, torchtitan's and NeMo AutoModel's FSDP2
     policies reduce in float32. fp16 and fp32 plans keep their own width."""
+    optimizer_state: Literal["fp32_master", "fp32_params", "bf16_params"] = "fp32_master"
+    """What a 16-bit (bf16 / fp16 / fp8) plan keeps per parameter at rest. `fp32_master`:
+    16-bit weights, gradients at their reduced width, and an fp32 master copy with fp32 Adam
+    moments, 2 + g + 12 bytes (Megatron's distributed optimizer, DeepSpeed ZeRO). `fp32_params`:
+    the resident (sharded) parameter is fp32 and is the master weight, gradients in its dtype,
+    fp32 moments: 4 + 4 + 8 (PyTorch FSDP mixed precision casts to bf16 only when gathering,
+    torch.optim on the fp32 parameters). `bf16_params`: a model stored in bf16 under torch.optim:
+    parameter, gradient and both moments in bf16, 2 + 2 + 4 (no master copy). fp32 plans keep
+    4 + 4 + 8 whatever this says."""
     fp8_weight_gather: bool = False
     """fp8 plans all-gather each block's FSDP unit already cast to fp8 (1 byte per element) and
     keep it gathered in fp8 (torchao float8's enable_fsdp_float8_all_gather); the embedding

@@ -146,12 +146,12 @@ def test_ep_on_a_dense_model_is_refused(capsys):
 
 def test_moe_validation_set_accuracy_does_not_regress():
     """The shipped MoE runs (planner/validation/moe_runs.json; docs/accuracy.md logs the
-    figures): recorded 12.8% mean, 35.3% max on all 13 (session 25: pipeline passes, then
-    Megatron-FSDP's per-backward reduce-scatter)."""
+    figures): recorded 14.6% mean, 35.3% max on all 13 (session 25: pipeline passes,
+    Megatron-FSDP's per-backward reduce-scatter, AutoModel's bf16 optimizer state)."""
     from planner.validation import compare, summary
     s = summary(compare(load_runs(shipped_set_path("moe"))))
     assert s["count"] == 13
-    assert s["mape_pct"] <= 12.8 + 0.5 and s["max_abs_error_pct"] <= 35.3 + 1.0, s
+    assert s["mape_pct"] <= 14.6 + 0.5 and s["max_abs_error_pct"] <= 35.3 + 1.0, s
 
 
 def test_deepep_kernel_efficiency_moves_dispatch_time_the_documented_way():
@@ -182,13 +182,19 @@ def test_unstated_recompute_takes_the_lightest_that_fits():
     runs = {r.name: r for r in load_runs(shipped_set_path("moe"))}
     r = runs["automodel-gpt_oss_20b-8gpu-dgx_h100-bf16-pp1ep8"]
     assert not r.recompute_stated and r.plan.recompute == "none"
-    spec, cluster = run_transformer(r), run_cluster(r)
-    plan = run_plan(r, spec, cluster)
-    assert predict(spec, cluster, plan)["fits"]
+    spec = run_transformer(r)
     modes = ("none", "selective", "full")
-    assert plan.recompute != "none"  # 83 GiB predicted without recompute: over the 80 GiB
-    for mode in modes[:modes.index(plan.recompute)]:
-        assert not predict(spec, cluster, r.plan.model_copy(update={"recompute": mode}))["fits"]
+    # Its stack's bf16 model and Adam state fit it without recompute (AutoModel's default:
+    # activation_checkpointing False); with an fp32 master beside the bf16 weights
+    # (Megatron-style, 10 bytes more per parameter) it would need recompute.
+    heavier = run_cluster(r).stack.model_copy(update={"optimizer_state": "fp32_master"})
+    for cluster, lightest in ((run_cluster(r), "none"), (run_cluster(r, heavier), None)):
+        plan = run_plan(r, spec, cluster)
+        assert predict(spec, cluster, plan)["fits"]
+        assert plan.recompute == lightest if lightest else plan.recompute != "none"
+        for mode in modes[:modes.index(plan.recompute)]:
+            assert not predict(spec, cluster,
+                               r.plan.model_copy(update={"recompute": mode}))["fits"]
     stated = runs["automodel-gpt_oss_120b-64gpu-dgx_h100-bf16-pp1ep64"]
     assert stated.recompute_stated
     assert run_plan(stated, run_transformer(stated), run_cluster(stated)) == stated.plan

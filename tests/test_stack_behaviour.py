@@ -260,3 +260,24 @@ def test_megatron_fsdp_reduces_sharded_gradients_every_backward():
     z2 = _predict("megatron-core", **kw, zero_stage=2)["breakdown"]["dp_comm_s"]
     z3 = _predict("megatron-core", **kw, zero_stage=3)["breakdown"]["dp_comm_s"]
     assert z2 < z3
+
+
+def test_optimizer_state_sets_bytes_per_parameter_at_rest():
+    """stack.optimizer_state: Megatron's fp32 master beside 16-bit weights (2 + 4 + 12 with
+    fp32 gradients), PyTorch FSDP's fp32 resident parameters (4 + 4 + 8), a bf16 model under
+    torch.optim (2 + 2 + 4); fp32 plans keep 4 + 4 + 8 under all three. The Adam update
+    moves fewer bytes with less state."""
+    kw = dict(cluster="dgx_h100", nodes=1, dp=8, global_batch_size=64, zero_stage=3)
+    got = {}
+    for state in ("fp32_master", "fp32_params", "bf16_params"):
+        stack = _flip("torchtitan", optimizer_state=state)
+        m = _predict(stack, **kw)
+        total = m["memory"]["weights_bytes"] + m["memory"]["gradients_bytes"] + \
+            m["memory"]["optimizer_bytes"]
+        got[state] = (total, m["memory"]["weights_bytes"], m["breakdown"]["optimizer_s"],
+                      _predict(stack, **kw, precision="fp32")["memory"]["optimizer_bytes"])
+    per = {k: v[0] / (got["bf16_params"][0] / 8) for k, v in got.items()}
+    assert per == pytest.approx({"fp32_master": 18, "fp32_params": 16, "bf16_params": 8})
+    assert got["fp32_params"][1] == pytest.approx(2 * got["bf16_params"][1])
+    assert got["bf16_params"][2] < got["fp32_params"][2] < got["fp32_master"][2]
+    assert len({v[3] for v in got.values()}) == 1  # fp32 plans: the same 8 bytes of moments

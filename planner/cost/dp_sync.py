@@ -19,7 +19,7 @@ from planner.cost.grad_sync import grad_all_reduce
 from planner.cost.params import (stage_expert_params_per_rank, stage_params_per_rank,
                                  stage_tensor_count)
 from planner.cost.stage_blocks import stage_blocks
-from planner.cost.widths import grad_bytes, weight_bytes
+from planner.cost.widths import grad_bytes, optimizer_traffic_bytes, weight_bytes
 from planner.cost.zero import fsdp2_calls, fsdp2_exposed, fsdp2_unit_comms, zero_reduce
 from planner.hardware import Cluster
 from planner.plan_arrays import G_PS, PlanArrays
@@ -61,8 +61,7 @@ def optimizer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes
     params = params / shards
     if spec.moe is not None:  # expert state shards over edp under ZeRO (distributed optimizer)
         params = params + expert_params / np.where(P.zero >= 1, P.edp, 1)
-    per_param = np.where(P.precision == 3, 24.0 + 2 * 4.0,
-                         24.0 + 2 * grad_bytes(P, cluster.stack) + 2.0)
+    per_param = optimizer_traffic_bytes(P, cluster.stack)
     tensors = stage_tensor_count(spec, stage_blocks(spec, P)["first_layers"], True, P.pp == 1)
     scalar = 4.0
     # The gradient norm of sharded state sums over the shard group (the replicas hold the same

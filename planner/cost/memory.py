@@ -3,7 +3,9 @@
 Model state per parameter follows the ZeRO paper (Rajbhandari et al. 2020, section 3.1): mixed
 precision keeps 2-byte weights, 2-byte gradients and 12 bytes of Adam state (fp32 master, m, v);
 fp32 training keeps 4 + 4 + 8. Stacks that accumulate and reduce bf16 gradients in fp32
-(Megatron-LM, torchtitan: stack.grad_reduce_fp32) keep 4-byte gradients. ZeRO stage 1 shards
+(Megatron-LM, torchtitan: stack.grad_reduce_fp32) keep 4-byte gradients. PyTorch-native
+stacks hold the resident parameter as the master instead (stack.optimizer_state: fp32
+parameters, 4 + 4 + 8; or a bf16 model under torch.optim, 2 + 2 + 4). ZeRO stage 1 shards
 the optimizer state over the data-parallel ranks (dp x cp), stage 2 also the gradients, stage 3
 also the weights.
 
@@ -27,7 +29,7 @@ from planner.cost.moe_cost import moe_activation_bytes
 from planner.cost.params import (moe_layer_expert_params_per_rank,
                                  padded_vocab, stage_expert_params_per_rank,
                                  stage_params_per_rank)
-from planner.cost.widths import gathered_block_bytes, grad_bytes, weight_bytes
+from planner.cost.widths import gathered_block_bytes, grad_bytes, state_bytes, weight_bytes
 from planner.cost.zero import deferred_grad_sync, fsdp2_block_params
 from planner.hardware import Cluster
 from planner.plan_arrays import R_FULL, R_SELECTIVE, S_GPIPE, S_INTERLEAVED, PlanArrays
@@ -78,14 +80,18 @@ def _saved(spec: TransformerSpec, P: PlanArrays, stage: np.ndarray, layers: np.n
 
 def model_state_bytes(P: PlanArrays, params: np.ndarray, impl: str,
                       shard_over: np.ndarray | None = None,
-                      grad_width: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                      grad_width: np.ndarray | None = None,
+                      widths: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+                      ) -> dict[str, np.ndarray]:
     """Weights, gradients and optimizer bytes at rest for `params` parameters on one rank,
     ZeRO-sharded over `shard_over` ranks (default the ZeRO shard group, dp_shard x cp: dp x cp
     without hybrid sharding; edp for routed experts). `grad_width`: bytes per gradient
     element (widths.grad_bytes; default the weights' width)."""
-    fp32 = P.precision == 3
-    w, o = weight_bytes(P), np.where(fp32, 8, 12)
-    g = w if grad_width is None else grad_width
+    if widths is not None:  # (weight, gradient, optimizer) bytes: widths.state_bytes
+        w, g, o = widths
+    else:
+        w, o = weight_bytes(P), np.where(P.precision == 3, 8, 12)
+        g = w if grad_width is None else grad_width
     dpc = P.dp_shard * P.cp if shard_over is None else shard_over
     if impl == "fsdp2":  # every ZeRO stage keeps all three sharded between steps
         shard = np.where(P.zero >= 1, dpc, 1)
@@ -201,10 +207,10 @@ def stage_state(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shap
     first) of a rank holding `layers` blocks of which `k` MoE: what stage_memory adds to the
     activations. Reads no schedule, recompute or sequence-parallel field."""
     params = stage_params_per_rank(spec, sh.tp, layers, first, last, k)
-    gb = grad_bytes(P, cluster.stack)
-    state = model_state_bytes(P, params, cluster.stack.zero_impl, grad_width=gb)
+    rest = state_bytes(P, cluster.stack)
+    state = model_state_bytes(P, params, cluster.stack.zero_impl, widths=rest)
     experts = stage_expert_params_per_rank(spec, sh.ep, sh.etp, k)
-    estate = model_state_bytes(P, experts, cluster.stack.zero_impl, P.edp, gb)
+    estate = model_state_bytes(P, experts, cluster.stack.zero_impl, P.edp, widths=rest)
     state = {key: v + estate[key] for key, v in state.items()}
     e, tokens = sh.act_bytes, sh.mbs * spec.seq_len / sh.cp
     blocks = stage_params_per_rank(spec, sh.tp, layers, False, False, k)

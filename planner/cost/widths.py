@@ -35,3 +35,33 @@ def grad_bytes(P: PlanArrays, stack: Stack) -> np.ndarray:
     keep fp16 gradients (Megatron-LM forces fp32 for --bf16 only)."""
     fp32 = (P.precision == _FP32) | (stack.grad_reduce_fp32 & np.isin(P.precision, _FP32_GRADS))
     return np.where(fp32, 4.0, 2.0)
+
+
+# Bytes per parameter at rest (weights, gradients, optimizer) of 16-bit plans by
+# stack.optimizer_state; None: the weights' and the gradients' widths with 12 bytes of fp32
+# master and moments.
+_RESIDENT = {"fp32_params": (4.0, 4.0, 8.0), "bf16_params": (2.0, 2.0, 4.0)}
+
+
+def state_bytes(P: PlanArrays, stack: Stack) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(weight, gradient, optimizer) bytes per parameter at rest, before any ZeRO sharding:
+    stack.optimizer_state for 16-bit plans, 4 + 4 + 8 for fp32 plans."""
+    fp32 = P.precision == _FP32
+    w, g = weight_bytes(P), grad_bytes(P, stack)
+    o = np.where(fp32, 8.0, 12.0)
+    if stack.optimizer_state in _RESIDENT:
+        rw, rg, ro = _RESIDENT[stack.optimizer_state]
+        w, g, o = (np.where(fp32, a, b) for a, b in ((w, rw), (g, rg), (o, ro)))
+    return w, g, o
+
+
+def optimizer_traffic_bytes(P: PlanArrays, stack: Stack) -> np.ndarray:
+    """HBM bytes the Adam update moves per parameter: the weight it updates (the fp32 master,
+    or the resident parameter) and both moments read and written, the gradient read twice (the
+    clipping norm, the update) at its width at rest, and, with an fp32 master beside 16-bit
+    weights, the 16-bit copy written."""
+    w, g, o = state_bytes(P, stack)
+    master = (P.precision != _FP32) & (stack.optimizer_state == "fp32_master")
+    updated = np.where(master, 4.0, w)        # the weight Adam writes
+    moments = np.where(master, o - 4.0, o)
+    return 2 * (updated + moments) + 2 * g + np.where(master, w, 0.0)
