@@ -136,6 +136,8 @@ def plan_short(plan: Plan) -> str:
         extra.append(f"ep={plan.ep}" + (f" etp={plan.etp}" if plan.etp > 1 else ""))
     if plan.virtual_pipeline_stages > 1:
         extra.append(f"v={plan.virtual_pipeline_stages}")
+    if plan.pipeline_passes > 1:
+        extra.append(f"passes={plan.pipeline_passes}")
     if plan.zero_stage:
         extra.append(f"zero{plan.zero_stage}" + (f" dp_shard={plan.dp_shard}"
                                                   if plan.hsdp else ""))

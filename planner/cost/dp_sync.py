@@ -49,9 +49,10 @@ def stage_params(spec: TransformerSpec, P: PlanArrays,
 
 def optimizer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
               links: Mapping[str, Link], stage: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """The step's epilogue. Adam, memory-bound: fp32 master weight, m and v read and written
-    (24 bytes), the gradient read twice (norm for clipping, update; at its reduced width) and
-    the 16-bit weight written; plus a fixed cost per parameter tensor, and the small collectives every step
+    """The step's epilogue. Adam, memory-bound: the bytes widths.optimizer_traffic_bytes gives
+    per parameter (the updated weight and both moments read and written, the gradient read
+    twice, a 16-bit copy written beside an fp32 master; by stack.optimizer_state); plus a fixed
+    cost per parameter tensor, and the small collectives every step
     makes: the global gradient norm (over tp, dp x cp when sharded, and pp) and the loss
     reported as the global-batch mean (over pp and dp x cp). `stage`: stage_params."""
     # A parameter server's shard owner runs Adam on 1/S of the model (planner/cost/grad_sync.py).
@@ -121,10 +122,11 @@ def dp_exposed(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shape
         exposed = np.maximum(sync["tail"], overlapped(cluster.gpu, reduce, window))
     else:
         exposed = reduce
-    # Stage 2 reduces every micro-batch; otherwise at the end of each pipeline schedule
-    # (plan.pipeline_passes: a schedule's last backward syncs, PipelineStage.
-    # backward_maybe_with_nosync; Megatron-Core runs one schedule per step).
-    exposed = np.where(P.zero == 2, P.micro_batches, P.passes) * exposed
+    # Stage 2 reduces every micro-batch, otherwise once a step: Megatron-LM and DeepSpeed run
+    # one pipeline schedule per step, and this executor all-reduces its zero_stage 0 gradients
+    # after the last pipeline pass (executor/train.py). FSDP2's sync per pass is
+    # zero.fsdp2_exposed's.
+    exposed = np.where(P.zero == 2, P.micro_batches * exposed, exposed)
     gather = sync["gather"]
     if sw.param_gather_overlap:
         gather = np.maximum(sync["gather_first"], overlapped(cluster.gpu, gather, fwd_window))

@@ -1,10 +1,13 @@
 """ZeRO through PyTorch FSDP2 (the executor's; torchtitan's): what it communicates per step.
 
 Units: one per block, plus the root (embedding, final norm, head). Weights are gathered per unit
-before its first forward of the step; stage 3 frees them after each forward and gathers again
-for each micro-batch's backward; gradients are reduce-scattered per unit once, after the last
-micro-batch (torch.distributed.pipelining and the executor defer the sync), so a unit's weights
-stay gathered from its backward to the end of the step. Where the stack overlaps communication
+before its first forward of a schedule; stage 3 frees them after each forward and gathers again
+for each micro-batch's backward; where the sync is deferred (torch.distributed.pipelining, the
+executor, stack.fsdp_defer_grad_sync) gradients are reduce-scattered per unit once per pipeline
+schedule (plan.pipeline_passes of them a step), after its last micro-batch, and a unit's weights
+stay gathered from its backward to the schedule's end; otherwise every backward
+reduce-scatters (torchtitan's accumulation without a pipeline; Megatron-FSDP at stages 2-3,
+stack.sharded_grads_reduce_each_backward). Where the stack overlaps communication
 with compute (stack.grad_overlap), each unit's gather hides behind the previous unit's compute
 and the reduce-scatters behind the last backward; otherwise every call is exposed.
 """

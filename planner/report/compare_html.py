@@ -23,6 +23,8 @@ def label(plan: dict) -> str:
     ep, etp = p.get("ep", 1), p.get("etp", 1)  # older files have no expert keys
     extra = [f"ep{ep}" + (f" etp{etp}" if etp > 1 else "")] if ep > 1 or etp > 1 else []
     extra += [f"v{p['virtual_pipeline_stages']}"] if p["virtual_pipeline_stages"] > 1 else []
+    passes = p.get("pipeline_passes", 1)  # older files have no pipeline_passes
+    extra += [f"x{passes}"] if passes > 1 else []
     shard = p.get("dp_shard")  # older files have no dp_shard
     extra += [f"z{p['zero_stage']}" + (f"/{shard}" if shard and shard < p["dp"] else "")
               ] if p["zero_stage"] else []

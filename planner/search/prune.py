@@ -121,11 +121,13 @@ def rules(cluster: Cluster) -> list[Rule]:
     out: list[Rule] = [(c.key, c.summary, c.invalid, c.message) for c in CHECKS]
     # Megatron-FSDP's stage 2 reduce-scatters every backward where stage 1 (the distributed
     # optimizer) defers: two plans there (stack.sharded_grads_reduce_each_backward).
-    fsdp2 = (cluster.stack.zero_impl == "fsdp2"
-             and not cluster.stack.sharded_grads_reduce_each_backward)
+    # With one micro-batch and one stage neither defers, so they are one plan again.
+    fsdp2 = cluster.stack.zero_impl == "fsdp2"
+    each = cluster.stack.sharded_grads_reduce_each_backward
     extra = {"zero_without_dp": lambda s, c, P: (P.zero > 0) & (P.dp * P.cp == 1),
              "gpipe_without_pp": lambda s, c, P: (P.schedule == S_GPIPE) & (P.pp == 1),
-             "zero1_under_fsdp2": lambda s, c, P: (P.zero == 1) & fsdp2}
+             "zero1_under_fsdp2": lambda s, c, P: (P.zero == 1) & fsdp2 & (
+                 (not each) | ((P.micro_batches == 1) & (P.pp == 1)))}
     for key, fn in extra.items():
         why = REDUNDANT[key][1]
         out.append((key, REDUNDANT[key][0], fn, lambda s, c, P, i, why=why: why))

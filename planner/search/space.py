@@ -7,8 +7,10 @@ Domains (for a spec, a cluster of N GPUs and a global batch B):
   schedule, virtual    1f1b and gpipe with 1 stage per rank; interleaved_1f1b with
                        v = 2..max_virtual(num_layers) (other pairings are not plans, so not
                        generated); stages may hold unequal numbers of layers
-  zero_stage           0..3 (the search prunes stage 1 where the stack runs ZeRO as FSDP2: the
-                       same plan as stage 2, see planner/search/search.py)
+  zero_stage           0..3 (the search prunes stage 1 where the stack runs ZeRO as FSDP2 and
+                       it is the same plan as stage 2, see planner/search/prune.py: not on
+                       the Megatron stacks, whose stage 2 reduces every backward, unless one
+                       micro-batch and one stage make them equal)
   recompute            none, selective, full
   sequence_parallel    off, on
   (ep, etp)            mixture-of-experts specs only: ep every divisor of num_experts and etp
