@@ -133,6 +133,8 @@ EXECUTOR_STACK = {
     "zero_impl": ("fsdp2", "ZeRO runs as FSDP2 fully_shard (executor/parallel/data.py)"),
     "fsdp_defer_grad_sync": (True, "FSDP2 reduce-scatters once, after the last micro-batch "
                                    "(executor/train.py set_requires_gradient_sync)"),
+    "loss_softmax_bytes": (4.0, "the loss's time as the profile was calibrated with (fp32 "
+                                "logits on CPU; its memory is counted eagerly)"),
     "optimizer_state": ("fp32_params", "bf16 / fp16 run as autocast over fp32 parameters, "
                                        "torch.optim.AdamW on them (executor/precision.py)"),
     "sharded_grads_reduce_each_backward": (False, "FSDP2 keeps unsharded gradients until the "

@@ -59,6 +59,12 @@ class Stack(FrozenModel):
     gradient buffer and on the wire), not in the 16-bit weights' type: Megatron-LM turns
     accumulate_allreduce_grads_in_fp32 on for --bf16, torchtitan's and NeMo AutoModel's FSDP2
     policies reduce in float32. fp16 and fp32 plans keep their own width."""
+    loss_softmax_bytes: float = Field(default=4.0, ge=2.0, le=4.0)
+    """Bytes per logit of the loss's softmax over the vocabulary, the log-probabilities it
+    saves for backward and their gradient: 4 where the loss upcasts the logits to fp32
+    (Megatron-LM's vocab-parallel cross entropy, torchtitan, Hugging Face models), 2 where it
+    runs in the logits' 16-bit dtype (NeMo AutoModel's MaskedCrossEntropy with fp32_upcast
+    false)."""
     optimizer_state: Literal["fp32_master", "fp32_params", "bf16_params"] = "fp32_master"
     """What a 16-bit (bf16 / fp16 / fp8) plan keeps per parameter at rest. `fp32_master`:
     16-bit weights, gradients at their reduced width, and an fp32 master copy with fp32 Adam

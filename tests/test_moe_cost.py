@@ -146,12 +146,12 @@ def test_ep_on_a_dense_model_is_refused(capsys):
 
 def test_moe_validation_set_accuracy_does_not_regress():
     """The shipped MoE runs (planner/validation/moe_runs.json; docs/accuracy.md logs the
-    figures): recorded 14.6% mean, 35.3% max on all 13 (session 25: pipeline passes,
-    Megatron-FSDP's per-backward reduce-scatter, AutoModel's bf16 optimizer state)."""
+    figures): recorded 14.7% mean, 35.3% max on all 13 (session 25: pipeline passes,
+    Megatron-FSDP's per-backward reduce-scatter, AutoModel's bf16 optimizer state and loss)."""
     from planner.validation import compare, summary
     s = summary(compare(load_runs(shipped_set_path("moe"))))
     assert s["count"] == 13
-    assert s["mape_pct"] <= 14.6 + 0.5 and s["max_abs_error_pct"] <= 35.3 + 1.0, s
+    assert s["mape_pct"] <= 14.7 + 0.5 and s["max_abs_error_pct"] <= 35.3 + 1.0, s
 
 
 def test_deepep_kernel_efficiency_moves_dispatch_time_the_documented_way():

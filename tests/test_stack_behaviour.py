@@ -281,3 +281,16 @@ def test_optimizer_state_sets_bytes_per_parameter_at_rest():
     assert got["fp32_params"][1] == pytest.approx(2 * got["bf16_params"][1])
     assert got["bf16_params"][2] < got["fp32_params"][2] < got["fp32_master"][2]
     assert len({v[3] for v in got.values()}) == 1  # fp32 plans: the same 8 bytes of moments
+
+
+def test_loss_softmax_in_16_bits_saves_half_the_logit_memory_and_traffic():
+    """stack.loss_softmax_bytes 2 (NeMo AutoModel's MaskedCrossEntropy, fp32_upcast false)
+    against 4 (an fp32 softmax): the last stage saves 2 bytes less per logit, and the loss's
+    memory-bound passes move less."""
+    kw = dict(cluster="dgx_h100", nodes=1, dp=8, global_batch_size=64, micro_batch_size=2)
+    fp32 = _predict(_flip("torchtitan", loss_softmax_bytes=4.0), **kw)
+    bf16 = _predict(_flip("torchtitan", loss_softmax_bytes=2.0), **kw)
+    logits = 2 * 8192 * 128256  # mbs x seq x vocab (128,256 pads to itself at tp 1)
+    saved = fp32["memory"]["activations_bytes"] - bf16["memory"]["activations_bytes"]
+    assert saved == pytest.approx(2 * logits, rel=1e-6)
+    assert bf16["breakdown"]["compute_s"] < fp32["breakdown"]["compute_s"]

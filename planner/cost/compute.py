@@ -209,15 +209,17 @@ def layer_times(spec: TransformerSpec, gpu: GPU, sh: Shapes, flash: bool,
                       gemm_fwd=sum(p[0] for p in parts[:-1]))
 
 
-def head_times(spec: TransformerSpec, gpu: GPU, sh: Shapes) -> tuple[np.ndarray, np.ndarray]:
-    """Final norm, LM head GEMM and vocab-parallel cross-entropy (fp32 softmax over the logits:
-    read 2 + write 4 + read 4 bytes forward, read 4 + write 2 backward, per logit)."""
+def head_times(spec: TransformerSpec, gpu: GPU, sh: Shapes,
+               softmax_bytes: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
+    """Final norm, LM head GEMM and vocab-parallel cross-entropy (softmax over the logits at
+    `softmax_bytes`, stack.loss_softmax_bytes: per logit read 2 + write s + read s bytes
+    forward, read s + write 2 backward; s = 4 for an fp32 softmax)."""
     tokens = sh.mbs * spec.seq_len / sh.cp
     v = padded_vocab(spec, sh.tp) / sh.tp
     g_f, g_b = _gemms(gpu, sh, tokens, spec.hidden_size, v)
     th = tokens * spec.hidden_size / np.where(sh.sp, sh.tp, 1)
-    ce_f = memory_time(gpu, tokens * v * (sh.act_bytes + 8))
-    ce_b = memory_time(gpu, tokens * v * (4 + sh.act_bytes))
+    ce_f = memory_time(gpu, tokens * v * (sh.act_bytes + 2 * softmax_bytes))
+    ce_b = memory_time(gpu, tokens * v * (softmax_bytes + sh.act_bytes))
     return (g_f + ce_f + memory_time(gpu, th * 2 * sh.act_bytes),
             g_b + ce_b + memory_time(gpu, th * 3 * sh.act_bytes))
 

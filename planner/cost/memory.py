@@ -173,8 +173,9 @@ def stage_activations(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh
     else:
         th = t["th"]
         f_bytes = np.where(np.asarray(first) & spec.is_gpt_family, th, 0.0)  # mask
-        # fp32 softmax of the vocab-parallel loss (Megatron-LM) and the final norm's input
-        h_bytes = np.where(last, logits * 4 + th * e, 0.0)
+        # the loss's saved softmax (fp32 in Megatron-LM's vocab-parallel loss:
+        # stack.loss_softmax_bytes) and the final norm's input
+        h_bytes = np.where(last, logits * cluster.stack.loss_softmax_bytes + th * e, 0.0)
     saved = _saved(spec, P, stage, layers, block, f_bytes, h_bytes)
     transient = np.maximum(full - stored, np.where(last, logits * e, 0.0))
     if spec.moe is not None:  # all-to-all send / receive buffers of the block in flight

@@ -154,7 +154,8 @@ def _block_terms(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Sha
             out[f"{name}.fwd"] = sum(f for f, _ in d.values())
             out[f"{name}.bwd"] = sum(b for _, b in d.values())
     ef, eb = by_shape(lambda s: embedding_times(spec, cluster.gpu, s), sh)
-    hf, hb = by_shape(lambda s: head_times(spec, cluster.gpu, s), sh)
+    hf, hb = by_shape(lambda s: head_times(spec, cluster.gpu, s,
+                                           cluster.stack.loss_softmax_bytes), sh)
     tokens = sh.mbs * spec.seq_len / sh.cp
     ce_comm = 3 * links["tp"].all_reduce(4.0 * tokens)  # vocab-parallel max, sum, target logit
     emb = {"compute": ef + eb, "tp": _embedding_comm(spec, P, sh, links["tp"])}
