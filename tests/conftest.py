@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 
 from planner.hardware import Cluster, load_cluster
@@ -25,3 +29,13 @@ def with_stack(cluster: Cluster, **changes) -> Cluster:
     data = cluster.model_dump()
     data["stack"].update(changes)
     return Cluster.model_validate(data)
+
+
+def predict_cli(plan: dict, transformer: str = "llama3-8b", cluster: str = "dgx_h100",
+                env: dict | None = None) -> subprocess.CompletedProcess:
+    """`paraplan predict -t T -c C --plan P` in a fresh interpreter, output captured (the
+    bad-input tests read its exit status and its one stderr line)."""
+    return subprocess.run([sys.executable, "-m", "planner.cli", "predict", "-t", transformer,
+                           "-c", cluster, "--plan", json.dumps(plan)],
+                          capture_output=True, text=True, env=env)
+

@@ -5,12 +5,10 @@ groups against these, are in tests/test_executor_equivalence.py.)"""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import numpy as np
 import pytest
+
+from tests.conftest import predict_cli
 
 from planner.cost.evaluate import predict
 from planner.export import export, export_problems
@@ -132,10 +130,8 @@ def test_hybrid_sharding_of_experts_is_refused():
 
 
 def test_cli_rejects_a_bad_dp_shard_in_one_line():
-    plan = json.dumps(dict(dp=8, tp=1, pp=1, micro_batch_size=1, global_batch_size=8,
+    out = predict_cli(dict(dp=8, tp=1, pp=1, micro_batch_size=1, global_batch_size=8,
                            zero_stage=3, dp_shard=0))
-    out = subprocess.run([sys.executable, "-m", "planner.cli", "predict", "-t", "llama3-8b",
-                          "-c", "dgx_h100", "--plan", plan], capture_output=True, text=True)
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "dp_shard" in lines[0], out.stderr

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+
+from tests.conftest import predict_cli
 
 import planner.hf_config as hf
 from planner.cli import main
@@ -218,11 +218,8 @@ def test_missing_key_through_the_cli_is_one_line_exit_2(tmp_path):
     d.mkdir()
     cfg = {k: v for k, v in fixture("deepseek-v3").items() if k != "moe_intermediate_size"}
     (d / "config.json").write_text(json.dumps(cfg))
-    plan = json.dumps({"dp": 8, "tp": 1, "pp": 1, "micro_batch_size": 1,
-                       "global_batch_size": 8})
-    r = subprocess.run([sys.executable, "-m", "planner.cli", "predict", "-t", str(d),
-                        "-c", "dgx_h100", "--plan", plan], capture_output=True, text=True,
-                       env={**os.environ, "COLUMNS": "160"})
+    r = predict_cli({"dp": 8, "tp": 1, "pp": 1, "micro_batch_size": 1, "global_batch_size": 8},
+                    str(d), env={**os.environ, "COLUMNS": "160"})
     assert r.returncode == 2
     assert "missing key 'moe_intermediate_size'" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1

@@ -7,11 +7,9 @@ tests/test_executor_equivalence.py and tests/test_moe_executor.py.)"""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
+
+from tests.conftest import predict_cli
 
 from planner.cost.evaluate import predict
 from planner.export import export
@@ -93,9 +91,7 @@ def test_bad_passes_say_why(changes, words):
 
 
 def test_cli_rejects_zero_passes_in_one_line():
-    plan = json.dumps({**PP4, "pipeline_passes": 0})
-    out = subprocess.run([sys.executable, "-m", "planner.cli", "predict", "-t", "llama3-8b",
-                          "-c", "dgx_h100", "--plan", plan], capture_output=True, text=True)
+    out = predict_cli({**PP4, "pipeline_passes": 0})
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "pipeline_passes" in lines[0], out.stderr

@@ -80,18 +80,17 @@ def _saved(spec: TransformerSpec, P: PlanArrays, stage: np.ndarray, layers: np.n
 
 def model_state_bytes(P: PlanArrays, params: np.ndarray, impl: str,
                       shard_over: np.ndarray | None = None,
-                      grad_width: np.ndarray | None = None,
                       widths: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
                       ) -> dict[str, np.ndarray]:
     """Weights, gradients and optimizer bytes at rest for `params` parameters on one rank,
     ZeRO-sharded over `shard_over` ranks (default the ZeRO shard group, dp_shard x cp: dp x cp
-    without hybrid sharding; edp for routed experts). `grad_width`: bytes per gradient
-    element (widths.grad_bytes; default the weights' width)."""
-    if widths is not None:  # (weight, gradient, optimizer) bytes: widths.state_bytes
-        w, g, o = widths
-    else:
-        w, o = weight_bytes(P), np.where(P.precision == 3, 8, 12)
-        g = w if grad_width is None else grad_width
+    without hybrid sharding; edp for routed experts). `widths`: (weight, gradient, optimizer)
+    bytes per parameter (widths.state_bytes; default the ZeRO paper's: gradients at the
+    weights' width, 12 bytes of fp32 master and moments, 8 for fp32 plans)."""
+    if widths is None:
+        w = weight_bytes(P)
+        widths = (w, w, np.where(P.precision == 3, 8, 12))
+    w, g, o = widths
     dpc = P.dp_shard * P.cp if shard_over is None else shard_over
     if impl == "fsdp2":  # every ZeRO stage keeps all three sharded between steps
         shard = np.where(P.zero >= 1, dpc, 1)

@@ -38,8 +38,8 @@ def grad_bytes(P: PlanArrays, stack: Stack) -> np.ndarray:
 
 
 # Bytes per parameter at rest (weights, gradients, optimizer) of 16-bit plans by
-# stack.optimizer_state; None: the weights' and the gradients' widths with 12 bytes of fp32
-# master and moments.
+# stack.optimizer_state; fp32_master, not listed: the weights' and the gradients' widths with
+# 12 bytes of fp32 master and moments.
 _RESIDENT = {"fp32_params": (4.0, 4.0, 8.0), "bf16_params": (2.0, 2.0, 4.0)}
 
 
