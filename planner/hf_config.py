@@ -206,8 +206,9 @@ def _from_gpt_oss(cfg: Config, name: str, what: str) -> TransformerSpec:
     """gpt-oss (configuration_gpt_oss.py): every block is MoE (num_local_experts of
     intermediate_size, top num_experts_per_tok, softmax over the selected experts);
     layer_types marks sliding_attention (a sliding_window-token band) and full_attention blocks,
-    default alternating from a sliding block 0 as the config class builds it. The experts' and
-    attention's biases and the attention sinks are not spec fields (0.04% of gpt-oss-120b)."""
+    default alternating from a sliding block 0 as the config class builds it. The experts carry
+    biases (GptOssExperts gate_up_proj_bias / down_proj_bias: `moe.expert_bias`); the
+    attention's biases and the attention sinks are not spec fields (0.01% of gpt-oss-120b)."""
     spec = _base(cfg, name, what)
     layers = spec["num_layers"]
     types = cfg.get("layer_types") or ["sliding_attention" if (i + 1) % 2 else "full_attention"
@@ -228,7 +229,7 @@ def _from_gpt_oss(cfg: Config, name: str, what: str) -> TransformerSpec:
     return _build(_moe(spec, [True] * layers, what, "num_local_experts",
                        num_experts=_need(cfg, "num_local_experts", what), top_k=top_k,
                        expert_ffn_hidden_size=spec["ffn_hidden_size"],
-                       router="softmax_topk"), what)
+                       router="softmax_topk", expert_bias=True), what)
 
 
 def _from_llama4(cfg: Config, name: str, what: str) -> TransformerSpec:

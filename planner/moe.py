@@ -45,6 +45,11 @@ class MoESpec(FrozenModel):
     """Gate: softmax over experts then top-k (Mixtral, Qwen) or sigmoid scores (DeepSeek-V3)."""
     capacity_factor: float | None = Field(default=None, gt=0)
     """Tokens an expert accepts, as a multiple of the balanced share (null: dropless)."""
+    expert_bias: bool = False
+    """The routed experts' linear layers add a per-expert bias (gpt-oss: gate_up_proj_bias and
+    down_proj_bias of Hugging Face GptOssExperts). Its cost is the stack's
+    (`expert_bias_bytes`: fused into the grouped GEMM, or separate element-wise kernels); its
+    E (2 f + h) parameters per block (0.03% of gpt-oss-120b) are not counted."""
     routing: Literal["learned", "round_robin"] = "learned"
     """How tokens pick experts, for where dispatch traffic goes: `learned` (a trained or
     random-logit router: a token's k experts spread over the expert ranks as if drawn at

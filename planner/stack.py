@@ -22,6 +22,21 @@ DEFAULT_STACK = "megatron-core"
 ATTENTION_KERNELS = ("unfused_softmax", "flash_attention_2", "flash_attention_3", "cudnn", "sdpa")
 
 
+class ExpertBiasBytes(FrozenModel):
+    """HBM bytes per element of a routed expert GEMM's output that adding its bias moves when
+    the stack adds it in separate element-wise kernels (not in the GEMM's epilogue)."""
+
+    up_fwd_bytes: float = Field(ge=0)
+    """Forward, per element of the gate / up projection's output."""
+    down_fwd_bytes: float = Field(ge=0)
+    """Forward, per element of the down projection's output."""
+    up_bwd_bytes: float = Field(ge=0)
+    """Backward (the bias gradient's reduction and any gradient copies), per element of the
+    gate / up output."""
+    down_bwd_bytes: float = Field(ge=0)
+    """Backward, per element of the down projection's output."""
+
+
 class Stack(FrozenModel):
     """What the training stack does, where it changes time or memory (no hardware numbers)."""
 
@@ -176,6 +191,11 @@ class Stack(FrozenModel):
     """Fraction of the link's per-direction bandwidth the dispatcher's dispatch / combine
     kernels reach on large messages, in one kernel per call (no per-peer steps). None: an NCCL
     all-to-all, read off the profile's collective curve with n-1 pairwise steps."""
+    expert_bias_bytes: ExpertBiasBytes | None = None
+    """How MoE expert biases (spec `moe.expert_bias`) are added. None: in the grouped GEMM's
+    epilogue, no HBM pass of their own (Transformer Engine's GroupedLinear takes the biases
+    into its grouped GEMM call, as Megatron-Core's TEGroupedMLP uses it); else separate
+    element-wise kernels moving these bytes per output element."""
     ep_comm_overlap: bool = False
     """Expert-parallel dispatch / combine all-to-alls overlap compute of another micro-batch
     (Megatron-Core overlap_moe_expert_parallel_comm; DeepSeek-V3's DualPipe): exposed EP time is

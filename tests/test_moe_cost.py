@@ -146,12 +146,12 @@ def test_ep_on_a_dense_model_is_refused(capsys):
 
 def test_moe_validation_set_accuracy_does_not_regress():
     """The shipped MoE runs (planner/validation/moe_runs.json; docs/accuracy.md logs the
-    figures): recorded 14.7% mean, 35.3% max on all 13 (session 25: pipeline passes,
-    Megatron-FSDP's per-backward reduce-scatter, AutoModel's bf16 optimizer state and loss)."""
+    figures): recorded 14.3% mean, 35.3% max on all 13 (session 26: AutoModel's separate
+    expert-bias kernels on the gpt-oss rows, its pipelined MoE stages kept gathered)."""
     from planner.validation import compare, summary
     s = summary(compare(load_runs(shipped_set_path("moe"))))
     assert s["count"] == 13
-    assert s["mape_pct"] <= 14.7 + 0.5 and s["max_abs_error_pct"] <= 35.3 + 1.0, s
+    assert s["mape_pct"] <= 14.3 + 0.5 and s["max_abs_error_pct"] <= 35.3 + 1.0, s
 
 
 def test_deepep_kernel_efficiency_moves_dispatch_time_the_documented_way():
@@ -172,6 +172,34 @@ def test_deepep_kernel_efficiency_moves_dispatch_time_the_documented_way():
         times[label] = predict(spec, cluster, plan)["breakdown"]["ep_comm_s"]
     assert base.ep_link_efficiency == 0.86
     assert times["deepep"] < times["nccl"] < times["slow"], times
+
+
+def test_expert_bias_costs_time_only_where_the_stack_adds_it_apart():
+    """gpt-oss's expert biases (spec moe.expert_bias, from the HF import and the preset): NeMo
+    AutoModel adds them in element-wise kernels of their own (stack expert_bias_bytes), which
+    slows the step by the bytes it counts; Megatron-Core's TE GroupedLinear adds them in the
+    GEMM (null), so the same plan's time does not move there; a spec without biases costs
+    nothing extra on either stack."""
+    from planner.cost.moe_cost import _expert_bias
+    from planner.stack import load_stack
+    spec = load_transformer("gpt-oss-120b")
+    assert spec.moe.expert_bias
+    plain = spec.model_copy(update={"moe": spec.moe.model_copy(update={"expert_bias": False})})
+    plan = Plan(dp=64, tp=1, pp=1, ep=64, micro_batch_size=2, global_batch_size=512, zero_stage=3)
+    step = {}
+    for stack in ("nemo-automodel", "megatron-core"):
+        cluster = load_cluster("dgx_h100", 8, stack)
+        step[stack] = [predict(s, cluster, plan)["step_time_s"] for s in (spec, plain)]
+    assert step["nemo-automodel"][0] > step["nemo-automodel"][1] * 1.02, step
+    assert step["megatron-core"][0] == pytest.approx(step["megatron-core"][1], rel=1e-12)
+    # The per-layer bytes: rows x (2f x (8 + 2) + h x (12 + 6)) through HBM.
+    gpu, bias = load_cluster("dgx_h100", 1, "nemo-automodel").gpu, load_stack(
+        "nemo-automodel").expert_bias_bytes
+    rows = np.array([32768.0])
+    f, b = _expert_bias(spec, gpu, rows, np.array([2 * 2880.0]), bias)
+    moved = rows[0] * (2 * 2880 * 10 + 2880 * 18)
+    assert f[0] + b[0] >= moved / (gpu.hbm_bandwidth_GBps * 1e9)
+    assert _expert_bias(plain, gpu, rows, np.array([5760.0]), bias)[0][0] == 0.0
 
 
 def test_unstated_recompute_takes_the_lightest_that_fits():

@@ -32,6 +32,7 @@ from planner.cost.efficiency import gemm_time, memory_time, overlapped, transfer
 from planner.cost.shape_cache import by_shape
 from planner.hardware import GPU, Cluster
 from planner.plan_arrays import R_FULL, PlanArrays
+from planner.stack import ExpertBiasBytes
 from planner.transformer import TransformerSpec
 
 
@@ -105,9 +106,26 @@ def dedup_scales(spec: TransformerSpec, link: Link) -> tuple[np.ndarray, np.ndar
     return np.minimum(1.0, remote), np.minimum(1.0, local)
 
 
+def _expert_bias(spec: TransformerSpec, gpu: GPU, rows: np.ndarray, up: np.ndarray,
+                 bias: ExpertBiasBytes | None) -> tuple[np.ndarray, np.ndarray]:
+    """(forward, backward) seconds of adding the experts' biases in element-wise kernels of
+    their own (stack.expert_bias_bytes; zero where the spec has none or the GEMM epilogue adds
+    them). Each projection's add is counted as two kernels: the per-expert adds and the copy
+    that joins their outputs."""
+    if not spec.moe.expert_bias or bias is None:
+        return np.zeros_like(rows), np.zeros_like(rows)
+    h = spec.hidden_size
+    fwd = (memory_time(gpu, rows * up * bias.up_fwd_bytes / 2, 2)
+           + memory_time(gpu, rows * h * bias.down_fwd_bytes / 2, 2))
+    bwd = (memory_time(gpu, rows * up * bias.up_bwd_bytes / 2, 2)
+           + memory_time(gpu, rows * h * bias.down_bwd_bytes / 2, 2))
+    return fwd, bwd
+
+
 def moe_ffn_times(spec: TransformerSpec, gpu: GPU, sh: Shapes, links: dict[str, Link],
                   traffic: float = 1.0, dispatcher: str = "alltoall",
-                  kernel_efficiency: float | None = None) -> MoETimes:
+                  kernel_efficiency: float | None = None,
+                  bias_bytes: ExpertBiasBytes | None = None) -> MoETimes:
     """The MoE FFN of one block (see module docstring)."""
     m, h = spec.moe, spec.hidden_size
     mats = 3 if spec.mlp == "swiglu" else 2
@@ -119,6 +137,8 @@ def moe_ffn_times(spec: TransformerSpec, gpu: GPU, sh: Shapes, links: dict[str, 
     rows = routed_rows(spec, sh) * imb
     f_e = m.expert_ffn_hidden_size / sh.etp
     exp_f, exp_b = _expert_gemms(gpu, sh, rows / local, h, f_e, mats, local)
+    bias_f, bias_b = _expert_bias(spec, gpu, rows, (mats - 1) * f_e, bias_bytes)
+    exp_f, exp_b = exp_f + bias_f, exp_b + bias_b
     # Activation of the routed experts: swiglu reads gate and up, writes the product.
     act = rows * f_e * e * traffic
     act_f = memory_time(gpu, act * (3 if mats == 3 else 2))
@@ -173,7 +193,7 @@ def per_moe_layer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Sh
     traffic = cluster.stack.elementwise_traffic
     mf, mb, _ = by_shape(lambda s: mlp_times(spec, cluster.gpu, s, traffic), sh)
     mo = moe_ffn_times(spec, cluster.gpu, sh, links, traffic, cluster.stack.ep_dispatcher,
-                       cluster.stack.ep_link_efficiency)
+                       cluster.stack.ep_link_efficiency, cluster.stack.expert_bias_bytes)
     full = P.recompute == R_FULL
     cf, cb = dense["compute"]
     fwd = cf - mf + mo.fwd
