@@ -74,6 +74,10 @@ class Stack(FrozenModel):
     gradient buffer and on the wire), not in the 16-bit weights' type: Megatron-LM turns
     accumulate_allreduce_grads_in_fp32 on for --bf16, torchtitan's and NeMo AutoModel's FSDP2
     policies reduce in float32. fp16 and fp32 plans keep their own width."""
+    wgrad_accumulates_in_gemm: bool = False
+    """Weight-gradient GEMMs accumulate into the gradient buffer themselves (beta = 1), reading
+    and writing it at its width every micro-batch: Megatron's gradient-accumulation fusion
+    (TE fuse_wgrad_accumulation into main_grad). False: the GEMM writes a fresh gradient once."""
     loss_softmax_bytes: float = Field(default=4.0, ge=2.0, le=4.0)
     """Bytes per logit of the loss's softmax over the vocabulary, the log-probabilities it
     saves for backward and their gradient: 4 where the loss upcasts the logits to fp32

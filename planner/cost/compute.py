@@ -42,6 +42,8 @@ class Shapes:
     gemm_bytes: np.ndarray  # bytes per GEMM input element (1 for fp8)
     cast_bytes: np.ndarray | float = 0.0  # HBM bytes per operand element cast to fp8 (0: none)
     attn_eff: float | None = None  # the stack's attention kernel on this GPU (None: profile's)
+    wgrad_bytes: float | None = None  # HBM bytes per weight-gradient element of a wgrad GEMM
+    # (None: one write at gemm_bytes; stack.wgrad_accumulates_in_gemm: read + write of the buffer)
     ep: np.ndarray | float = 1.0   # expert parallel (MoE blocks, planner/cost/moe_cost.py)
     etp: np.ndarray | float = 1.0  # expert tensor parallel
 
@@ -84,7 +86,8 @@ class Shapes:
         return small, inverse.reshape(-1)
 
 
-# The per-plan fields of Shapes (cast_bytes and attn_eff are one value for the whole call).
+# The per-plan fields of Shapes (cast_bytes, attn_eff and wgrad_bytes are one value for the
+# whole call).
 PER_PLAN_FIELDS = ("tp", "cp", "mbs", "sp", "peak", "attn_peak", "fp8", "act_bytes", "gemm_bytes",
                    "ep", "etp")
 
@@ -104,7 +107,8 @@ def _gemms(gpu: GPU, sh: Shapes, m, k, n) -> tuple[np.ndarray, np.ndarray]:
     """(forward, backward) time of one linear layer: y = x W with x (m x k), W (k x n)."""
     fwd = gemm_time(gpu, sh.peak, sh.fp8, m, k, n, sh.gemm_bytes)
     bwd = (gemm_time(gpu, sh.peak, sh.fp8, m, n, k, sh.gemm_bytes)      # input grad
-           + gemm_time(gpu, sh.peak, sh.fp8, k, m, n, sh.gemm_bytes))   # weight grad
+           + gemm_time(gpu, sh.peak, sh.fp8, k, m, n, sh.gemm_bytes,      # weight grad
+                       out_bytes=sh.wgrad_bytes))
     # fp8 plans quantize the operands first (amax, scale, cast: stack.fp8_cast_bytes_per_element
     # per element): activation and weight forward, the output gradient backward (Transformer
     # Engine keeps the forward casts' transposes for the backward GEMMs; Micikevicius et al.

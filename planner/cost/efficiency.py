@@ -18,10 +18,13 @@ def curve(points: Sequence[Sequence[float]], x: np.ndarray) -> np.ndarray:
 
 
 def gemm_time(gpu: GPU, peak: np.ndarray, fp8: np.ndarray, m: np.ndarray, k: np.ndarray,
-              n: np.ndarray, elem_bytes: np.ndarray, count: np.ndarray | float = 1.0) -> np.ndarray:
+              n: np.ndarray, elem_bytes: np.ndarray, count: np.ndarray | float = 1.0,
+              out_bytes: np.ndarray | float | None = None) -> np.ndarray:
     """Seconds for `count` GEMMs of shape (m x k) @ (k x n): the slower of compute at the
     size-dependent efficiency and the HBM traffic of reading both inputs and writing the output
-    (a roofline; small or skinny GEMMs are memory-bound)."""
+    (a roofline; small or skinny GEMMs are memory-bound). `out_bytes`: HBM bytes per output
+    element where they differ from one write at `elem_bytes` (a GEMM accumulating into an
+    existing fp32 buffer reads and writes it: 8)."""
     flops = 2.0 * m * k * n
     # sustained_clock_fraction: the power-limited clock of a long training run over the
     # micro-benchmark's (the GPU profile's source says where each figure comes from).
@@ -29,7 +32,8 @@ def gemm_time(gpu: GPU, peak: np.ndarray, fp8: np.ndarray, m: np.ndarray, k: np.
            * gpu.sustained_clock_fraction
            * np.where(fp8, gpu.fp8_gemm_scale, 1.0))
     t_compute = flops / (peak * eff)
-    t_memory = transfer_time(gpu, elem_bytes * (m * k + k * n + m * n))
+    out = elem_bytes if out_bytes is None else out_bytes
+    t_memory = transfer_time(gpu, elem_bytes * (m * k + k * n) + out * m * n)
     # The fixed per-kernel cost is paid once, outside the roofline's max: inside it, it would
     # hide the compute time of every GEMM smaller than the overhead.
     return count * (np.maximum(t_compute, t_memory) + gpu.kernel_overhead_s)

@@ -60,9 +60,11 @@ def _expert_gemms(gpu: GPU, sh: Shapes, rows: np.ndarray, h: int, f: np.ndarray,
     fwd = (gemm_time(gpu, sh.peak, sh.fp8, rows, h, up, sh.gemm_bytes, experts)
            + gemm_time(gpu, sh.peak, sh.fp8, rows, f, h, sh.gemm_bytes, experts))
     bwd = (gemm_time(gpu, sh.peak, sh.fp8, rows, up, h, sh.gemm_bytes, experts)
-           + gemm_time(gpu, sh.peak, sh.fp8, h, rows, up, sh.gemm_bytes, experts)
+           + gemm_time(gpu, sh.peak, sh.fp8, h, rows, up, sh.gemm_bytes, experts,
+                       out_bytes=sh.wgrad_bytes)
            + gemm_time(gpu, sh.peak, sh.fp8, rows, h, f, sh.gemm_bytes, experts)
-           + gemm_time(gpu, sh.peak, sh.fp8, f, rows, h, sh.gemm_bytes, experts))
+           + gemm_time(gpu, sh.peak, sh.fp8, f, rows, h, sh.gemm_bytes, experts,
+                       out_bytes=sh.wgrad_bytes))
     cast = np.where(sh.fp8, sh.cast_bytes, 0.0)
     fwd = fwd + transfer_time(gpu, cast * experts * (rows * h + h * up + rows * f + f * h))
     bwd = bwd + transfer_time(gpu, cast * experts * rows * (up + h))

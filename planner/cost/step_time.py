@@ -59,7 +59,17 @@ def shapes(cluster: Cluster, P: PlanArrays) -> Shapes:
                   cast_bytes=cluster.stack.fp8_cast_bytes_per_element,
                   attn_eff=cluster.gpu.attention_efficiency_by_kernel.get(
                       cluster.stack.attention_kernel),
+                  wgrad_bytes=_wgrad_bytes(cluster),
                   ep=P.ep.astype(float), etp=P.etp.astype(float), plans=P)
+
+
+def _wgrad_bytes(cluster: Cluster) -> float | None:
+    """Bytes per weight-gradient element a weight-gradient GEMM moves where it accumulates into
+    the gradient buffer (stack.wgrad_accumulates_in_gemm: the buffer read and written at its
+    width, fp32 where gradients are reduced in fp32); None: written once."""
+    if not cluster.stack.wgrad_accumulates_in_gemm:
+        return None
+    return 2.0 * (4.0 if cluster.stack.grad_reduce_fp32 else 2.0)
 
 
 def _per_layer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
