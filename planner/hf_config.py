@@ -207,8 +207,9 @@ def _from_gpt_oss(cfg: Config, name: str, what: str) -> TransformerSpec:
     intermediate_size, top num_experts_per_tok, softmax over the selected experts);
     layer_types marks sliding_attention (a sliding_window-token band) and full_attention blocks,
     default alternating from a sliding block 0 as the config class builds it. The experts carry
-    biases (GptOssExperts gate_up_proj_bias / down_proj_bias: `moe.expert_bias`); the
-    attention's biases and the attention sinks are not spec fields (0.01% of gpt-oss-120b)."""
+    biases (GptOssExperts gate_up_proj_bias / down_proj_bias: `moe.expert_bias`) and its
+    attention learned sinks (GptOssAttention.sinks: `attention.sinks`); the attention's biases
+    are not a spec field (0.01% of gpt-oss-120b)."""
     spec = _base(cfg, name, what)
     layers = spec["num_layers"]
     types = cfg.get("layer_types") or ["sliding_attention" if (i + 1) % 2 else "full_attention"
@@ -224,7 +225,7 @@ def _from_gpt_oss(cfg: Config, name: str, what: str) -> TransformerSpec:
                              "the spec needs every n-th block full (attention.full_attention_"
                              "every)")
         spec["attention"] = {"kind": "gqa", "sliding_window": window,
-                             "full_attention_every": layers // full}
+                             "full_attention_every": layers // full, "sinks": True}
     top_k = cfg.get("num_experts_per_tok") or _need(cfg, "experts_per_token", what)
     return _build(_moe(spec, [True] * layers, what, "num_local_experts",
                        num_experts=_need(cfg, "num_local_experts", what), top_k=top_k,

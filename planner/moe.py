@@ -101,6 +101,10 @@ class WindowAttention(FrozenModel):
     """Tokens a query attends to on windowed layers."""
     full_attention_every: int = Field(default=2, ge=1)
     """Every full_attention_every-th layer attends to the whole sequence (the others windowed)."""
+    sinks: bool = False
+    """Learned per-head attention sinks: one extra logit per head in the softmax's denominator
+    (gpt-oss: GptOssAttention.sinks). Their cost is the stack's (`attention_sink_*_bytes`: in
+    the kernel, or a rescale of its output); their parameters (one per head) are not counted."""
 
 
 Attention = Union[MLAAttention, WindowAttention]

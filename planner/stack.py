@@ -195,6 +195,16 @@ class Stack(FrozenModel):
     """Fraction of the link's per-direction bandwidth the dispatcher's dispatch / combine
     kernels reach on large messages, in one kernel per call (no per-peer steps). None: an NCCL
     all-to-all, read off the profile's collective curve with n-1 pairwise steps."""
+    attention_layout_copy_bytes: float = Field(default=0.0, ge=0)
+    """HBM bytes per element of q, k, v and the attention output that layout copies around the
+    attention kernel move, forward and again backward (a model that transposes to the kernel's
+    [batch, head, seq, dim] and back with .contiguous(): 2 read + 2 written). 0: the kernel
+    takes the model's layout."""
+    attention_sink_fwd_bytes: float = Field(default=0.0, ge=0)
+    """HBM bytes per attention-output element of applying attention sinks (spec
+    attention.sinks) outside the kernel in the forward (0: the kernel's softmax has them)."""
+    attention_sink_bwd_bytes: float = Field(default=0.0, ge=0)
+    """The same for the backward."""
     expert_bias_bytes: ExpertBiasBytes | None = None
     """How MoE expert biases (spec `moe.expert_bias`) are added. None: in the grouped GEMM's
     epilogue, no HBM pass of their own (Transformer Engine's GroupedLinear takes the biases

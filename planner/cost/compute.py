@@ -42,6 +42,8 @@ class Shapes:
     gemm_bytes: np.ndarray  # bytes per GEMM input element (1 for fp8)
     cast_bytes: np.ndarray | float = 0.0  # HBM bytes per operand element cast to fp8 (0: none)
     attn_eff: float | None = None  # the stack's attention kernel on this GPU (None: profile's)
+    attn_copy_bytes: float = 0.0   # stack.attention_layout_copy_bytes
+    sink_bytes: tuple[float, float] = (0.0, 0.0)  # stack.attention_sink_{fwd,bwd}_bytes
     wgrad_bytes: float | None = None  # HBM bytes per weight-gradient element of a wgrad GEMM
     # (None: one write at gemm_bytes; stack.wgrad_accumulates_in_gemm: read + write of the buffer)
     ep: np.ndarray | float = 1.0   # expert parallel (MoE blocks, planner/cost/moe_cost.py)
@@ -132,7 +134,8 @@ def _attention(spec: TransformerSpec, gpu: GPU, sh: Shapes, flash: bool,
         eff = gpu.attention_efficiency if sh.attn_eff is None else sh.attn_eff
         fwd = done / (sh.attn_peak * eff * gpu.sustained_clock_fraction
                       ) + gpu.kernel_overhead_s
-        return fwd, 2.5 * fwd
+        extra_f, extra_b = _attention_wrapper(spec, gpu, sh, tokens)
+        return fwd + extra_f, 2.5 * fwd + extra_b
     # Unfused (Megatron-LM 2021): batched GEMMs for Q K^T and P V over b*heads, and the s x s
     # scores through HBM for scale+mask+softmax (+ dropout for the GPT family: 2+2 bytes r/w, 1
     # byte mask).
@@ -147,6 +150,20 @@ def _attention(spec: TransformerSpec, gpu: GPU, sh: Shapes, flash: bool,
     soft_b = memory_time(gpu, elems * 3 * sh.act_bytes) + drop * memory_time(
         gpu, elems * (2 * sh.act_bytes + 1))
     return qk + pv + soft_f, 2 * (qk + pv) + soft_b
+
+
+def _attention_wrapper(spec: TransformerSpec, gpu: GPU, sh: Shapes,
+                       tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Work around a fused attention kernel: layout copies of q, k, v and the output (four
+    kernels each way) and sinks applied to the output outside the kernel (a multiply and a
+    cast forward; their gradients backward), as the stack does them."""
+    io = tokens * (2 * spec.q_dim + 2 * spec.kv_dim) / sh.tp
+    fwd = bwd = memory_time(gpu, io * sh.attn_copy_bytes / 4, 4) if sh.attn_copy_bytes else 0.0
+    if getattr(spec.attention, "sinks", False) and sh.sink_bytes[0] + sh.sink_bytes[1] > 0:
+        out = tokens * spec.q_dim / sh.tp
+        fwd = fwd + memory_time(gpu, out * sh.sink_bytes[0] / 2, 2)
+        bwd = bwd + memory_time(gpu, out * sh.sink_bytes[1] / 4, 4)
+    return fwd, bwd
 
 
 def _elementwise(spec: TransformerSpec, gpu: GPU, sh: Shapes, tokens: np.ndarray,

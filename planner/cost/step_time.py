@@ -59,6 +59,9 @@ def shapes(cluster: Cluster, P: PlanArrays) -> Shapes:
                   cast_bytes=cluster.stack.fp8_cast_bytes_per_element,
                   attn_eff=cluster.gpu.attention_efficiency_by_kernel.get(
                       cluster.stack.attention_kernel),
+                  attn_copy_bytes=cluster.stack.attention_layout_copy_bytes,
+                  sink_bytes=(cluster.stack.attention_sink_fwd_bytes,
+                              cluster.stack.attention_sink_bwd_bytes),
                   wgrad_bytes=_wgrad_bytes(cluster),
                   ep=P.ep.astype(float), etp=P.etp.astype(float), plans=P)
 

@@ -172,12 +172,15 @@ def _run_map(name: str) -> dict[str, dict]:
 
 def run_transformer(run: PublishedRun) -> TransformerSpec:
     """The spec a run is predicted with: its own, with the MoE routing its benchmark forced
-    (spec_map.json) where that differs from a learned router."""
+    (spec_map.json) where that differs from a learned router, and the spec keys its file
+    predates (gpt-oss's expert biases and attention sinks)."""
     mapped = _run_map("spec_map").get(run.name)
     if not mapped or run.transformer.moe is None:
         return run.transformer
-    moe = run.transformer.moe.model_copy(update=mapped.get("moe", {}))
-    return run.transformer.model_copy(update={"moe": moe})
+    update = {"moe": run.transformer.moe.model_copy(update=mapped.get("moe", {}))}
+    if "attention" in mapped and run.transformer.attention is not None:
+        update["attention"] = run.transformer.attention.model_copy(update=mapped["attention"])
+    return run.transformer.model_copy(update=update)
 
 
 def run_published_plan(run: PublishedRun) -> Plan:
