@@ -205,6 +205,18 @@ class Stack(FrozenModel):
     attention.sinks) outside the kernel in the forward (0: the kernel's softmax has them)."""
     attention_sink_bwd_bytes: float = Field(default=0.0, ge=0)
     """The same for the backward."""
+    mla_assembly_bytes: float = Field(default=4.0, ge=0)
+    """HBM bytes per element of MLA's assembled queries and keys (heads x (nope + rope) each
+    per token), forward and again backward, for building them from their no-rope and rotary
+    parts: a 2-byte read and a 2-byte write, whether by torch.cat (NeMo AutoModel's and
+    torchtitan's DeepSeek-V3 attention) or Megatron-Core's fused MLA RoPE kernels, which read q
+    and the compressed kv and write query, key and value; the gradients are split back alike.
+    Dense and GQA attention: not applied."""
+    mla_rope_fwd_bytes: float = Field(default=0.0, ge=0)
+    """HBM bytes per element of MLA's rotary query part (heads x rope per token) of a RoPE
+    applied outside a fused kernel, forward (0: fused into the assembly)."""
+    mla_rope_bwd_bytes: float = Field(default=0.0, ge=0)
+    """The same for the backward."""
     expert_bias_bytes: ExpertBiasBytes | None = None
     """How MoE expert biases (spec `moe.expert_bias`) are added. None: in the grouped GEMM's
     epilogue, no HBM pass of their own (Transformer Engine's GroupedLinear takes the biases

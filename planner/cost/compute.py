@@ -44,6 +44,8 @@ class Shapes:
     attn_eff: float | None = None  # the stack's attention kernel on this GPU (None: profile's)
     attn_copy_bytes: float = 0.0   # stack.attention_layout_copy_bytes
     sink_bytes: tuple[float, float] = (0.0, 0.0)  # stack.attention_sink_{fwd,bwd}_bytes
+    mla_bytes: tuple[float, float, float] = (0.0, 0.0, 0.0)  # stack.mla_assembly_bytes,
+    # mla_rope_fwd_bytes, mla_rope_bwd_bytes
     wgrad_bytes: float | None = None  # HBM bytes per weight-gradient element of a wgrad GEMM
     # (None: one write at gemm_bytes; stack.wgrad_accumulates_in_gemm: read + write of the buffer)
     ep: np.ndarray | float = 1.0   # expert parallel (MoE blocks, planner/cost/moe_cost.py)
@@ -159,6 +161,17 @@ def _attention_wrapper(spec: TransformerSpec, gpu: GPU, sh: Shapes,
     cast forward; their gradients backward), as the stack does them."""
     io = tokens * (2 * spec.q_dim + 2 * spec.kv_dim) / sh.tp
     fwd = bwd = memory_time(gpu, io * sh.attn_copy_bytes / 4, 4) if sh.attn_copy_bytes else 0.0
+    if isinstance(spec.attention, MLAAttention):
+        # MLA: queries and keys assembled from their no-rope and rotary parts (one read, one
+        # write), and the rotary query part rotated outside a fused kernel where the stack does.
+        mla, heads = spec.attention, tokens * spec.num_attention_heads / sh.tp
+        asm, rope_f, rope_b = sh.mla_bytes
+        qk = heads * 2 * (mla.qk_nope_head_dim + mla.qk_rope_head_dim) * asm
+        rope = heads * mla.qk_rope_head_dim
+        fwd = fwd + memory_time(gpu, qk / 2, 2) + (memory_time(gpu, rope * rope_f / 3, 3)
+                                                  if rope_f else 0.0)
+        bwd = bwd + memory_time(gpu, qk / 2, 2) + (memory_time(gpu, rope * rope_b / 3, 3)
+                                                  if rope_b else 0.0)
     if getattr(spec.attention, "sinks", False) and sh.sink_bytes[0] + sh.sink_bytes[1] > 0:
         out = tokens * spec.q_dim / sh.tp
         fwd = fwd + memory_time(gpu, out * sh.sink_bytes[0] / 2, 2)

@@ -62,6 +62,8 @@ def shapes(cluster: Cluster, P: PlanArrays) -> Shapes:
                   attn_copy_bytes=cluster.stack.attention_layout_copy_bytes,
                   sink_bytes=(cluster.stack.attention_sink_fwd_bytes,
                               cluster.stack.attention_sink_bwd_bytes),
+                  mla_bytes=(cluster.stack.mla_assembly_bytes, cluster.stack.mla_rope_fwd_bytes,
+                             cluster.stack.mla_rope_bwd_bytes),
                   wgrad_bytes=_wgrad_bytes(cluster),
                   ep=P.ep.astype(float), etp=P.etp.astype(float), plans=P)
 
