@@ -60,8 +60,9 @@ class MoESpec(FrozenModel):
     """Tokens of the most loaded expert-parallel rank over the balanced share (the critical
     path of dispatch and expert compute). 1.0: balanced, what benchmark runs that force uniform
     routing measure, and near what auxiliary-loss-free balancing holds at steady state
-    (DeepSeek-V3, arXiv 2412.19437, section 2.1.2). No published per-rank figure for
-    aux-loss-balanced training was found; set it from a measured run."""
+    (DeepSeek-V3, arXiv 2412.19437, section 2.1.2). Dropless auxiliary-loss routing at ep 8
+    measured 1.8-2.0 (Qwen3-235B on 256 H100, Megatron-MoE-ModelZoo's forced / dropless pairs,
+    read through this model: benchmarks/dropless_imbalance.py); set it for such runs."""
 
     @model_validator(mode="after")
     def _k(self) -> "MoESpec":

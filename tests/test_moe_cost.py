@@ -146,14 +146,15 @@ def test_ep_on_a_dense_model_is_refused(capsys):
 
 def test_moe_validation_set_accuracy_does_not_regress():
     """The shipped MoE runs (planner/validation/moe_runs.json; docs/accuracy.md logs the
-    figures): recorded 13.3% mean, 33.9% max on all 13 (session 26: AutoModel's separate
+    figures): recorded 11.9% mean, 28.6% max on all 13 (session 26: AutoModel's separate
     expert-bias kernels, attention-sink rescale and layout copies on the gpt-oss rows, its
     pipelined MoE stages kept gathered, Megatron's wgrad accumulation into main_grad, MLA's
-    query / key assembly and AutoModel's unfused float32 RoPE)."""
+    query / key assembly and AutoModel's unfused float32 RoPE, and the dropless tp4 ep8 row's
+    load imbalance from the same source's forced / dropless pairs)."""
     from planner.validation import compare, summary
     s = summary(compare(load_runs(shipped_set_path("moe"))))
     assert s["count"] == 13
-    assert s["mape_pct"] <= 13.3 + 0.5 and s["max_abs_error_pct"] <= 33.9 + 1.0, s
+    assert s["mape_pct"] <= 11.9 + 0.5 and s["max_abs_error_pct"] <= 28.6 + 1.0, s
 
 
 def test_deepep_kernel_efficiency_moves_dispatch_time_the_documented_way():
@@ -274,6 +275,26 @@ def test_wgrad_accumulation_fusion_costs_where_expert_gemms_are_small():
         assert t[True] >= t[False] * lo, (spec.name, t)
         if lo == 1.0:
             assert t[True] <= t[False] * 1.005, t
+
+
+def test_load_imbalance_slows_time_but_not_stored_activations():
+    """moe.load_imbalance sets the critical path (the most loaded rank of every block), so
+    step time grows with it; which rank is most loaded changes from block to block, so the
+    activations a rank stores over its stage stay at the balanced share and only the one
+    dispatching block's buffers grow (the dropless tp4 ep8 ModelZoo row ran within 80 GiB)."""
+    spec = load_transformer("qwen3-235b-a22b")
+    plan = Plan(dp=8, tp=4, pp=8, ep=8, micro_batch_size=1, global_batch_size=2048,
+                virtual_pipeline_stages=4, schedule="interleaved_1f1b", zero_stage=1,
+                sequence_parallel=True)
+    cluster = load_cluster("dgx_h100", 32, "megatron-core-deepep")
+    out = {}
+    for imb in (1.0, 1.79):
+        s = spec.model_copy(update={"moe": spec.moe.model_copy(update={"load_imbalance": imb})})
+        out[imb] = predict(s, cluster, plan)
+    assert out[1.79]["step_time_s"] > out[1.0]["step_time_s"] * 1.1
+    grow = out[1.79]["memory"]["peak_bytes"] / out[1.0]["memory"]["peak_bytes"]
+    assert out[1.79]["memory"]["activations_bytes"] == out[1.0]["memory"]["activations_bytes"]
+    assert 1.0 <= grow < 1.05, grow
 
 
 def test_unstated_recompute_takes_the_lightest_that_fits():

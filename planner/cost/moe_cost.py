@@ -173,17 +173,20 @@ def moe_activation_bytes(spec: TransformerSpec, sh: Shapes) -> tuple[np.ndarray,
     """(stored, transient) bytes of one MoE FFN per micro-batch beyond the block input: router
     scores (fp32), the permuted expert inputs, the experts' gate / up / product, the expert
     outputs kept for the combine's weight gradient, the shared experts' like a dense MLP; and
-    the all-to-all send and receive buffers alive during dispatch."""
+    the all-to-all send and receive buffers alive during dispatch. Stored bytes take the
+    balanced share: which rank is the most loaded changes from block to block, so over a
+    stage's blocks a rank holds the mean (load_imbalance sets the critical path of time, and
+    the transient buffers of the one block dispatching)."""
     m, h, e = spec.moe, spec.hidden_size, sh.act_bytes
     tokens = sh.mbs * spec.seq_len / sh.cp
-    rows = routed_rows(spec, sh) * m.load_imbalance
+    rows = routed_rows(spec, sh)
     mats = 3 if spec.mlp == "swiglu" else 2
     f_e = m.expert_ffn_hidden_size / sh.etp
     stored = (tokens / sh.tp * m.num_experts * 4.0 * 2 + rows * h * e * 2
               + mats * rows * f_e * e)
     if m.num_shared_experts:
         stored = stored + mats * tokens * m.num_shared_experts * m.shared_width / sh.tp * e
-    transient = 2.0 * rows * h * e
+    transient = 2.0 * rows * m.load_imbalance * h * e
     return stored, transient
 
 
