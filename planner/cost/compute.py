@@ -25,6 +25,7 @@ from planner.transformer import TransformerSpec
 
 if TYPE_CHECKING:
     from planner.plan_arrays import PlanArrays
+    from planner.stack import Stack
 
 
 @dataclass(frozen=True)
@@ -42,18 +43,24 @@ class Shapes:
     gemm_bytes: np.ndarray  # bytes per GEMM input element (1 for fp8)
     cast_bytes: np.ndarray | float = 0.0  # HBM bytes per operand element cast to fp8 (0: none)
     attn_eff: float | None = None  # the stack's attention kernel on this GPU (None: profile's)
-    attn_copy_bytes: float = 0.0   # stack.attention_layout_copy_bytes
-    sink_bytes: tuple[float, float] = (0.0, 0.0)  # stack.attention_sink_{fwd,bwd}_bytes
-    mla_bytes: tuple[float, float, float] = (0.0, 0.0, 0.0)  # stack.mla_assembly_bytes,
-    # mla_rope_fwd_bytes, mla_rope_bwd_bytes
-    wgrad_bytes: float | None = None  # HBM bytes per weight-gradient element of a wgrad GEMM
-    # (None: one write at gemm_bytes; stack.wgrad_accumulates_in_gemm: read + write of the buffer)
     ep: np.ndarray | float = 1.0   # expert parallel (MoE blocks, planner/cost/moe_cost.py)
     etp: np.ndarray | float = 1.0  # expert tensor parallel
+    stack: "Stack | None" = dataclasses.field(default=None, repr=False, compare=False)
+    """The stack these shapes run under, for its whole-call byte counts (wgrad accumulation,
+    the passes around the attention kernel); None: none of them."""
 
     plans: "PlanArrays | None" = dataclasses.field(default=None, repr=False, compare=False)
     """The PlanArrays these shapes are of (None: unknown): its groups give `distinct`
     without sorting the float columns."""
+
+    @property
+    def wgrad_bytes(self) -> float | None:
+        """Bytes per weight-gradient element a weight-gradient GEMM moves where it accumulates
+        into the gradient buffer (stack.wgrad_accumulates_in_gemm: the buffer read and written
+        at its width, fp32 where gradients are reduced in fp32); None: written once."""
+        if self.stack is None or not self.stack.wgrad_accumulates_in_gemm:
+            return None
+        return 2.0 * (4.0 if self.stack.grad_reduce_fp32 else 2.0)
 
     @cached_property
     def distinct(self) -> "tuple[Shapes, np.ndarray] | None":
@@ -90,8 +97,8 @@ class Shapes:
         return small, inverse.reshape(-1)
 
 
-# The per-plan fields of Shapes (cast_bytes, attn_eff and wgrad_bytes are one value for the
-# whole call).
+# The per-plan fields of Shapes (cast_bytes, attn_eff and stack are one value for the whole
+# call).
 PER_PLAN_FIELDS = ("tp", "cp", "mbs", "sp", "peak", "attn_peak", "fp8", "act_bytes", "gemm_bytes",
                    "ep", "etp")
 
@@ -159,23 +166,28 @@ def _attention_wrapper(spec: TransformerSpec, gpu: GPU, sh: Shapes,
     """Work around a fused attention kernel: layout copies of q, k, v and the output (four
     kernels each way) and sinks applied to the output outside the kernel (a multiply and a
     cast forward; their gradients backward), as the stack does them."""
+    st = sh.stack
+    if st is None:
+        return 0.0, 0.0
+
+    def passes(elems, nbytes: float, kernels: int):
+        """`kernels` element-wise kernels moving `nbytes` per element in all (none if 0)."""
+        return memory_time(gpu, elems * nbytes / kernels, kernels) if nbytes else 0.0
+
     io = tokens * (2 * spec.q_dim + 2 * spec.kv_dim) / sh.tp
-    fwd = bwd = memory_time(gpu, io * sh.attn_copy_bytes / 4, 4) if sh.attn_copy_bytes else 0.0
+    fwd = bwd = passes(io, st.attention_layout_copy_bytes, 4)
     if isinstance(spec.attention, MLAAttention):
         # MLA: queries and keys assembled from their no-rope and rotary parts (one read, one
         # write), and the rotary query part rotated outside a fused kernel where the stack does.
         mla, heads = spec.attention, tokens * spec.num_attention_heads / sh.tp
-        asm, rope_f, rope_b = sh.mla_bytes
-        qk = heads * 2 * (mla.qk_nope_head_dim + mla.qk_rope_head_dim) * asm
+        qk = heads * 2 * (mla.qk_nope_head_dim + mla.qk_rope_head_dim)
         rope = heads * mla.qk_rope_head_dim
-        fwd = fwd + memory_time(gpu, qk / 2, 2) + (memory_time(gpu, rope * rope_f / 3, 3)
-                                                  if rope_f else 0.0)
-        bwd = bwd + memory_time(gpu, qk / 2, 2) + (memory_time(gpu, rope * rope_b / 3, 3)
-                                                  if rope_b else 0.0)
-    if getattr(spec.attention, "sinks", False) and sh.sink_bytes[0] + sh.sink_bytes[1] > 0:
+        fwd = fwd + passes(qk, st.mla_assembly_bytes, 2) + passes(rope, st.mla_rope_fwd_bytes, 3)
+        bwd = bwd + passes(qk, st.mla_assembly_bytes, 2) + passes(rope, st.mla_rope_bwd_bytes, 3)
+    if getattr(spec.attention, "sinks", False):
         out = tokens * spec.q_dim / sh.tp
-        fwd = fwd + memory_time(gpu, out * sh.sink_bytes[0] / 2, 2)
-        bwd = bwd + memory_time(gpu, out * sh.sink_bytes[1] / 4, 4)
+        fwd = fwd + passes(out, st.attention_sink_fwd_bytes, 2)
+        bwd = bwd + passes(out, st.attention_sink_bwd_bytes, 4)
     return fwd, bwd
 
 

@@ -59,22 +59,7 @@ def shapes(cluster: Cluster, P: PlanArrays) -> Shapes:
                   cast_bytes=cluster.stack.fp8_cast_bytes_per_element,
                   attn_eff=cluster.gpu.attention_efficiency_by_kernel.get(
                       cluster.stack.attention_kernel),
-                  attn_copy_bytes=cluster.stack.attention_layout_copy_bytes,
-                  sink_bytes=(cluster.stack.attention_sink_fwd_bytes,
-                              cluster.stack.attention_sink_bwd_bytes),
-                  mla_bytes=(cluster.stack.mla_assembly_bytes, cluster.stack.mla_rope_fwd_bytes,
-                             cluster.stack.mla_rope_bwd_bytes),
-                  wgrad_bytes=_wgrad_bytes(cluster),
-                  ep=P.ep.astype(float), etp=P.etp.astype(float), plans=P)
-
-
-def _wgrad_bytes(cluster: Cluster) -> float | None:
-    """Bytes per weight-gradient element a weight-gradient GEMM moves where it accumulates into
-    the gradient buffer (stack.wgrad_accumulates_in_gemm: the buffer read and written at its
-    width, fp32 where gradients are reduced in fp32); None: written once."""
-    if not cluster.stack.wgrad_accumulates_in_gemm:
-        return None
-    return 2.0 * (4.0 if cluster.stack.grad_reduce_fp32 else 2.0)
+                  ep=P.ep.astype(float), etp=P.etp.astype(float), stack=cluster.stack, plans=P)
 
 
 def _per_layer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shapes,
