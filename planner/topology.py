@@ -68,6 +68,9 @@ class GroupLink:
     """Most members of one group inside one scale-up domain (= ranks_per_node on 8-GPU nodes)."""
     domains_spanned: int = 1
     """Most domains one group spans."""
+    intra_latency_s: float | None = None
+    """Per-step latency of a ring hop that stays inside a scale-up domain (None: every step at
+    `latency_s`); a ring across m domains takes m - 1 of its steps across the network."""
     local_bandwidth_GBps: float = _INF
     """Per-rank scale-up bandwidth to the group's peers in the same domain (inf: none)."""
     remote_fraction: float = 0.0
@@ -248,6 +251,7 @@ class Topology:
                          gl.tier, gl.bandwidth_GBps, gl.latency_s, gl.call_latency_s,
                          gl.efficiency, gl.link_name, ranks_per_domain=k,
                          domains_spanned=place.domains_spanned,
+                         intra_latency_s=self.cluster.intra_node.latency_s,
                          local_bandwidth_GBps=self._intra_bw(k - 1) if k > 1 else _INF,
                          remote_fraction=frac, nic_share_GBps=share)
 

@@ -63,6 +63,31 @@ def test_gather_scatter_p2p_by_hand():
     assert _link(c, 1).all_reduce(np.array([S]))[0] == 0.0  # a group of one does not talk
 
 
+def test_ring_latency_pays_the_network_once_per_domain_crossed():
+    """A ring laid out node by node crosses the network at m - 1 steps of each pass (NCCL's
+    tuning model); the rest are NVLink steps. dgx_a100_80g: 5 us per network step, 1 us per
+    NVLink step, on links the topology builds for two layouts."""
+    c = load_cluster("dgx_a100_80g", 8)
+    topo = Topology(c)
+    from planner.cost.layout import link_arrays
+    from planner.plan import Plan
+    from planner.plan_arrays import PlanArrays
+    kw = dict(pp=1, micro_batch_size=1)
+    plans = [Plan(dp=64, tp=1, global_batch_size=64, **kw),
+             Plan(dp=8, tp=8, global_batch_size=8, **kw)]
+    links, _ = link_arrays(topo, PlanArrays.from_plans(plans), experts=False)
+    dp = links["dp"]
+    # dp=64 over 8 nodes of 8: 7 network + 56 NVLink steps per pass; dp=8 at tp=8: one rank
+    # per node, so all 7 steps cross the network.
+    assert dp.ring_latency(np.array([63.0, 7.0]), 1.0) == pytest.approx([7 * 5e-6 + 56 * 1e-6,
+                                                                        7 * 5e-6])
+    assert dp.ring_latency(np.array([126.0, 14.0]), 2.0) == pytest.approx(
+        [14 * 5e-6 + 112 * 1e-6, 14 * 5e-6])
+    # Inside one node every step is an NVLink step, as before.
+    tp = links["tp"]
+    assert tp.ring_latency(np.array([7.0, 7.0]), 1.0)[1] == pytest.approx(7e-6)
+
+
 def test_rank_groups_follow_megatron_order():
     sizes = {"tp": 2, "cp": 1, "dp": 2, "pp": 2}
     assert rank_groups(sizes, "tp-cp-dp-pp", "tp").tolist() == [[0, 1], [2, 3], [4, 5], [6, 7]]

@@ -63,6 +63,7 @@ def _direct(topo: Topology, kind: str, groups: np.ndarray) -> GroupLink:
                      max(len(d) for d in per_node), gl.tier, gl.bandwidth_GBps, gl.latency_s,
                      gl.call_latency_s, gl.efficiency, gl.link_name, ranks_per_domain=k,
                      domains_spanned=int(spans.max()),
+                     intra_latency_s=c.intra_node.latency_s,
                      local_bandwidth_GBps=topo._intra_bw(k - 1) if k > 1 else _INF,
                      remote_fraction=frac, nic_share_GBps=share)
 

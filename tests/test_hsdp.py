@@ -96,7 +96,8 @@ def test_per_micro_batch_gathers_move_onto_nvlink():
         r = predict(spec, c, Plan(dp=64, global_batch_size=gbs, dp_shard=shard, **Z3))
         return r["breakdown"]["dp_comm_s"], r
     (full, rf), (hybrid, rh) = dp_comm(512, None), dp_comm(512, 8)
-    assert hybrid < 0.85 * full
+    # 0.86 of it: the 64-rank ring pays its network latency at 7 of 63 steps (comms.ring_latency)
+    assert hybrid < 0.9 * full
     assert rh["step_time_s"] < rf["step_time_s"]
     assert rh["breakdown"]["compute_s"] == rf["breakdown"]["compute_s"]
     assert dp_comm(64, 8)[0] > dp_comm(64, None)[0]

@@ -45,6 +45,10 @@ class Link:
     """That rank's share of its node's NICs while every rank sends out at once."""
     remote_curve_id: np.ndarray | None = None
     """Efficiency curve of the NICs (index into `curves`)."""
+    domains_spanned: np.ndarray | None = None
+    """Most scale-up domains one group spans; None: unknown (every ring step at latency_s)."""
+    intra_latency_s: np.ndarray | None = None
+    """Per-step latency of a ring hop inside a domain (NaN or None: latency_s)."""
 
     def take(self, idx: np.ndarray) -> "Link":
         """The link of plans `idx` (every per-plan array indexed; `curves` shared)."""
@@ -64,21 +68,40 @@ class Link:
         return out
 
     def _transfer(self, nbytes: np.ndarray, volume: np.ndarray, steps: np.ndarray,
-                  collective: bool = True) -> np.ndarray:
+                  collective: bool = True, rounds: float | None = None) -> np.ndarray:
+        """Latency + volume at the size's efficiency. `rounds` (ring collectives: 1 for an
+        all-gather or reduce-scatter, 2 for an all-reduce) splits the steps by hop tier
+        (ring_latency); None: every step at latency_s."""
         active = self.n > 1
         bw = np.where(active, self.bandwidth_GBps, 1.0) * 1e9 * self.efficiency(nbytes)
         fixed = self.call_latency_s if collective else 0.0
-        return np.where(active, fixed + steps * self.latency_s + volume / bw, 0.0)
+        lat = steps * self.latency_s if rounds is None else self.ring_latency(steps, rounds)
+        return np.where(active, fixed + lat + volume / bw, 0.0)
+
+    def ring_latency(self, steps: np.ndarray, rounds: float) -> np.ndarray:
+        """Latency of a ring of `steps` steps in `rounds` passes round the ring. A ring laid
+        out domain by domain crosses the network at m - 1 of each pass's steps (m the domains
+        it spans); the rest are scale-up hops at their own latency. This is NCCL's tuning
+        model: ring latency = (nsteps - nInterSteps) x intraLat + nInterSteps x interLat, with
+        nInterSteps = nNodes - 1 for all-gather / reduce-scatter and 2 (nNodes - 1) for
+        all-reduce (NVIDIA/nccl src/graph/tuning.cc, ncclTopoTuneModel, at 2.9.9-1
+        3fec2fa, 2021-05). A chunk is forwarded hop by hop as it arrives, so the fill of the
+        pipeline, not every step, pays the network hop's latency."""
+        if self.domains_spanned is None or self.intra_latency_s is None:
+            return steps * self.latency_s
+        inter = np.minimum(steps, rounds * np.maximum(self.domains_spanned - 1.0, 0.0))
+        intra = np.where(np.isnan(self.intra_latency_s), self.latency_s, self.intra_latency_s)
+        return inter * self.latency_s + (steps - inter) * intra
 
     def all_reduce(self, nbytes: np.ndarray) -> np.ndarray:
         """Ring all-reduce of an `nbytes` buffer on every rank."""
         n = self.n
-        return self._transfer(nbytes, 2.0 * (n - 1) / n * nbytes, 2.0 * (n - 1))
+        return self._transfer(nbytes, 2.0 * (n - 1) / n * nbytes, 2.0 * (n - 1), rounds=2.0)
 
     def all_gather(self, nbytes: np.ndarray) -> np.ndarray:
         """Ring all-gather producing an `nbytes` buffer (each rank contributes nbytes/n)."""
         n = self.n
-        return self._transfer(nbytes, (n - 1) / n * nbytes, n - 1.0)
+        return self._transfer(nbytes, (n - 1) / n * nbytes, n - 1.0, rounds=1.0)
 
     def reduce_scatter(self, nbytes: np.ndarray) -> np.ndarray:
         """Ring reduce-scatter of an `nbytes` buffer (each rank keeps nbytes/n)."""
