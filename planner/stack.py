@@ -104,6 +104,11 @@ class Stack(FrozenModel):
     fp8_saves_gemm_inputs: bool = False
     """fp8 plans save each GEMM's fp8-cast input for the weight gradient (1 byte per element)
     instead of its 16-bit input (Transformer Engine)."""
+    zero3_max_reuse_distance_params: float | None = Field(default=None, gt=0)
+    """zero_impl deepspeed: a module's weights gathered for its recomputed forward stay for its
+    backward when fewer parameters than this are used in between (DeepSpeed
+    stage3_max_reuse_distance); None: every backward gathers again (not read by other zero_impl
+    values). planner/cost/deepspeed_zero3.py."""
     grad_bucket_bytes: int = Field(gt=0)
     """Gradient bucket size; the last bucket's reduction cannot overlap."""
     pool_nics: bool

@@ -19,7 +19,7 @@ from planner.validation.cv import GRID, fit_fraction, shipped_cv, step_time_grid
 from planner.validation.groups import source_group
 
 # Recorded in docs/accuracy.md; raise only together with that file.
-RECORDED_MAPE_PCT = 5.9
+RECORDED_MAPE_PCT = 4.4
 MARGIN_PCT = 0.5
 SHARED_DIR = Path(__file__).resolve().parents[2] / "shared" / "validation"
 SHARED = SHARED_DIR / "runs.json"
@@ -44,9 +44,13 @@ def test_mean_error_does_not_regress(comparisons):
     assert s["mape_pct"] <= 8.0  # the bar
 
 
-def test_no_run_is_off_by_more_than_20_percent(comparisons):
+RECORDED_MAX_PCT = 15.8  # the DeepSpeed ZeRO-3 GPT-530B row on 1,120 GPUs
+
+
+def test_no_run_is_off_by_more_than_the_recorded_max(comparisons):
     worst = max(comparisons, key=lambda c: abs(c.error))
-    assert abs(worst.error) <= 0.20, (worst.run.name, worst.error)
+    assert 100 * abs(worst.error) <= RECORDED_MAX_PCT + 2 * MARGIN_PCT, (worst.run.name,
+                                                                          worst.error)
 
 
 def test_every_published_run_fits_in_memory(comparisons):
@@ -213,7 +217,7 @@ def test_current_set_does_not_regress():
 
 # --- leave-one-source-out ------------------------------------------------------------------------
 
-RECORDED_CV_MAPE_PCT = 7.3
+RECORDED_CV_MAPE_PCT = 6.7
 
 
 def test_cv_refits_a_finite_fraction_per_fold_and_does_not_regress():

@@ -20,11 +20,11 @@ import numpy as np
 
 from planner.cost.comms import Link
 from planner.cost.compute import Shapes, embedding_times, head_times, layer_times
+from planner.cost.deepspeed_zero3 import module_params, zero3_block_times
 from planner.cost.dp_sync import SYNC_FIELDS, dp_exposed, sync_terms
 from planner.cost.efficiency import overlapped
 from planner.cost.host import host_exposed
 from planner.cost.moe_cost import per_moe_layer
-from planner.cost.params import layer_params_per_rank
 from planner.cost.shape_cache import by_shape, on_groups
 from planner.cost.stage_blocks import stage_blocks
 from planner.cost.widths import grad_bytes, weight_bytes
@@ -118,20 +118,24 @@ def _per_layer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shape
     cp_over = np.where(sh.cp > 1, sw.cp_block_overhead_s, 0.0)
     cp_f, cp_b = cp_f + cp_over / 3, cp_b + 2 * cp_over / 3
     cp_b = cp_b + np.where(full, cp_f, 0.0)
-    # ZeRO-3 as DeepSpeed: gather the block's weights before forward and backward (and again
-    # for the recomputed forward), reduce-scatter its grads, every micro-batch; prefetched behind
-    # the previous block's compute. (FSDP2's per-step pattern is in planner/cost/zero.py.)
-    block_params = layer_params_per_rank(spec, sh.tp)
-    z3 = (P.zero >= 3) & (sw.zero_impl == "deepspeed")
-    ag = links["zshard"].all_gather(block_params * weight_bytes(P))
-    rs = zero_reduce(P, links, block_params * grad_bytes(P, sw))
-    gathers_b = 1.0 + np.where(full & (sw.zero_impl == "deepspeed"), 1.0, 0.0)
-    # They run on during the block's exposed TP and CP time as during its compute (another
-    # link), so the whole block is their window.
-    dp_f = np.where(z3, overlapped(cluster.gpu, ag, lt.fwd + tp_f + cp_f), 0.0)
-    dp_b = np.where(z3, overlapped(cluster.gpu, gathers_b * ag + rs,
-                                   lt.bwd + recompute + tp_b + cp_b), 0.0)
+    # ZeRO-3 as DeepSpeed: gather each module's weights before its forward and backward (and
+    # again for the recomputed forward), reduce-scatter its grads, every micro-batch, one module
+    # ahead of the compute (planner/cost/deepspeed_zero3.py). (FSDP2's per-step pattern is in
+    # planner/cost/zero.py.)
     zero = np.zeros(len(P))
+    dp_f = dp_b = zero
+    z3 = (P.zero >= 3) & (sw.zero_impl == "deepspeed")
+    if z3.any():
+        wb, gb = weight_bytes(P), grad_bytes(P, sw)
+        # They run on during the block's exposed TP and CP time as during its compute (another
+        # link), so the whole block is their window.
+        fwd = lt.fwd + tp_f + cp_f
+        rec = np.where(full, fwd, 0.0)
+        f, b = zero3_block_times(
+            cluster.gpu, sw, module_params(spec, sh.tp),
+            lambda n: links["zshard"].all_gather(n * wb), lambda n: zero_reduce(P, links, n * gb),
+            fwd, lt.attn_fwd, lt.bwd + recompute + tp_b + cp_b - rec, lt.attn_bwd, full)
+        dp_f, dp_b = np.where(z3, f, 0.0), np.where(z3, b, 0.0)
     return {"compute": (lt.fwd, lt.bwd + recompute), "tp": (tp_f, tp_b), "cp": (cp_f, cp_b),
             "dp": (dp_f, dp_b), "ep": (zero, zero)}
 
