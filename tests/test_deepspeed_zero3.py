@@ -28,12 +28,23 @@ def test_megatron_modules_of_a_gpt_block():
     assert fc1 == 4096 * 2 * 14336 and fc2 == 14336 * 4096
 
 
+def test_mla_modules_are_its_matrices_with_the_down_projections_whole():
+    """DeepSeek-V3's MLA: q down / up, kv down (with the shared rotary key) / up, output
+    projection, each a module; the down-projections stay whole under tp (as Megatron-Core)."""
+    ds = load_transformer("deepseek-v3")
+    one, two = module_params(ds, ONE), module_params(ds, np.array([2.0]))
+    assert len(one) == 5 + 2
+    for i, (a, b) in enumerate(zip(one, two)):
+        whole = i in (0, 2)  # linear_q_down_proj, linear_kv_down_proj
+        assert float(b[0]) == (float(a[0]) if whole else float(a[0]) / 2), i
+
+
 def _times(slowdown: float, limit: float | None, fwd: float, bwd: float, full: bool,
            gather_s_per_param: float, scatter_s_per_param: float = 0.0):
     gpu = load_cluster("dgx_a100_80g").gpu.model_copy(update={"overlap_compute_slowdown": slowdown})
     stack = load_stack("deepspeed").model_copy(update={"zero3_max_reuse_distance_params": limit})
     params = module_params(GPT, ONE)
-    f, b = zero3_block_times(gpu, stack, params, lambda n: n * gather_s_per_param,
+    f, b = zero3_block_times(gpu, stack, params, 2, lambda n: n * gather_s_per_param,
                              lambda n: n * scatter_s_per_param, np.array([fwd]),
                              np.array([0.0]), np.array([bwd]), np.array([0.0]),
                              np.array([full]))

@@ -56,13 +56,13 @@ def module_params(spec: TransformerSpec, tp: np.ndarray) -> list[np.ndarray]:
     return attn + [h * up / tp, f * h / tp]
 
 
-def _segments(window: np.ndarray, core: np.ndarray, shares: list[np.ndarray]) -> list[np.ndarray]:
+def _segments(window: np.ndarray, core: np.ndarray, shares: list[np.ndarray],
+              at: int) -> list[np.ndarray]:
     """Split a block's compute `window` over its modules: the attention core (`core`, no
-    weights) after the first module's linear (Megatron's ParallelAttention runs it between
-    query_key_value and dense), the rest by parameter share (a linear's FLOPs per token are its
+    weights) with module `at`, the rest by parameter share (a linear's FLOPs per token are its
     parameters)."""
     rest = np.maximum(window - core, 0.0)
-    return [rest * s + (core if i == 0 else 0.0) for i, s in enumerate(shares)]
+    return [rest * s + (core if i == at else 0.0) for i, s in enumerate(shares)]
 
 
 def _chain(gpu: GPU, computes: list[np.ndarray], comms: list[np.ndarray]) -> np.ndarray:
@@ -70,13 +70,14 @@ def _chain(gpu: GPU, computes: list[np.ndarray], comms: list[np.ndarray]) -> np.
     return sum(c + overlapped(gpu, m, c) for c, m in zip(computes, comms))
 
 
-def zero3_block_times(gpu: GPU, stack: Stack, params: list[np.ndarray],
+def zero3_block_times(gpu: GPU, stack: Stack, params: list[np.ndarray], n_attention: int,
                       gather: Callable[[np.ndarray], np.ndarray],
                       scatter: Callable[[np.ndarray], np.ndarray], fwd: np.ndarray,
                       attn_fwd: np.ndarray, bwd: np.ndarray, attn_bwd: np.ndarray,
                       full: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(forward, backward) seconds the block's gathers and reduce-scatters add to its compute.
-    `params`: module_params; `gather` / `scatter`: seconds of one module's all-gather and
+    `params`: module_params, of which the first `n_attention` are the attention block's (the
+    last its output projection); `gather` / `scatter`: seconds of one module's all-gather and
     reduce-scatter from its parameter count (one collective per module: DeepSpeed gathers and
     reduce-scatters parameter by parameter); `fwd` / `bwd`: the block's forward and backward
     windows (the backward's without the recomputed forward, which `full` plans run again as
@@ -86,8 +87,12 @@ def zero3_block_times(gpu: GPU, stack: Stack, params: list[np.ndarray],
     g = [gather(p) for p in params]
     r = [scatter(p) for p in params]
     k = len(params)
-    f_seg = _segments(fwd, attn_fwd, shares)
-    b_seg = _segments(bwd, attn_bwd, shares)
+    # The attention core runs between the last query / key / value linear and the output
+    # projection (Megatron's ParallelAttention, between query_key_value and dense): forward
+    # after the former's compute, backward after the projection's, before the former's hook.
+    proj = n_attention - 1
+    f_seg = _segments(fwd, attn_fwd, shares, proj - 1)
+    b_seg = _segments(bwd, attn_bwd, shares, proj)
     # Forward: module i's compute beside module i+1's gather (the last beside the next block's
     # first).
     t_f = _chain(gpu, f_seg, [g[(i + 1) % k] for i in range(k)])

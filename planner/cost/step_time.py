@@ -131,8 +131,9 @@ def _per_layer(spec: TransformerSpec, cluster: Cluster, P: PlanArrays, sh: Shape
         # link), so the whole block is their window.
         fwd = lt.fwd + tp_f + cp_f
         rec = np.where(full, fwd, 0.0)
+        mods = module_params(spec, sh.tp)  # the attention's linears, then the MLP's two
         f, b = zero3_block_times(
-            cluster.gpu, sw, module_params(spec, sh.tp),
+            cluster.gpu, sw, mods, len(mods) - 2,
             lambda n: links["zshard"].all_gather(n * wb), lambda n: zero_reduce(P, links, n * gb),
             fwd, lt.attn_fwd, lt.bwd + recompute + tp_b + cp_b - rec, lt.attn_bwd, full)
         dp_f, dp_b = np.where(z3, f, 0.0), np.where(z3, b, 0.0)
